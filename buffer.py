@@ -1,0 +1,455 @@
+"""The debounce buffer: append a message, find chats whose deadline passed, claim them under a lease, ack.
+
+Every state change of a buffered chat goes through this module. With Redis the steps are Lua scripts
+(atomic across processes and hosts); while Redis is unreachable an in-process `LocalStore` with the same
+semantics takes over, and new messages go back to Redis as soon as it answers again.
+
+Life of a chat: append -> pending (deadline in the `due` ZSET) -> claim -> batch (lease in the `leases`
+ZSET) -> ack (deleted) | release (retried later) | dead-letter. A lease that expires (the worker died)
+makes the batch claimable again, with its stored reply if one was already generated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from models import ChatRef, IncomingMessage
+from redis_keys import RedisKeys
+from redis_link import UNAVAILABLE, RedisLink
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTERS_KEPT = 1000
+
+# KEYS: 1 seen, 2 pending, 3 meta, 4 due, 5 leases
+# ARGV: 1 now, 2 debounce_s, 3 max_wait_s, 4 dedup_ttl_s, 5 message JSON, 6 chat key
+# Returns {0} for a duplicate id, else {1, messages pending, deadline}.
+APPEND_LUA = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then return {0} end
+local now = tonumber(ARGV[1])
+local n = redis.call('RPUSH', KEYS[2], ARGV[5])
+local first = tonumber(redis.call('HGET', KEYS[3], 'first_at'))
+if not first then
+  first = now
+  redis.call('HSET', KEYS[3], 'first_at', ARGV[1])
+end
+local deadline = math.min(now + tonumber(ARGV[2]), first + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[3], 'deadline', string.format('%.3f', deadline))
+-- While a batch of this chat is being answered, the new burst waits for its ack (see ACK_LUA).
+if not redis.call('ZSCORE', KEYS[5], ARGV[6]) then
+  redis.call('ZADD', KEYS[4], deadline, ARGV[6])
+end
+return {1, n, string.format('%.3f', deadline)}
+"""
+
+# KEYS: 1 due, 2 leases, 3 pending, 4 batch, 5 meta
+# ARGV: 1 chat key, 2 now, 3 lease expiry, 4 new token
+# Returns false when not claimable, else {attempts, stored reply or '', message JSON...}.
+CLAIM_LUA = """
+local now = tonumber(ARGV[2])
+local lease = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if lease then
+  if tonumber(lease) > now then return false end
+  local attempts = redis.call('HINCRBY', KEYS[5], 'attempts', 1)
+  redis.call('HSET', KEYS[5], 'token', ARGV[4])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  local reply = redis.call('HGET', KEYS[5], 'reply') or ''
+  return {attempts, reply, unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
+end
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due or tonumber(due) > now then return false end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 0 then return false end
+redis.call('RENAME', KEYS[3], KEYS[4])
+redis.call('HDEL', KEYS[5], 'first_at', 'reply')
+redis.call('HSET', KEYS[5], 'token', ARGV[4], 'attempts', 1)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return {1, '', unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
+"""
+
+# KEYS: 1 leases, 2 meta
+# ARGV: 1 chat key, 2 token, 3 new lease expiry, 4 reply to store ('' = keep)
+# Extends the lease only while the caller still owns the batch. Returns 1 if owned, else 0.
+RENEW_LUA = """
+if redis.call('HGET', KEYS[2], 'token') ~= ARGV[2] then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'reply', ARGV[4]) end
+return 1
+"""
+
+# KEYS: 1 leases, 2 batch, 3 meta, 4 due, 5 pending, 6 dead letters, 7 stats
+# ARGV: 1 chat key, 2 token, 3 dead-letter record JSON ('' = normal ack), 4 dead letters kept
+# Deletes the batch if the caller still owns it; a burst that arrived meanwhile becomes due.
+ACK_LUA = """
+if redis.call('HGET', KEYS[3], 'token') ~= ARGV[2] then return 0 end
+if ARGV[3] ~= '' then
+  redis.call('LPUSH', KEYS[6], ARGV[3])
+  redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[4]) - 1)
+  redis.call('HINCRBY', KEYS[7], 'dead_lettered', 1)
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[3], 'token', 'attempts', 'reply')
+if redis.call('LLEN', KEYS[5]) > 0 then
+  local deadline = redis.call('HGET', KEYS[3], 'deadline') or '0'
+  redis.call('ZADD', KEYS[4], deadline, ARGV[1])
+else
+  redis.call('DEL', KEYS[3])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    accepted: bool  # False: the message id was seen before
+    pending: int = 0  # messages now waiting in this chat's burst
+    deadline: float = 0.0
+    store: str = "redis"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """A batch of one chat's messages that this worker owns until it acks or its lease expires."""
+
+    chat: ChatRef
+    token: str
+    attempts: int
+    messages: list[dict[str, Any]]
+    reply: str = ""  # a reply generated by an earlier attempt, to be sent as is
+    store: str = "redis"
+
+    @property
+    def text(self) -> str:
+        """The burst's texts joined in arrival order."""
+        return "\n".join(m["text"] for m in self.messages if m.get("text"))
+
+
+def encode_message(message: IncomingMessage, received_at: float) -> str:
+    """Compact JSON kept per buffered message (short keys: it is stored once per message)."""
+    return json.dumps(
+        {
+            "id": message.message_id,
+            "text": message.text,
+            "kind": message.kind,
+            "name": message.push_name,
+            "ts": message.timestamp,
+            "at": round(received_at, 3),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+class RedisStore:
+    """The shared buffer on Redis. Each public method is one atomic script call (plus read-only lookups)."""
+
+    name = "redis"
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+        self.client = client
+        self.keys = keys
+        self._append = client.register_script(APPEND_LUA)
+        self._claim = client.register_script(CLAIM_LUA)
+        self._renew = client.register_script(RENEW_LUA)
+        self._ack = client.register_script(ACK_LUA)
+
+    def append(
+        self, message: IncomingMessage, *, now: float, debounce: float, max_wait: float, dedup_ttl: int
+    ) -> AppendResult:
+        """Atomically: drop a seen id, else push the message and move the chat's deadline."""
+        chat = message.chat.key
+        k = self.keys
+        result = self._append(
+            keys=[k.seen(chat, message.message_id), k.pending(chat), k.meta(chat), k.due(), k.leases()],
+            args=[now, debounce, max_wait, dedup_ttl, encode_message(message, now), chat],
+        )
+        if int(result[0]) == 0:
+            return AppendResult(accepted=False, store=self.name)
+        return AppendResult(accepted=True, pending=int(result[1]), deadline=float(result[2]), store=self.name)
+
+    def claim_due(self, *, now: float, limit: int, lease_seconds: float) -> list[Claim]:
+        """Claim up to `limit` chats that are due, or whose lease expired. Each claim is atomic per chat,
+        so two workers never own the same batch; candidates are shuffled to spread concurrent workers."""
+        if limit <= 0:
+            return []
+        k = self.keys
+        window = limit * 4
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(k.due(), "-inf", now, start=0, num=window)
+            pipe.zrangebyscore(k.leases(), "-inf", now, start=0, num=window)
+            due, expired = pipe.execute()
+        candidates = list(dict.fromkeys(expired + due))
+        random.shuffle(candidates)
+        claims: list[Claim] = []
+        for chat in candidates:
+            if len(claims) >= limit:
+                break
+            token = uuid.uuid4().hex
+            result = self._claim(
+                keys=[k.due(), k.leases(), k.pending(chat), k.batch(chat), k.meta(chat)],
+                args=[chat, now, now + lease_seconds, token],
+            )
+            if not result:
+                continue
+            claims.append(
+                Claim(
+                    chat=ChatRef.from_key(chat),
+                    token=token,
+                    attempts=int(result[0]),
+                    reply=result[1] or "",
+                    messages=[json.loads(item) for item in result[2:]],
+                    store=self.name,
+                )
+            )
+        return claims
+
+    def renew(self, claim: Claim, *, lease_until: float, reply: str = "") -> bool:
+        """Extend the lease (and store the reply) only if this claim still owns the batch."""
+        chat = claim.chat.key
+        owned = self._renew(
+            keys=[self.keys.leases(), self.keys.meta(chat)], args=[chat, claim.token, lease_until, reply]
+        )
+        return bool(owned)
+
+    def ack(self, claim: Claim, *, dead_letter: str = "") -> bool:
+        """Finish the batch (optionally recording it as a dead letter) if this claim still owns it."""
+        chat = claim.chat.key
+        k = self.keys
+        done = self._ack(
+            keys=[
+                k.leases(),
+                k.batch(chat),
+                k.meta(chat),
+                k.due(),
+                k.pending(chat),
+                k.dead_letters(),
+                k.stats(),
+            ],
+            args=[chat, claim.token, dead_letter, DEAD_LETTERS_KEPT],
+        )
+        return bool(done)
+
+    def counts(self) -> dict[str, int]:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.due())
+            pipe.zcard(self.keys.leases())
+            pipe.llen(self.keys.dead_letters())
+            due, leased, dead = pipe.execute()
+        return {"chats_pending": int(due), "chats_in_progress": int(leased), "dead_letters": int(dead)}
+
+    def next_deadline(self) -> float | None:
+        """Earliest deadline or lease expiry, so an idle worker can sleep until then."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.keys.due(), 0, 0, withscores=True)
+            pipe.zrange(self.keys.leases(), 0, 0, withscores=True)
+            due, leased = pipe.execute()
+        scores = [score for _, score in due + leased]
+        return min(scores) if scores else None
+
+
+@dataclass(slots=True)
+class _LocalChat:
+    pending: list[str] = field(default_factory=list)
+    first_at: float | None = None
+    deadline: float = 0.0
+    batch: list[str] = field(default_factory=list)
+    token: str = ""
+    lease_until: float | None = None
+    attempts: int = 0
+    reply: str = ""
+
+
+class LocalStore:
+    """In-process stand-in for RedisStore while Redis is unreachable: same semantics, one process only."""
+
+    name = "local"
+    MAX_SEEN_IDS = 100_000
+
+    def __init__(self) -> None:
+        self._chats: dict[str, _LocalChat] = {}
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._dead: list[str] = []
+        self._lock = threading.Lock()
+
+    def append(
+        self, message: IncomingMessage, *, now: float, debounce: float, max_wait: float, dedup_ttl: int
+    ) -> AppendResult:
+        seen_key = f"{message.chat.key}:{message.message_id}"
+        with self._lock:
+            self._forget_expired_ids(now)
+            if seen_key in self._seen:
+                return AppendResult(accepted=False, store=self.name)
+            self._seen[seen_key] = now + dedup_ttl
+            chat = self._chats.setdefault(message.chat.key, _LocalChat())
+            chat.pending.append(encode_message(message, now))
+            if chat.first_at is None:
+                chat.first_at = now
+            chat.deadline = min(now + debounce, chat.first_at + max_wait)
+            return AppendResult(accepted=True, pending=len(chat.pending), deadline=chat.deadline, store=self.name)
+
+    def _forget_expired_ids(self, now: float) -> None:
+        while self._seen and (next(iter(self._seen.values())) <= now or len(self._seen) > self.MAX_SEEN_IDS):
+            self._seen.popitem(last=False)
+
+    def claim_due(self, *, now: float, limit: int, lease_seconds: float) -> list[Claim]:
+        claims: list[Claim] = []
+        with self._lock:
+            for key, chat in self._chats.items():
+                if len(claims) >= limit:
+                    break
+                if chat.lease_until is not None:
+                    if chat.lease_until > now:
+                        continue
+                    chat.attempts += 1
+                elif chat.pending and chat.deadline <= now:
+                    chat.batch, chat.pending = chat.pending, []
+                    chat.first_at, chat.attempts, chat.reply = None, 1, ""
+                else:
+                    continue
+                chat.token = uuid.uuid4().hex
+                chat.lease_until = now + lease_seconds
+                claims.append(
+                    Claim(
+                        chat=ChatRef.from_key(key),
+                        token=chat.token,
+                        attempts=chat.attempts,
+                        reply=chat.reply,
+                        messages=[json.loads(item) for item in chat.batch],
+                        store=self.name,
+                    )
+                )
+        return claims
+
+    def renew(self, claim: Claim, *, lease_until: float, reply: str = "") -> bool:
+        with self._lock:
+            chat = self._chats.get(claim.chat.key)
+            if chat is None or chat.token != claim.token:
+                return False
+            chat.lease_until = lease_until
+            if reply:
+                chat.reply = reply
+            return True
+
+    def ack(self, claim: Claim, *, dead_letter: str = "") -> bool:
+        with self._lock:
+            chat = self._chats.get(claim.chat.key)
+            if chat is None or chat.token != claim.token:
+                return False
+            if dead_letter:
+                self._dead = [dead_letter, *self._dead[: DEAD_LETTERS_KEPT - 1]]
+            chat.batch, chat.token, chat.lease_until, chat.reply, chat.attempts = [], "", None, "", 0
+            if not chat.pending:
+                del self._chats[claim.chat.key]
+            return True
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            pending = sum(1 for c in self._chats.values() if c.pending and c.lease_until is None)
+            leased = sum(1 for c in self._chats.values() if c.lease_until is not None)
+            return {"chats_pending": pending, "chats_in_progress": leased, "dead_letters": len(self._dead)}
+
+    def next_deadline(self) -> float | None:
+        with self._lock:
+            times = [c.lease_until if c.lease_until is not None else c.deadline for c in self._chats.values()]
+        return min(times) if times else None
+
+
+class Buffer:
+    """The buffer the app and worker use: Redis when reachable, the in-process store otherwise."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        keys: RedisKeys,
+        *,
+        debounce_seconds: float,
+        max_wait_seconds: float,
+        dedup_ttl_seconds: int,
+        lease_seconds: float,
+    ) -> None:
+        self.link = link
+        self.redis = RedisStore(link.client, keys) if link.client is not None else None
+        self.local = LocalStore()
+        self.debounce_seconds = debounce_seconds
+        self.max_wait_seconds = max_wait_seconds
+        self.dedup_ttl_seconds = dedup_ttl_seconds
+        self.lease_seconds = lease_seconds
+
+    def _store(self, claim: Claim) -> RedisStore | LocalStore:
+        return self.redis if claim.store == "redis" and self.redis is not None else self.local
+
+    def append(self, message: IncomingMessage, *, now: float) -> AppendResult:
+        """Buffer a message, on Redis if it answers, else in this process."""
+        params = {
+            "now": now,
+            "debounce": self.debounce_seconds,
+            "max_wait": self.max_wait_seconds,
+            "dedup_ttl": self.dedup_ttl_seconds,
+        }
+        if self.redis is not None and self.link.available():
+            try:
+                result = self.redis.append(message, **params)
+                self.link.mark_up()
+                return result
+            except UNAVAILABLE as exc:
+                self.link.mark_down(exc)
+        return self.local.append(message, **params)
+
+    def claim_due(self, *, now: float, limit: int) -> list[Claim]:
+        """Due batches from the local store first (they exist only here), then from Redis."""
+        claims = self.local.claim_due(now=now, limit=limit, lease_seconds=self.lease_seconds)
+        if self.redis is not None and self.link.available() and len(claims) < limit:
+            try:
+                claims += self.redis.claim_due(now=now, limit=limit - len(claims), lease_seconds=self.lease_seconds)
+                self.link.mark_up()
+            except UNAVAILABLE as exc:
+                self.link.mark_down(exc)
+        return claims
+
+    def renew(self, claim: Claim, *, now: float, reply: str = "") -> bool:
+        """True while `claim` still owns its batch; extends the lease. Raises on Redis errors."""
+        return self._store(claim).renew(claim, lease_until=now + self.lease_seconds, reply=reply)
+
+    def release(self, claim: Claim, *, retry_at: float, reply: str = "") -> bool:
+        """Give the batch back, to be claimed again at `retry_at` (keeps a generated reply)."""
+        return self._store(claim).renew(claim, lease_until=retry_at, reply=reply)
+
+    def ack(self, claim: Claim) -> bool:
+        return self._store(claim).ack(claim)
+
+    def dead_letter(self, claim: Claim, *, reason: str, now: float) -> bool:
+        record = json.dumps(
+            {"chat": claim.chat.key, "reason": reason, "at": now, "messages": claim.messages},
+            ensure_ascii=False,
+        )
+        return self._store(claim).ack(claim, dead_letter=record)
+
+    def counts(self) -> dict[str, int]:
+        totals = self.local.counts()
+        if self.redis is not None and self.link.available():
+            try:
+                for name, value in self.redis.counts().items():
+                    totals[name] += value
+            except UNAVAILABLE as exc:
+                self.link.mark_down(exc)
+        return totals
+
+    def next_deadline(self) -> float | None:
+        times = [self.local.next_deadline()]
+        if self.redis is not None and self.link.available():
+            try:
+                times.append(self.redis.next_deadline())
+            except UNAVAILABLE as exc:
+                self.link.mark_down(exc)
+        known = [t for t in times if t is not None]
+        return min(known) if known else None

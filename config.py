@@ -1,0 +1,234 @@
+"""Settings: the one place that reads the environment.
+
+`load_settings()` reads os.environ (after python-dotenv loads `.env`), converts types, and fails with
+one message that lists every invalid variable. Everything else receives a `Settings` object.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+
+from errors import ConfigError
+
+DEFAULT_SYSTEM_PROMPT = (
+    "Você é o atendente virtual de uma pequena empresa no WhatsApp. Responda sempre em português do "
+    "Brasil, com educação, simpatia e objetividade, em mensagens curtas como as de um atendente humano. "
+    "Use o histórico da conversa para manter o contexto. Quando o cliente mandar várias mensagens "
+    "seguidas, responda a todas numa única resposta. Não invente preços, prazos, estoque ou políticas: "
+    "se não souber, diga que vai confirmar com a equipe. Não use formatação Markdown pesada."
+)
+DEFAULT_FALLBACK_REPLY = (
+    "Desculpe, estou com uma instabilidade no momento. Já registrei sua mensagem e retorno em breve!"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Every tunable of the service; built once by `load_settings()` and passed down."""
+
+    # HTTP server
+    host: str = "0.0.0.0"
+    port: int = 5000
+    log_level: str = "INFO"
+    max_body_bytes: int = 10 * 1024 * 1024  # gateway bodies may carry base64 media
+    max_message_chars: int = 4000  # a message's text is cut to this before Redis or Gemini
+
+    # Webhook authentication (both off when empty)
+    webhook_token: str = field(default="", repr=False)
+    webhook_jwt_secret: str = field(default="", repr=False)
+
+    # Evolution API (outbound)
+    evolution_api: str = ""  # full sendText URL or the server's base URL
+    authentication_api_key: str = field(default="", repr=False)
+    evolution_api_version: int = 2  # body shape of sendText: 2 (text) or 1 (textMessage.text)
+    send_delay_ms: int = 0  # Evolution's "typing…" delay before the message goes out
+    send_timeout_seconds: float = 15.0
+    send_max_retries: int = 3
+
+    # Redis
+    redis_enabled: bool = True
+    redis_uri: str = "redis://localhost:6379/0"
+    redis_prefix: str = "wa_assistant"
+    redis_retry_seconds: float = 2.0  # how long to stay on the in-process fallback before retrying
+
+    # Gemini
+    gemini_api_key: str = field(default="", repr=False)
+    gemini_model: str = "gemini-3-flash-preview"
+    gemini_base_url: str = ""
+    gemini_timeout_seconds: float = 30.0
+    gemini_max_attempts: int = 4  # attempts per reply, including the first (SDK retry options)
+    gemini_retry_initial_seconds: float = 1.0  # first backoff; doubles per attempt, with jitter
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    fallback_reply: str = DEFAULT_FALLBACK_REPLY
+
+    # Debounce and delivery
+    debounce_seconds: float = 120.0
+    debounce_max_wait_seconds: float = 600.0
+    dedup_ttl_seconds: int = 24 * 3600
+    groups_enabled: bool = False
+    lease_seconds: float = 60.0  # a claimed chat returns to the queue if its worker is silent this long
+    delivery_max_attempts: int = 12  # sends tried (with backoff) before a burst is dead-lettered
+    delivery_retry_base_seconds: float = 5.0
+
+    # History
+    history_max_turns: int = 20
+    history_ttl_seconds: int = 7 * 24 * 3600
+
+    # Background worker
+    worker_enabled: bool = True
+    worker_concurrency: int = 16
+    worker_poll_seconds: float = 0.2
+
+    @property
+    def gemini_configured(self) -> bool:
+        return bool(self.gemini_api_key)
+
+    @property
+    def gateway_configured(self) -> bool:
+        return bool(self.evolution_api)
+
+
+def _to_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def _positive(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        value = convert(raw)
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _non_negative(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        value = convert(raw)
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError(f"unknown level {raw!r}")
+    return level
+
+
+def _api_version(raw: str) -> int:
+    version = int(raw.strip().lstrip("vV"))
+    if version not in (1, 2):
+        raise ValueError(f"expected 1 or 2, got {raw!r}")
+    return version
+
+
+def _strip(raw: str) -> str:
+    return raw.strip()
+
+
+# ENV NAME -> (Settings field, converter). Each name is documented in .env.example and the README.
+ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "HOST": ("host", _strip),
+    "PORT": ("port", _positive(int)),
+    "LOG_LEVEL": ("log_level", _log_level),
+    "MAX_BODY_BYTES": ("max_body_bytes", _positive(int)),
+    "MAX_MESSAGE_CHARS": ("max_message_chars", _positive(int)),
+    "WEBHOOK_TOKEN": ("webhook_token", _strip),
+    "WEBHOOK_JWT_SECRET": ("webhook_jwt_secret", _strip),
+    "EVOLUTION_API": ("evolution_api", _strip),
+    "AUTHENTICATION_API_KEY": ("authentication_api_key", _strip),
+    "EVOLUTION_API_VERSION": ("evolution_api_version", _api_version),
+    "SEND_DELAY_MS": ("send_delay_ms", _non_negative(int)),
+    "SEND_TIMEOUT_SECONDS": ("send_timeout_seconds", _positive(float)),
+    "SEND_MAX_RETRIES": ("send_max_retries", _non_negative(int)),
+    "CACHE_REDIS_ENABLED": ("redis_enabled", _to_bool),
+    "CACHE_REDIS_URI": ("redis_uri", _strip),
+    "CACHE_REDIS_PREFIX_KEY": ("redis_prefix", _strip),
+    "REDIS_RETRY_SECONDS": ("redis_retry_seconds", _positive(float)),
+    "GEMINI_API_KEY": ("gemini_api_key", _strip),
+    "GEMINI_MODEL": ("gemini_model", _strip),
+    "GEMINI_BASE_URL": ("gemini_base_url", _strip),
+    "GEMINI_TIMEOUT_SECONDS": ("gemini_timeout_seconds", _positive(float)),
+    "GEMINI_MAX_ATTEMPTS": ("gemini_max_attempts", _positive(int)),
+    "GEMINI_RETRY_INITIAL_SECONDS": ("gemini_retry_initial_seconds", _positive(float)),
+    "SYSTEM_PROMPT": ("system_prompt", str),
+    "FALLBACK_REPLY": ("fallback_reply", str),
+    "DEBOUNCE_SECONDS": ("debounce_seconds", _non_negative(float)),
+    "DEBOUNCE_MAX_WAIT_SECONDS": ("debounce_max_wait_seconds", _non_negative(float)),
+    "DEDUP_TTL_SECONDS": ("dedup_ttl_seconds", _positive(int)),
+    "GROUPS_ENABLED": ("groups_enabled", _to_bool),
+    "LEASE_SECONDS": ("lease_seconds", _positive(float)),
+    "DELIVERY_MAX_ATTEMPTS": ("delivery_max_attempts", _positive(int)),
+    "DELIVERY_RETRY_BASE_SECONDS": ("delivery_retry_base_seconds", _positive(float)),
+    "HISTORY_MAX_TURNS": ("history_max_turns", _non_negative(int)),
+    "HISTORY_TTL_SECONDS": ("history_ttl_seconds", _positive(int)),
+    "WORKER_ENABLED": ("worker_enabled", _to_bool),
+    "WORKER_CONCURRENCY": ("worker_concurrency", _positive(int)),
+    "WORKER_POLL_SECONDS": ("worker_poll_seconds", _positive(float)),
+}
+# Read by load_settings() itself: its content replaces SYSTEM_PROMPT.
+SYSTEM_PROMPT_FILE = "SYSTEM_PROMPT_FILE"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+    """Build Settings from `environ` (default: os.environ after loading `.env`).
+
+    Raises:
+        ConfigError: listing every variable that is set but invalid.
+    """
+    if environ is None:
+        if dotenv:
+            load_dotenv(override=False)
+        environ = os.environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, (attr, convert) in ENV_VARIABLES.items():
+        raw = environ.get(name)
+        if raw is None or (raw.strip() == "" and attr not in {"fallback_reply"}):
+            continue
+        try:
+            values[attr] = convert(raw)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+    prompt_file = environ.get(SYSTEM_PROMPT_FILE, "").strip()
+    if prompt_file:
+        try:
+            values["system_prompt"] = Path(prompt_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{SYSTEM_PROMPT_FILE}: cannot read {prompt_file!r} ({exc.__class__.__name__})")
+    if "fallback_reply" in values:
+        values["fallback_reply"] = values["fallback_reply"].strip()
+    settings_fields = {f.name for f in fields(Settings)}
+    assert set(values) <= settings_fields
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return Settings(**values)
+
+
+def missing_for_production(settings: Settings) -> list[str]:
+    """Human-readable list of what is not configured yet (the service still starts)."""
+    missing = []
+    if not settings.gemini_configured:
+        missing.append("GEMINI_API_KEY is not set: every burst will get FALLBACK_REPLY instead of Gemini")
+    if not settings.gateway_configured:
+        missing.append("EVOLUTION_API is not set: replies cannot be sent (retried with backoff, then dead-lettered)")
+    if not settings.webhook_token and not settings.webhook_jwt_secret:
+        missing.append("WEBHOOK_TOKEN / WEBHOOK_JWT_SECRET not set: /webhook accepts unauthenticated posts")
+    if not settings.redis_enabled:
+        missing.append("CACHE_REDIS_ENABLED=false: in-process debounce only (one process, nothing survives a restart)")
+    return missing

@@ -1,0 +1,44 @@
+"""The service's own exceptions; third-party errors are translated into these where the call is made.
+
+AssistantError
+├── ConfigError       config: a variable is set but invalid
+├── PayloadError      parser: the body cannot be read at all
+├── AuthError         webhook: missing or wrong credentials
+├── AIServiceError    ai_service: Gemini failed, empty or blocked (.transient)
+└── SendError         sender: gateway refused or unreachable (.status_code, .transient)
+"""
+
+from __future__ import annotations
+
+
+class AssistantError(Exception):
+    """Base class of every error this service raises on purpose."""
+
+
+class ConfigError(AssistantError):
+    """A configuration variable is set but invalid."""
+
+
+class PayloadError(AssistantError):
+    """A webhook body that cannot be read at all (not JSON, wrong top-level type)."""
+
+
+class AuthError(AssistantError):
+    """A webhook request without valid credentials."""
+
+
+class AIServiceError(AssistantError):
+    """Gemini did not produce a usable reply."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class SendError(AssistantError):
+    """The gateway did not accept a message."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, transient: bool = True) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.transient = transient

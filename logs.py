@@ -1,0 +1,33 @@
+"""Logging set-up and redaction helpers: masked phone numbers and chat labels for log lines."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_DIGITS = re.compile(r"\d+")
+
+
+def mask_phone(jid: str) -> str:
+    """Mask the middle of the number in a JID: "5511987654321@s.whatsapp.net" -> "5511*****4321".
+
+    Group ids, LIDs and other opaque ids get the same treatment so no full identifier reaches a log.
+    """
+    user = jid.split("@", 1)[0].split(":", 1)[0]
+    if len(user) <= 8:
+        return user[:2] + "*" * max(len(user) - 2, 0)
+    return f"{user[:4]}*****{user[-4:]}"
+
+
+def setup_logging(level: str) -> None:
+    """Configure the root logger once, unless a host (gunicorn) already did."""
+    root = logging.getLogger()
+    gunicorn_error = logging.getLogger("gunicorn.error")
+    if gunicorn_error.handlers:
+        root.handlers = gunicorn_error.handlers
+    elif not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    root.setLevel(level)
+    # httpx/google-genai log every request at INFO with URLs; keep our INFO lines readable.
+    for noisy in ("httpx", "httpcore", "urllib3", "google_genai", "werkzeug"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,79 @@
+"""Chat history: the customer's turns and our replies, capped in turns and expiring after inactivity.
+
+Written only after a reply was sent. On Redis (one LIST per chat, updated in MULTI); while Redis is
+unreachable, an in-process copy keeps the conversation going and is not merged back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from models import ChatRef
+from redis_keys import RedisKeys
+from redis_link import UNAVAILABLE, RedisLink
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Turn:
+    role: str  # "user" or "model", as Gemini names them
+    text: str
+    at: float = 0.0
+
+
+class History:
+    """Per-chat history with a Redis store and an in-process fallback."""
+
+    MAX_LOCAL_CHATS = 10_000
+
+    def __init__(self, link: RedisLink, keys: RedisKeys, *, max_turns: int, ttl_seconds: int) -> None:
+        self.link = link
+        self.keys = keys
+        self.max_turns = max_turns
+        self.ttl_seconds = ttl_seconds
+        self._local: OrderedDict[str, list[Turn]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def recent(self, chat: ChatRef) -> list[Turn]:
+        """The last `max_turns` turns, oldest first."""
+        if self.max_turns == 0:
+            return []
+        if self.link.client is not None and self.link.available():
+            try:
+                raw = self.link.client.lrange(self.keys.history(chat.key), -self.max_turns, -1)
+                self.link.mark_up()
+                return [Turn(**json.loads(item)) for item in raw]
+            except UNAVAILABLE as exc:
+                self.link.mark_down(exc)
+        with self._lock:
+            return list(self._local.get(chat.key, []))
+
+    def append(self, chat: ChatRef, turns: list[Turn]) -> None:
+        """Add turns, trim to `max_turns`, and push the expiry forward, as one MULTI."""
+        if self.max_turns == 0 or not turns:
+            return
+        if self.link.client is not None and self.link.available():
+            key = self.keys.history(chat.key)
+            encoded = [json.dumps({"role": t.role, "text": t.text, "at": t.at}, ensure_ascii=False) for t in turns]
+            try:
+                with self.link.client.pipeline(transaction=True) as pipe:
+                    pipe.rpush(key, *encoded)
+                    pipe.ltrim(key, -self.max_turns, -1)
+                    pipe.expire(key, self.ttl_seconds)
+                    pipe.execute()
+                self.link.mark_up()
+                return
+            except UNAVAILABLE as exc:
+                self.link.mark_down(exc)
+        self._append_local(chat, turns)
+
+    def _append_local(self, chat: ChatRef, turns: list[Turn]) -> None:
+        with self._lock:
+            kept = (self._local.pop(chat.key, []) + turns)[-self.max_turns :]
+            cutoff = time.time() - self.ttl_seconds
+            self._local[chat.key] = [t for t in kept if t.at >= cutoff]
+            while len(self._local) > self.MAX_LOCAL_CHATS:
+                self._local.popitem(last=False)

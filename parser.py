@@ -1,0 +1,249 @@
+"""Evolution API webhook payloads (v1 1.8.x and v2 2.x) -> normalized messages. Pure: no I/O, no settings.
+
+`parse_evolution(body)` accepts one event, a list of events, or a JSON string holding either, and returns
+one `IncomingMessage` or `IgnoredEvent` per message found. Raw dicts never leave this module.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from errors import PayloadError
+from models import ChatRef, IgnoredEvent, IncomingMessage
+
+GATEWAY = "evolution"
+MESSAGE_EVENT = "messages.upsert"
+
+# Containers whose `.message` holds the real content.
+_WRAPPERS = (
+    "ephemeralMessage",
+    "viewOnceMessage",
+    "viewOnceMessageV2",
+    "viewOnceMessageV2Extension",
+    "documentWithCaptionMessage",
+)
+_CAPTIONED_MEDIA = {"imageMessage": "image", "videoMessage": "video", "documentMessage": "document"}
+_OTHER_MEDIA = ("audioMessage", "stickerMessage", "ptvMessage")
+_IGNORED_TYPES = {
+    "reactionMessage": "reaction",
+    "protocolMessage": "protocol",  # deletes ("revoke") and edits
+    "editedMessage": "protocol",
+    "pollUpdateMessage": "poll_update",
+    "pollCreationMessage": "poll",
+    "pollCreationMessageV3": "poll",
+    "encReactionMessage": "reaction",
+    "keepInChatMessage": "protocol",
+    "pinInChatMessage": "protocol",
+}
+
+Parsed = IncomingMessage | IgnoredEvent
+
+
+def normalize_event_name(name: str) -> str:
+    """ "MESSAGES_UPSERT", "messages-upsert" and "messages.upsert" all become "messages.upsert"."""
+    return name.strip().lower().replace("_", ".").replace("-", ".")
+
+
+def load_body(body: bytes | str) -> Any:
+    """Decode a webhook body; a JSON string that itself holds JSON is decoded once more."""
+    try:
+        data = json.loads(body)
+        if isinstance(data, str):
+            data = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError("body is not valid JSON") from exc
+    if not isinstance(data, dict | list):
+        raise PayloadError("body must be a JSON object or a list of objects")
+    return data
+
+
+def parse_evolution(
+    payload: Any,
+    *,
+    event_hint: str = "",
+    accept_groups: bool = False,
+    max_text_chars: int = 4000,
+) -> list[Parsed]:
+    """Every message in an Evolution payload, normalized or set aside with a reason.
+
+    Args:
+        payload: the decoded body (see `load_body`).
+        event_hint: the event from the URL (`/webhook/messages-upsert`) when the body has none.
+        accept_groups: when False, group chats (@g.us) are ignored with reason "group".
+        max_text_chars: texts are cut to this length.
+    """
+    events = payload if isinstance(payload, list) else [payload]
+    results: list[Parsed] = []
+    for event in events:
+        if not isinstance(event, dict):
+            results.append(IgnoredEvent(reason="not_an_object"))
+            continue
+        results.extend(_parse_event(event, event_hint, accept_groups, max_text_chars))
+    return results
+
+
+def _parse_event(event: dict[str, Any], event_hint: str, accept_groups: bool, max_chars: int) -> list[Parsed]:
+    name = normalize_event_name(str(event.get("event") or event_hint or ""))
+    if name != MESSAGE_EVENT:
+        return [IgnoredEvent(reason=f"event:{name or 'missing'}")]
+    instance = _instance_name(event)
+    data = event.get("data")
+    items: list[Any]
+    if isinstance(data, list):
+        items = data
+    elif isinstance(data, dict) and isinstance(data.get("messages"), list):
+        items = data["messages"]
+    else:
+        items = [data]
+    return [_parse_message(item, instance, accept_groups, max_chars) for item in items]
+
+
+def _instance_name(event: dict[str, Any]) -> str:
+    instance = event.get("instance")
+    if isinstance(instance, dict):
+        instance = instance.get("instanceName") or instance.get("name")
+    return str(instance or "default")
+
+
+def _parse_message(data: Any, instance: str, accept_groups: bool, max_chars: int) -> Parsed:
+    if not isinstance(data, dict) or not isinstance(data.get("key"), dict):
+        return IgnoredEvent(reason="no_message_key")
+    key = data["key"]
+    jid = str(key.get("remoteJid") or "")
+    message_id = str(key.get("id") or "")
+    if not jid or not message_id:
+        return IgnoredEvent(reason="no_message_key", message_id=message_id)
+    chat = ChatRef(gateway=GATEWAY, instance=instance, chat_id=jid)
+    reason = _ignore_reason_for_sender(key, jid, accept_groups)
+    if reason:
+        return IgnoredEvent(reason=reason, message_id=message_id, chat=chat)
+    kind, text = extract_content(data.get("message"))
+    if kind in _IGNORED_KINDS:
+        return IgnoredEvent(reason=kind, message_id=message_id, chat=chat)
+    text = (text or "").strip()
+    if not text:
+        return IgnoredEvent(reason="empty", message_id=message_id, chat=chat)
+    return IncomingMessage(
+        chat=chat,
+        message_id=message_id,
+        text=text[:max_chars],
+        kind=kind,
+        phone_jid=phone_jid(key, data),
+        push_name=str(data.get("pushName") or ""),
+        timestamp=_timestamp(data.get("messageTimestamp")),
+    )
+
+
+def _ignore_reason_for_sender(key: dict[str, Any], jid: str, accept_groups: bool) -> str:
+    if is_from_me(key):
+        return "from_me"
+    if jid == "status@broadcast" or jid.endswith("@broadcast"):
+        return "status_broadcast"
+    if jid.endswith("@newsletter"):
+        return "newsletter"
+    if is_group(jid) and not accept_groups:
+        return "group"
+    return ""
+
+
+def is_from_me(key: dict[str, Any]) -> bool:
+    value = key.get("fromMe")
+    return value is True or str(value).lower() == "true"
+
+
+def is_group(jid: str) -> bool:
+    return jid.endswith("@g.us")
+
+
+def phone_jid(key: dict[str, Any], data: dict[str, Any]) -> str | None:
+    """The sender's phone JID when known: the chat itself, or the alternates Evolution adds for @lid."""
+    jid = str(key.get("remoteJid") or "")
+    if is_group(jid):
+        candidates = [key.get("participantAlt"), key.get("participant"), data.get("participant")]
+    else:
+        candidates = [jid, key.get("remoteJidAlt"), key.get("senderPn"), data.get("senderPn")]
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.endswith("@s.whatsapp.net"):
+            return candidate
+    return None
+
+
+_IGNORED_KINDS = frozenset(set(_IGNORED_TYPES.values()) | {"media", "unsupported"})
+
+
+def unwrap(message: dict[str, Any]) -> dict[str, Any]:
+    """Peel ephemeral/view-once/document-with-caption containers until the real content shows."""
+    for _ in range(5):  # wrappers nest at most a few levels; the bound guards against cycles of junk
+        for wrapper in _WRAPPERS:
+            inner = message.get(wrapper)
+            if isinstance(inner, dict) and isinstance(inner.get("message"), dict):
+                message = inner["message"]
+                break
+        else:
+            return message
+    return message
+
+
+def extract_content(message: Any) -> tuple[str, str | None]:
+    """(kind, text) of a WhatsApp message object; kind names an ignore reason when there is no text."""
+    if not isinstance(message, dict):
+        return "empty", None
+    message = unwrap(message)
+    if isinstance(message.get("conversation"), str):
+        return "text", message["conversation"]
+    extended = message.get("extendedTextMessage")
+    if isinstance(extended, dict) and isinstance(extended.get("text"), str):
+        return "text", extended["text"]
+    for field_name, kind in _CAPTIONED_MEDIA.items():
+        media = message.get(field_name)
+        if isinstance(media, dict):
+            caption = media.get("caption")
+            return (kind, caption) if isinstance(caption, str) and caption.strip() else ("media", None)
+    reply = _reply_text(message)
+    if reply is not None:
+        return reply
+    for field_name, reason in _IGNORED_TYPES.items():
+        if field_name in message:
+            return reason, None
+    if any(field_name in message for field_name in _OTHER_MEDIA):
+        return "media", None
+    content = [k for k in message if k not in {"messageContextInfo", "base64", "senderKeyDistributionMessage"}]
+    return ("unsupported", None) if content else ("empty", None)
+
+
+def _reply_text(message: dict[str, Any]) -> tuple[str, str] | None:
+    """Text of a button or list reply, if the message is one."""
+    buttons = message.get("buttonsResponseMessage")
+    if isinstance(buttons, dict):
+        text = buttons.get("selectedDisplayText") or buttons.get("selectedButtonId")
+        if text:
+            return "button_reply", str(text)
+    template = message.get("templateButtonReplyMessage")
+    if isinstance(template, dict):
+        text = template.get("selectedDisplayText") or template.get("selectedId")
+        if text:
+            return "button_reply", str(text)
+    listed = message.get("listResponseMessage")
+    if isinstance(listed, dict):
+        row = listed.get("singleSelectReply") or {}
+        text = listed.get("title") or (row.get("selectedRowId") if isinstance(row, dict) else None)
+        if text:
+            return "list_reply", str(text)
+    interactive = message.get("interactiveResponseMessage")
+    if isinstance(interactive, dict):
+        body = interactive.get("body") or {}
+        text = body.get("text") if isinstance(body, dict) else None
+        if text:
+            return "button_reply", str(text)
+    return None
+
+
+def _timestamp(value: Any) -> int:
+    """Evolution sends seconds as an int, a string, or a protobuf Long ({"low": ..., "high": ...})."""
+    if isinstance(value, dict):
+        value = value.get("low")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0

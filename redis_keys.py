@@ -1,0 +1,51 @@
+"""The Redis key schema: every key name this service uses is built here and nowhere else.
+
+`chat` below is `ChatRef.key` (gateway:instance:chat_id), so every per-chat key carries the chat's identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    """Key builders under one prefix (CACHE_REDIS_PREFIX_KEY)."""
+
+    prefix: str
+
+    def due(self) -> str:
+        """ZSET chat -> deadline (unix s) of its pending burst. No TTL: members leave when claimed."""
+        return f"{self.prefix}:due"
+
+    def leases(self) -> str:
+        """ZSET chat -> lease expiry (unix s) of its claimed batch. No TTL: members leave on ack."""
+        return f"{self.prefix}:leases"
+
+    def pending(self, chat: str) -> str:
+        """LIST of JSON messages of the burst being typed. No TTL: a TTL could lose unanswered messages."""
+        return f"{self.prefix}:chat:{chat}:pending"
+
+    def batch(self, chat: str) -> str:
+        """LIST of JSON messages claimed by a worker. No TTL: deleted on ack or dead-letter."""
+        return f"{self.prefix}:chat:{chat}:batch"
+
+    def meta(self, chat: str) -> str:
+        """HASH first_at, deadline (pending burst); token, attempts, reply (claimed batch). Deleted when idle."""
+        return f"{self.prefix}:chat:{chat}:meta"
+
+    def seen(self, chat: str, message_id: str) -> str:
+        """STRING marker of a message id already accepted; TTL = DEDUP_TTL_SECONDS."""
+        return f"{self.prefix}:seen:{chat}:{message_id}"
+
+    def history(self, chat: str) -> str:
+        """LIST of JSON turns, newest last; capped to HISTORY_MAX_TURNS; TTL = HISTORY_TTL_SECONDS."""
+        return f"{self.prefix}:history:{chat}"
+
+    def dead_letters(self) -> str:
+        """LIST of JSON bursts that could not be answered; capped (LTRIM) to the newest 1000, no TTL."""
+        return f"{self.prefix}:dead"
+
+    def stats(self) -> str:
+        """HASH of counters shared by every process (received, duplicates, replies_sent, ...). No TTL."""
+        return f"{self.prefix}:stats"

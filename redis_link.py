@@ -1,0 +1,72 @@
+"""The Redis connection and its up/down state, shared by buffer and memory.
+
+A failed call marks Redis down for REDIS_RETRY_SECONDS; during that time callers use their in-process
+fallback without waiting on timeouts, and the next call after it tries Redis again (self-healing).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "Redis is not reachable", as opposed to a bug in a command.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
+
+
+class RedisLink:
+    """A redis client plus a small circuit breaker."""
+
+    def __init__(self, url: str | None, *, retry_seconds: float = 2.0, timeout_seconds: float = 1.0) -> None:
+        self.enabled = bool(url)
+        self.client: redis.Redis | None = None
+        if url:
+            self.client = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=timeout_seconds,
+                socket_timeout=timeout_seconds,
+                health_check_interval=30,
+                decode_responses=True,
+            )
+        self._retry_seconds = retry_seconds
+        self._down_until = 0.0
+        self._was_down = False
+        self._lock = threading.Lock()
+
+    def available(self) -> bool:
+        """True when Redis is enabled and not in its cool-down after a failure."""
+        return self.client is not None and time.monotonic() >= self._down_until
+
+    def mark_down(self, exc: BaseException) -> None:
+        with self._lock:
+            self._down_until = time.monotonic() + self._retry_seconds
+            if not self._was_down:
+                log.warning("redis unavailable, using in-process fallback: %s", exc.__class__.__name__)
+            self._was_down = True
+
+    def mark_up(self) -> None:
+        if self._was_down:
+            with self._lock:
+                if self._was_down:
+                    log.warning("redis reachable again, back on the shared buffer")
+                self._was_down = False
+
+    def is_down(self) -> bool:
+        return self._was_down
+
+    def ping(self) -> bool:
+        """Check Redis now (ignores the cool-down); updates the state."""
+        if self.client is None:
+            return False
+        try:
+            self.client.ping()
+        except UNAVAILABLE as exc:
+            self.mark_down(exc)
+            return False
+        self._down_until = 0.0
+        self.mark_up()
+        return True

@@ -1,0 +1,125 @@
+"""Outbound text to the gateway a chat came from. Decides nothing about what to say.
+
+Evolution API: POST {server}/message/sendText/{instance} with header `apikey`. One requests.Session per
+sender with urllib3 Retry on connection errors and 5xx; failures are raised as SendError(.transient).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from config import Settings
+from errors import SendError
+from models import ChatRef
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS_CODES = (500, 502, 503, 504)
+# 400/422 mean the gateway rejected this message itself (e.g. number not on WhatsApp): retrying cannot help.
+PERMANENT_STATUS_CODES = frozenset({400, 413, 422})
+
+
+class TextSender(Protocol):
+    """What the worker needs from a gateway: send one text to a chat."""
+
+    def send_text(self, chat: ChatRef, text: str) -> str:
+        """Send and return the gateway's message id ('' when it gives none). Raises SendError."""
+        ...
+
+
+def retrying_session(retries: int, backoff_seconds: float = 0.5) -> requests.Session:
+    """A Session that retries connection errors and 5xx answers (POST included), never read timeouts,
+    since a request that timed out while reading may already have been delivered."""
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=0,
+        status=retries,
+        status_forcelist=RETRY_STATUS_CODES,
+        allowed_methods=None,
+        backoff_factor=backoff_seconds,
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def evolution_send_url(evolution_api: str, instance: str) -> str:
+    """EVOLUTION_API is either the full sendText URL (used as is) or the server's base URL."""
+    if "/message/sendText/" in urlsplit(evolution_api).path:
+        return evolution_api
+    return f"{evolution_api.rstrip('/')}/message/sendText/{quote(instance, safe='')}"
+
+
+def evolution_body(number: str, text: str, *, version: int, delay_ms: int) -> dict[str, Any]:
+    """sendText body: v2 takes `text` at the top level; v1.8 takes `textMessage.text` and `options`."""
+    if version == 1:
+        body: dict[str, Any] = {"number": number, "textMessage": {"text": text}}
+        if delay_ms:
+            body["options"] = {"delay": delay_ms, "presence": "composing"}
+        return body
+    body = {"number": number, "text": text}
+    if delay_ms:
+        body["delay"] = delay_ms
+    return body
+
+
+class EvolutionSender:
+    """sendText on Evolution API."""
+
+    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+        self.settings = settings
+        self.session = session or retrying_session(settings.send_max_retries)
+
+    def send_text(self, chat: ChatRef, text: str) -> str:
+        if not self.settings.evolution_api:
+            raise SendError("EVOLUTION_API is not set", transient=True)
+        url = evolution_send_url(self.settings.evolution_api, chat.instance)
+        body = evolution_body(
+            chat.chat_id,
+            text,
+            version=self.settings.evolution_api_version,
+            delay_ms=self.settings.send_delay_ms,
+        )
+        # The typing delay is spent by Evolution before it answers, so the read timeout must cover it.
+        read_timeout = self.settings.send_timeout_seconds + self.settings.send_delay_ms / 1000
+        try:
+            response = self.session.post(
+                url,
+                json=body,
+                headers={"apikey": self.settings.authentication_api_key},
+                timeout=(min(5.0, self.settings.send_timeout_seconds), read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise SendError(f"evolution unreachable for {chat.label}: {exc.__class__.__name__}") from exc
+        if response.status_code >= 400:
+            raise SendError(
+                f"evolution answered {response.status_code} for {chat.label}",
+                status_code=response.status_code,
+                transient=response.status_code not in PERMANENT_STATUS_CODES,
+            )
+        return _message_id(response)
+
+
+def _message_id(response: requests.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return ""
+    key = data.get("key") if isinstance(data, dict) else None
+    return str(key.get("id") or "") if isinstance(key, dict) else ""
+
+
+def build_senders(settings: Settings) -> dict[str, TextSender]:
+    """Gateway name -> sender. The worker looks a chat's gateway up here and nowhere else."""
+    return {"evolution": EvolutionSender(settings)}

@@ -1,0 +1,224 @@
+"""The Flask app: routes, webhook authentication, and wiring of the pipeline's parts.
+
+`create_app(settings)` builds everything and starts this process's background worker. The webhook only
+verifies, parses, dedupes and buffers; Gemini and the gateway are called by the worker, never here.
+Run with `python webhook.py` (development) or `gunicorn webhook:app` (production).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hmac
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import jwt
+import redis
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ai_service import AIService
+from buffer import Buffer
+from config import Settings, load_settings, missing_for_production
+from counters import Counters
+from errors import ConfigError, PayloadError
+from logs import setup_logging
+from memory import History
+from models import IgnoredEvent, IncomingMessage
+from parser import load_body, parse_evolution
+from redis_keys import RedisKeys
+from redis_link import RedisLink
+from sender import build_senders
+from worker import Worker
+
+log = logging.getLogger(__name__)
+
+JWT_LEEWAY_SECONDS = 30
+
+
+def is_authorized(settings: Settings, authorization: str, query_token: str) -> bool:
+    """True when webhook auth is off, or the request carries WEBHOOK_TOKEN or a valid HS256 JWT."""
+    if not settings.webhook_token and not settings.webhook_jwt_secret:
+        return True
+    bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+    if settings.webhook_token:
+        for candidate in (bearer, query_token):
+            if candidate and hmac.compare_digest(candidate.encode(), settings.webhook_token.encode()):
+                return True
+    if settings.webhook_jwt_secret and bearer:
+        try:
+            jwt.decode(bearer, settings.webhook_jwt_secret, algorithms=["HS256"], leeway=JWT_LEEWAY_SECONDS)
+            return True
+        except jwt.PyJWTError:
+            return False
+    return False
+
+
+def create_app(settings: Settings | None = None, *, start_worker: bool | None = None) -> Flask:
+    """Build the app and its pipeline. `start_worker` defaults to WORKER_ENABLED."""
+    settings = settings or load_settings()
+    setup_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+
+    link = RedisLink(settings.redis_uri if settings.redis_enabled else None, retry_seconds=settings.redis_retry_seconds)
+    keys = RedisKeys(settings.redis_prefix)
+    buffer = Buffer(
+        link,
+        keys,
+        debounce_seconds=settings.debounce_seconds,
+        max_wait_seconds=settings.debounce_max_wait_seconds,
+        dedup_ttl_seconds=settings.dedup_ttl_seconds,
+        lease_seconds=settings.lease_seconds,
+    )
+    history = History(link, keys, max_turns=settings.history_max_turns, ttl_seconds=settings.history_ttl_seconds)
+    counters = Counters()
+    worker = Worker(
+        settings,
+        buffer=buffer,
+        history=history,
+        ai=AIService(settings),
+        senders=build_senders(settings),
+        counters=counters,
+    )
+    app.extensions["assistant"] = {
+        "settings": settings,
+        "link": link,
+        "buffer": buffer,
+        "history": history,
+        "worker": worker,
+        "counters": counters,
+    }
+
+    @app.post("/webhook")
+    @app.post("/webhook/<event>")
+    def receive(event: str = "") -> tuple[Response, int]:
+        if not is_authorized(settings, request.headers.get("Authorization", ""), request.args.get("token", "")):
+            counters.add("auth_failures")
+            log.warning("webhook rejected: missing or invalid credentials")
+            return jsonify(error="unauthorized"), 401
+        body = request.get_data(cache=False)
+        if not body.strip():
+            return jsonify(error="empty body"), 400
+        try:
+            payload = load_body(body)
+        except PayloadError as exc:
+            log.warning("webhook body rejected bytes=%d: %s", len(body), exc)
+            return jsonify(error=str(exc)), 400
+        parsed = parse_evolution(
+            payload,
+            event_hint=event,
+            accept_groups=settings.groups_enabled,
+            max_text_chars=settings.max_message_chars,
+        )
+        return _buffer_parsed(parsed)
+
+    def _buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent]) -> tuple[Response, int]:
+        buffered, duplicates, reasons = 0, 0, []
+        now = time.time()
+        for item in parsed:
+            if isinstance(item, IgnoredEvent):
+                counters.add("ignored")
+                reasons.append(item.reason)
+                chat = item.chat.label if item.chat else "-"
+                log.info("ignored chat=%s msg=%s reason=%s", chat, item.message_id or "-", item.reason)
+                continue
+            result = buffer.append(item, now=now)
+            if not result.accepted:
+                duplicates += 1
+                counters.add("duplicates")
+                log.info("duplicate chat=%s msg=%s", item.chat.label, item.message_id)
+                continue
+            buffered += 1
+            counters.add("received")
+            log.info(
+                "received chat=%s msg=%s kind=%s pending=%d due_in=%.1fs store=%s",
+                item.chat.label,
+                item.message_id,
+                item.kind,
+                result.pending,
+                result.deadline - now,
+                result.store,
+            )
+            log.debug("text chat=%s msg=%s text=%.80r", item.chat.label, item.message_id, item.text)
+        if not buffered and not duplicates:
+            return jsonify(status="ignored", reason=",".join(dict.fromkeys(reasons)) or "no_message"), 200
+        return jsonify(status="buffered", buffered=buffered, duplicates=duplicates, ignored=len(reasons)), 200
+
+    @app.get("/health")
+    def health() -> tuple[Response, int]:
+        redis_state = "disabled"
+        if link.enabled:
+            redis_state = "up" if link.ping() else "down"
+        body: dict[str, Any] = {
+            "status": "ok" if redis_state != "down" and worker_state() != "stopped" else "degraded",
+            "redis": redis_state,
+            "gemini": "configured" if settings.gemini_configured else "missing GEMINI_API_KEY",
+            "gateway": "configured" if settings.gateway_configured else "missing EVOLUTION_API",
+            "worker": worker_state(),
+            **buffer.counts(),
+            "counters": counters.snapshot(),
+        }
+        return jsonify(body), 200
+
+    def worker_state() -> str:
+        if not (settings.worker_enabled if start_worker is None else start_worker):
+            return "disabled"
+        return "alive" if worker.is_alive() else "stopped"
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        code = exc.code or 500
+        return jsonify(error=exc.name.lower(), detail=exc.description), code
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception) -> tuple[Response, int]:
+        # Only a bug gets here. Redis failing mid-request is the one failure a gateway retry can fix.
+        log.exception("unexpected error on %s", request.path)
+        if isinstance(exc, redis.RedisError):
+            return jsonify(error="temporarily unavailable"), 503
+        return jsonify(error="internal error"), 500
+
+    if settings.worker_enabled if start_worker is None else start_worker:
+        worker.start()
+        atexit.register(worker.stop)  # gunicorn workers leave through sys.exit on SIGTERM
+    for problem in missing_for_production(settings):
+        log.warning("%s", problem)
+    return app
+
+
+_app: Flask | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """`webhook.app` is built on first access (by gunicorn, in each worker process after the fork),
+    so importing this module in tests or tools starts nothing."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(name)
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    app = create_app(settings)
+    # Flask's dev server dies on SIGTERM without cleanup; turn it into a normal exit so the worker stops.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log.info("serving on http://%s:%d (development server; use gunicorn in production)", settings.host, settings.port)
+    try:
+        app.run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
+    finally:
+        app.extensions["assistant"]["worker"].stop()
+
+
+if __name__ == "__main__":
+    main()

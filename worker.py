@@ -1,0 +1,226 @@
+"""The background worker: claim due chats -> prompt -> reply -> send -> ack -> history. Handles no HTTP.
+
+One daemon thread per serving process runs `run_forever`; each claimed chat is processed on a small
+thread pool so replies go out concurrently. Claims are leased: the loop renews the leases of the chats it
+is working on, so a chat returns to the queue only when its process died or hung.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from ai_service import AIService
+from buffer import Buffer, Claim
+from config import Settings
+from counters import Counters
+from errors import AIServiceError, SendError
+from memory import History, Turn
+from sender import TextSender
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_DELAY_SECONDS = 600.0
+MAX_IDLE_BACKOFF_SECONDS = 5.0
+
+
+class Worker:
+    """Drains the buffer. `run_once()` is one claim round; `start()` runs it in a loop on a thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        buffer: Buffer,
+        history: History,
+        ai: AIService,
+        senders: dict[str, TextSender],
+        counters: Counters,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.buffer = buffer
+        self.history = history
+        self.ai = ai
+        self.senders = senders
+        self.counters = counters
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: dict[str, Claim] = {}  # token -> claim, for lease renewal
+        self._in_flight_lock = threading.Lock()
+        self._last_heartbeat = 0.0
+        self.last_loop_at = 0.0
+
+    # ----- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.is_alive():
+            return
+        self._stop.clear()
+        self._pool = ThreadPoolExecutor(self.settings.worker_concurrency, thread_name_prefix="reply")
+        self._thread = threading.Thread(target=self.run_forever, name="buffer-worker", daemon=True)
+        self._thread.start()
+        log.info("worker started concurrency=%d", self.settings.worker_concurrency)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming, let running replies finish for up to `timeout` seconds. Unfinished batches
+        keep their lease and are claimed again by another process once it expires."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run_forever(self) -> None:
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                claimed = 0
+                try:
+                    claimed = self.run_once()
+                    self.renew_leases()
+                    failures = 0
+                except Exception:  # the loop must survive anything; one bad round is logged and retried
+                    failures += 1
+                    log.exception("worker round failed (%d in a row)", failures)
+                self.last_loop_at = time.time()
+                if not claimed:
+                    pause = self.settings.worker_poll_seconds * (2 ** min(failures, 5))
+                    self._stop.wait(min(pause, MAX_IDLE_BACKOFF_SECONDS))
+        finally:
+            log.info("worker stopped")
+
+    # ----- one round -------------------------------------------------------------------------------
+
+    def run_once(self, *, wait: bool = False) -> int:
+        """Claim the chats that are due and start answering them; returns how many were claimed.
+
+        With `wait=True` (tests, benchmarks) the claims are processed here, one after another.
+        """
+        with self._in_flight_lock:
+            free = self.settings.worker_concurrency - len(self._in_flight)
+        if free <= 0:
+            return 0
+        claims = self.buffer.claim_due(now=self.clock(), limit=free)
+        for claim in claims:
+            with self._in_flight_lock:
+                self._in_flight[claim.token] = claim
+            if wait or self._pool is None:
+                self._process_guarded(claim)
+            else:
+                self._pool.submit(self._process_guarded, claim)
+        return len(claims)
+
+    def renew_leases(self) -> None:
+        """Extend the leases of chats still being answered, every third of a lease."""
+        now = self.clock()
+        if now - self._last_heartbeat < self.settings.lease_seconds / 3:
+            return
+        self._last_heartbeat = now
+        with self._in_flight_lock:
+            claims = list(self._in_flight.values())
+        for claim in claims:
+            if not self.buffer.renew(claim, now=now):
+                log.warning("lease lost chat=%s: another worker took it over", claim.chat.label)
+
+    def _process_guarded(self, claim: Claim) -> None:
+        try:
+            self.process(claim)
+        except Exception:  # one chat's failure must not stop the others; its lease brings it back
+            self.counters.add("worker_errors")
+            log.exception("answering chat=%s failed; it will be retried when its lease expires", claim.chat.label)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.pop(claim.token, None)
+
+    # ----- one chat --------------------------------------------------------------------------------
+
+    def process(self, claim: Claim) -> None:
+        """Answer one claimed burst: reuse a stored reply or ask Gemini, fence, send, ack, remember."""
+        chat = claim.chat
+        user_text = claim.text
+        if not user_text:
+            self.buffer.ack(claim)
+            return
+        reply, from_fallback = claim.reply, claim.reply == self.settings.fallback_reply
+        if not reply:
+            reply, from_fallback = self._compose(claim, user_text)
+            if not reply:  # FALLBACK_REPLY is empty: the owner chose silence over an apology
+                self.buffer.ack(claim)
+                self.history.append(chat, [Turn(role="user", text=user_text, at=self.clock())])
+                log.error("no reply sent chat=%s: gemini failed and FALLBACK_REPLY is empty", chat.label)
+                return
+        # Fence: store the reply with the batch and check we still own it, right before sending.
+        if not self.buffer.renew(claim, now=self.clock(), reply=reply):
+            log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
+            return
+        if not self._send(claim, reply):
+            return
+        if not self.buffer.ack(claim):
+            self.counters.add("late_acks")
+            log.warning("reply sent but lease had expired chat=%s: it may be answered twice", chat.label)
+        turns = [Turn(role="user", text=user_text, at=self.clock())]
+        if not from_fallback:
+            turns.append(Turn(role="model", text=reply, at=self.clock()))
+        self.history.append(chat, turns)
+        self.counters.add("replies_sent")
+        log.info(
+            "reply sent chat=%s messages=%d attempt=%d chars=%d fallback=%s",
+            chat.label,
+            len(claim.messages),
+            claim.attempts,
+            len(reply),
+            from_fallback,
+        )
+
+    def _compose(self, claim: Claim, user_text: str) -> tuple[str, bool]:
+        """(reply, from_fallback): Gemini's answer, or FALLBACK_REPLY when Gemini keeps failing."""
+        history = self.history.recent(claim.chat)
+        try:
+            return self.ai.generate_reply(history, user_text), False
+        except AIServiceError as exc:
+            self.counters.add("ai_failures")
+            self.counters.add("fallbacks")
+            log.error("gemini failed chat=%s: %s; sending FALLBACK_REPLY", claim.chat.label, exc)
+            return self.settings.fallback_reply, True
+
+    def _send(self, claim: Claim, reply: str) -> bool:
+        """Send through the chat's own gateway; on failure retry later with backoff or dead-letter."""
+        sender = self.senders.get(claim.chat.gateway)
+        try:
+            if sender is None:
+                raise SendError(f"no sender for gateway {claim.chat.gateway!r}", transient=False)
+            sender.send_text(claim.chat, reply)
+            return True
+        except SendError as exc:
+            self.counters.add("send_failures")
+            if exc.transient and claim.attempts < self.settings.delivery_max_attempts:
+                delay = min(
+                    self.settings.delivery_retry_base_seconds * 2 ** (claim.attempts - 1), MAX_RETRY_DELAY_SECONDS
+                )
+                self.buffer.release(claim, retry_at=self.clock() + delay, reply=reply)
+                log.warning(
+                    "send failed chat=%s attempt=%d: %s; retrying in %.0fs",
+                    claim.chat.label,
+                    claim.attempts,
+                    exc,
+                    delay,
+                )
+            else:
+                self.buffer.dead_letter(claim, reason=str(exc), now=self.clock())
+                self.counters.add("dead_lettered")
+                log.error(
+                    "reply abandoned chat=%s after %d attempts: %s (kept in dead letters)",
+                    claim.chat.label,
+                    claim.attempts,
+                    exc,
+                )
+            return False
