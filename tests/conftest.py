@@ -1,0 +1,140 @@
+"""Shared fixtures: a real redis-server started for this test session, and local fakes of Gemini and Evolution.
+
+The suite never touches a Redis it did not start: it runs its own on a free port with persistence off.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from config import Settings  # noqa: E402 (needs ROOT on sys.path)
+from tests.fakes import FakeEvolution, FakeGemini  # noqa: E402 (needs ROOT on sys.path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway redis-server process; `stop()`/`start()` let tests simulate an outage on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            pytest.exit("redis-server is not installed: run `make test`, which installs it", returncode=2)
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    if redis_server.process is None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fake_gemini() -> Iterator[FakeGemini]:
+    fake = FakeGemini()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def fake_evolution() -> Iterator[FakeEvolution]:
+    fake = FakeEvolution()
+    yield fake
+    fake.close()
+
+
+def make_settings(**overrides: object) -> Settings:
+    """Settings for tests: fast retries, no background thread unless asked, everything else overridable."""
+    values: dict[str, object] = {
+        "debounce_seconds": 1.0,
+        "debounce_max_wait_seconds": 10.0,
+        "gemini_api_key": "test-gemini-key",
+        "gemini_retry_initial_seconds": 0.05,
+        "gemini_timeout_seconds": 5.0,
+        "authentication_api_key": "test-evolution-key",
+        "send_max_retries": 2,
+        "send_timeout_seconds": 5.0,
+        "delivery_retry_base_seconds": 0.2,
+        "worker_enabled": False,
+        "lease_seconds": 5.0,
+        "log_level": "DEBUG",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(
+    redis_client: redis.Redis, redis_server: RedisServer, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> Settings:
+    """Settings wired to this test's Redis and fakes."""
+    return make_settings(redis_uri=redis_server.url, gemini_base_url=fake_gemini.url, evolution_api=fake_evolution.url)

@@ -1,0 +1,162 @@
+"""Local HTTP fakes of the services the assistant calls: Gemini's generateContent and Evolution's sendText.
+
+Each runs a stdlib ThreadingHTTPServer on 127.0.0.1 (port 0) in a daemon thread, records every request it
+receives, and answers from a script of queued responses, then from its default. Tests point the real
+clients (google-genai via GEMINI_BASE_URL, requests via EVOLUTION_API) at `.url`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Canned:
+    status: int = 200
+    body: Any = None  # dict -> JSON; None -> the fake's default answer
+    delay: float = 0.0
+
+
+@dataclass
+class FakeServer:
+    """Base fake: records requests, answers from `script` (FIFO) and then from `default_answer`."""
+
+    requests: list[Recorded] = field(default_factory=list)
+    script: deque[Canned] = field(default_factory=deque)
+    delay: float = 0.0  # applied to every answer
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                recorded = Recorded(
+                    "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                )
+                status, answer, delay = fake._answer(recorded)
+                if delay:
+                    time.sleep(delay)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _answer(self, recorded: Recorded) -> tuple[int, Any, float]:
+        with self._lock:
+            self.requests.append(recorded)
+            canned = self.script.popleft() if self.script else Canned()
+        body = canned.body if canned.body is not None else self.default_answer(recorded)
+        return canned.status, body, canned.delay or self.delay
+
+    def default_answer(self, recorded: Recorded) -> Any:
+        return {}
+
+    def queue(self, *answers: Canned) -> None:
+        with self._lock:
+            self.script.extend(answers)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Recorded]:
+        """Poll until at least `count` requests arrived; returns them (fails the test on timeout)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self._lock:
+                if len(self.requests) >= count:
+                    return list(self.requests)
+            time.sleep(0.02)
+        raise AssertionError(f"expected {count} requests, got {len(self.requests)}")
+
+    def received(self) -> list[Recorded]:
+        with self._lock:
+            return list(self.requests)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.script.clear()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def gemini_answer(text: str) -> dict[str, Any]:
+    """A generateContent response body carrying `text`."""
+    return {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15},
+    }
+
+
+def gemini_error(code: int, status: str = "UNAVAILABLE") -> dict[str, Any]:
+    return {"error": {"code": code, "message": "fake error", "status": status}}
+
+
+class FakeGemini(FakeServer):
+    """generateContent: by default answers "Resposta N: <last user text>" so tests can tell replies apart."""
+
+    reply_for: Callable[[Recorded], str] | None = None
+
+    def default_answer(self, recorded: Recorded) -> Any:
+        if self.reply_for is not None:
+            return gemini_answer(self.reply_for(recorded))
+        contents = recorded.json.get("contents", [])
+        last = contents[-1]["parts"][-1]["text"] if contents else ""
+        return gemini_answer(f"Resposta: {last}")
+
+    def prompts(self) -> list[dict[str, Any]]:
+        return [r.json for r in self.received() if ":generateContent" in r.path]
+
+
+class FakeEvolution(FakeServer):
+    """sendText: answers 201-like JSON with a fresh message id, as Evolution does."""
+
+    def default_answer(self, recorded: Recorded) -> Any:
+        body = recorded.json
+        return {
+            "key": {"remoteJid": body.get("number"), "fromMe": True, "id": f"FAKE{len(self.requests):06d}"},
+            "message": {"extendedTextMessage": {"text": body.get("text", "")}},
+            "messageTimestamp": str(int(time.time())),
+            "status": "PENDING",
+        }
+
+    def sends(self) -> list[Recorded]:
+        return [r for r in self.received() if "/message/sendText/" in r.path]

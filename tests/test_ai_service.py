@@ -1,0 +1,99 @@
+"""ai_service against a local fake Gemini: the real google-genai client, its retries, and our errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from ai_service import AIService, build_prompt
+from errors import AIServiceError
+from memory import Turn
+from tests.conftest import make_settings
+from tests.fakes import Canned, FakeGemini, gemini_answer, gemini_error
+
+
+def service(fake: FakeGemini, **overrides: object) -> AIService:
+    return AIService(make_settings(gemini_base_url=fake.url, **overrides))
+
+
+def test_build_prompt_turns_history_into_alternating_roles() -> None:
+    history = [Turn(role="user", text="Oi"), Turn(role="model", text="Olá!"), Turn(role="user", text="Preço?")]
+    contents = build_prompt(history, "E o frete?")
+    assert [c.role for c in contents] == ["user", "model", "user"]
+    assert [p.text for p in contents[-1].parts] == ["Preço?", "E o frete?"]
+
+
+def test_build_prompt_never_opens_with_the_model() -> None:
+    contents = build_prompt([Turn(role="model", text="Bem-vindo")], "Oi")
+    assert [c.role for c in contents] == ["user"]
+
+
+def test_generate_reply_sends_system_prompt_history_and_key(fake_gemini: FakeGemini) -> None:
+    ai = service(fake_gemini, system_prompt="Você é a Loja Teste.", gemini_model="gemini-test")
+    reply = ai.generate_reply([Turn(role="user", text="Oi"), Turn(role="model", text="Olá")], "Quanto custa?")
+    assert reply == "Resposta: Quanto custa?"
+    (request,) = fake_gemini.received()
+    assert request.path.endswith("/models/gemini-test:generateContent")
+    assert request.headers["x-goog-api-key"] == "test-gemini-key"
+    body = request.json
+    assert body["systemInstruction"]["parts"][0]["text"] == "Você é a Loja Teste."
+    assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
+
+
+def test_retries_503_then_succeeds(fake_gemini: FakeGemini) -> None:
+    fake_gemini.queue(Canned(503, gemini_error(503)), Canned(503, gemini_error(503)))
+    assert service(fake_gemini).generate_reply([], "Oi") == "Resposta: Oi"
+    assert len(fake_gemini.received()) == 3
+
+
+def test_retries_429(fake_gemini: FakeGemini) -> None:
+    fake_gemini.queue(Canned(429, gemini_error(429, "RESOURCE_EXHAUSTED")))
+    assert service(fake_gemini).generate_reply([], "Oi") == "Resposta: Oi"
+    assert len(fake_gemini.received()) == 2
+
+
+def test_gives_up_after_max_attempts(fake_gemini: FakeGemini) -> None:
+    fake_gemini.queue(*[Canned(500, gemini_error(500, "INTERNAL"))] * 10)
+    with pytest.raises(AIServiceError) as info:
+        service(fake_gemini, gemini_max_attempts=3).generate_reply([], "Oi")
+    assert info.value.transient
+    assert len(fake_gemini.received()) == 3
+
+
+def test_does_not_retry_a_bad_request(fake_gemini: FakeGemini) -> None:
+    fake_gemini.queue(Canned(400, gemini_error(400, "INVALID_ARGUMENT")))
+    with pytest.raises(AIServiceError) as info:
+        service(fake_gemini).generate_reply([], "Oi")
+    assert not info.value.transient
+    assert len(fake_gemini.received()) == 1
+
+
+def test_empty_or_blocked_answer_is_an_error(fake_gemini: FakeGemini) -> None:
+    fake_gemini.queue(Canned(200, {"candidates": [{"content": {"parts": []}, "finishReason": "SAFETY"}]}))
+    with pytest.raises(AIServiceError, match="no text"):
+        service(fake_gemini).generate_reply([], "Oi")
+
+
+def test_timeout_is_retried_then_reported(fake_gemini: FakeGemini) -> None:
+    fake_gemini.delay = 1.5
+    with pytest.raises(AIServiceError, match="unreachable"):
+        service(fake_gemini, gemini_timeout_seconds=0.3, gemini_max_attempts=2).generate_reply([], "Oi")
+    assert len(fake_gemini.received()) == 2
+
+
+def test_unreachable_gemini_is_an_error() -> None:
+    ai = AIService(make_settings(gemini_base_url="http://127.0.0.1:9", gemini_max_attempts=2))
+    with pytest.raises(AIServiceError, match="unreachable"):
+        ai.generate_reply([], "Oi")
+
+
+def test_missing_key_is_reported_without_a_call(fake_gemini: FakeGemini) -> None:
+    ai = service(fake_gemini, gemini_api_key="")
+    assert not ai.configured
+    with pytest.raises(AIServiceError, match="GEMINI_API_KEY"):
+        ai.generate_reply([], "Oi")
+    assert fake_gemini.received() == []
+
+
+def test_answer_text_is_stripped(fake_gemini: FakeGemini) -> None:
+    fake_gemini.queue(Canned(200, gemini_answer("  Olá, tudo bem?  \n")))
+    assert service(fake_gemini).generate_reply([], "Oi") == "Olá, tudo bem?"
