@@ -50,7 +50,13 @@ def is_authorized(settings: Settings, authorization: str, query_token: str) -> b
                 return True
     if settings.webhook_jwt_secret and bearer:
         try:
-            jwt.decode(bearer, settings.webhook_jwt_secret, algorithms=["HS256"], leeway=JWT_LEEWAY_SECONDS)
+            jwt.decode(
+                bearer,
+                settings.webhook_jwt_secret,
+                algorithms=["HS256"],
+                leeway=JWT_LEEWAY_SECONDS,
+                options={"require": ["exp"]},  # Evolution's tokens expire after 10 minutes; refuse eternal ones
+            )
             return True
         except jwt.PyJWTError:
             return False
