@@ -51,7 +51,7 @@ def load_body(body: bytes | str) -> Any:
         data = json.loads(body)
         if isinstance(data, str):
             data = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise PayloadError("body is not valid JSON") from exc
     if not isinstance(data, dict | list):
         raise PayloadError("body must be a JSON object or a list of objects")
@@ -245,5 +245,5 @@ def _timestamp(value: Any) -> int:
         value = value.get("low")
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
         return 0
