@@ -1,0 +1,454 @@
+"""The worker end to end on a real Redis, a fake Gemini and a fake Evolution, driven by `run_once(wait=True)`.
+
+The pipeline is wired as `webhook.create_app` wires it, but built here directly so nothing starts on its
+own; the clock is a plain object the test moves forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from ai_service import AIService
+from buffer import Buffer
+from config import Settings
+from counters import Counters
+from errors import SendError
+from memory import History, Turn
+from models import ChatRef, IncomingMessage
+from redis_keys import RedisKeys
+from redis_link import RedisLink
+from sender import TextSender, build_senders
+from tests.fakes import Canned, FakeEvolution, FakeGemini, gemini_error
+from worker import Worker
+
+T0 = 1_700_000_000.0
+CHAT = ChatRef(gateway="evolution", instance="loja", chat_id="5511987654321@s.whatsapp.net")
+FALLBACK = "Desculpe, estou com uma instabilidade. Já volto!"
+
+
+class Clock:
+    """A hand-moved clock for Worker(clock=...) and the buffer's `now=`."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    worker: Worker
+    buffer: Buffer
+    history: History
+    counters: Counters
+    clock: Clock
+    keys: RedisKeys
+
+    def receive(self, n: int | str, text: str, *, chat: ChatRef = CHAT, kind: str = "text") -> None:
+        message = IncomingMessage(chat=chat, message_id=f"MSG{n}", text=text, kind=kind)
+        assert self.buffer.append(message, now=self.clock()).store == "redis"
+
+
+PipelineFactory = Callable[..., Pipeline]
+
+
+@pytest.fixture
+def pipeline(settings: Settings) -> Iterator[PipelineFactory]:
+    """Builds a worker and its parts from the test settings (plus overrides), as create_app does."""
+    links: list[RedisLink] = []
+
+    def make(
+        *, clock: Clock | None = None, senders: dict[str, TextSender] | None = None, **overrides: object
+    ) -> Pipeline:
+        current = dataclasses.replace(settings, **{"fallback_reply": FALLBACK, **overrides})  # type: ignore[arg-type]
+        link = RedisLink(current.redis_uri, retry_seconds=current.redis_retry_seconds)
+        links.append(link)
+        keys = RedisKeys(current.redis_prefix)
+        buffer = Buffer(
+            link,
+            keys,
+            debounce_seconds=current.debounce_seconds,
+            max_wait_seconds=current.debounce_max_wait_seconds,
+            dedup_ttl_seconds=current.dedup_ttl_seconds,
+            lease_seconds=current.lease_seconds,
+        )
+        history = History(link, keys, max_turns=current.history_max_turns, ttl_seconds=current.history_ttl_seconds)
+        counters = Counters()
+        clock = clock or Clock()
+        worker = Worker(
+            current,
+            buffer=buffer,
+            history=history,
+            ai=AIService(current),
+            senders=senders if senders is not None else build_senders(current),
+            counters=counters,
+            clock=clock,
+        )
+        return Pipeline(current, worker, buffer, history, counters, clock, keys)
+
+    yield make
+    for link in links:
+        assert link.client is not None
+        link.client.close()
+
+
+def sent_texts(fake: FakeEvolution) -> list[str]:
+    return [r.json["text"] for r in fake.sends()]
+
+
+def prompt_turns(prompt: dict) -> list[tuple[str, list[str]]]:
+    return [(c["role"], [p["text"] for p in c["parts"]]) for c in prompt["contents"]]
+
+
+def roles_and_texts(turns: list[Turn]) -> list[tuple[str, str]]:
+    return [(t.role, t.text) for t in turns]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+# ----- the happy path ---------------------------------------------------------------------------------------
+
+
+def test_a_burst_gets_one_reply(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution, redis_client: redis.Redis
+) -> None:
+    p = pipeline()
+    p.receive(1, "Oi")
+    p.clock.advance(0.3)
+    p.receive(2, "Tudo bem?")
+    p.clock.advance(0.3)
+    p.receive(3, "Quanto custa a pizza?")
+    p.clock.advance(0.9)  # 1.5 s after the first message, 0.9 s after the last: still typing
+    assert p.worker.run_once(wait=True) == 0
+    assert fake_gemini.received() == []
+
+    p.clock.advance(0.1)
+    assert p.worker.run_once(wait=True) == 1
+    burst = "Oi\nTudo bem?\nQuanto custa a pizza?"
+    (prompt,) = fake_gemini.prompts()
+    assert prompt_turns(prompt) == [("user", [burst])]
+    (send,) = fake_evolution.sends()
+    assert send.path == "/message/sendText/loja"
+    assert send.json == {"number": CHAT.chat_id, "text": f"Resposta: {burst}"}
+    assert roles_and_texts(p.history.recent(CHAT)) == [("user", burst), ("model", f"Resposta: {burst}")]
+    assert p.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 0}
+    assert p.counters.snapshot() == {"replies_sent": 1}
+    leftovers = {k for k in redis_client.keys("*") if ":seen:" not in k}
+    assert leftovers == {p.keys.history(CHAT.key)}
+
+    p.clock.advance(3600)
+    assert p.worker.run_once(wait=True) == 0
+    assert len(fake_gemini.received()) == 1
+    assert len(fake_evolution.sends()) == 1
+
+
+def test_history_reaches_the_next_burst(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    p = pipeline()
+    p.receive(1, "Quero uma pizza")
+    p.clock.advance(5)
+    p.worker.run_once(wait=True)
+    p.receive(2, "E o frete?")
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    first, second = fake_gemini.prompts()
+    assert prompt_turns(second) == [
+        ("user", ["Quero uma pizza"]),
+        ("model", ["Resposta: Quero uma pizza"]),
+        ("user", ["E o frete?"]),
+    ]
+    assert sent_texts(fake_evolution) == ["Resposta: Quero uma pizza", "Resposta: E o frete?"]
+    assert len(p.history.recent(CHAT)) == 4
+
+
+def test_chats_are_answered_separately(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    other_number = ChatRef(gateway="evolution", instance="loja", chat_id="5521999990000@s.whatsapp.net")
+    other_instance = ChatRef(gateway="evolution", instance="filial", chat_id=CHAT.chat_id)
+    p = pipeline()
+    p.receive(1, "Oi da loja", chat=CHAT)
+    p.receive(2, "Oi de outro número", chat=other_number)
+    p.receive(3, "Oi da filial", chat=other_instance)
+    p.receive(4, "Tudo bem?", chat=CHAT)
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 3
+
+    user_texts = sorted(prompt_turns(prompt)[-1][1][0] for prompt in fake_gemini.prompts())
+    assert user_texts == ["Oi da filial", "Oi da loja\nTudo bem?", "Oi de outro número"]
+    sends = {(r.path, r.json["number"]): r.json["text"] for r in fake_evolution.sends()}
+    assert sends == {
+        ("/message/sendText/loja", CHAT.chat_id): "Resposta: Oi da loja\nTudo bem?",
+        ("/message/sendText/loja", other_number.chat_id): "Resposta: Oi de outro número",
+        ("/message/sendText/filial", CHAT.chat_id): "Resposta: Oi da filial",
+    }
+    assert [t.text for t in p.history.recent(other_instance)] == ["Oi da filial", "Resposta: Oi da filial"]
+    assert [t.text for t in p.history.recent(other_number)] == ["Oi de outro número", "Resposta: Oi de outro número"]
+
+
+def test_a_burst_without_text_is_acked_without_a_reply(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    p = pipeline()
+    p.receive(1, "", kind="image")
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    assert fake_gemini.received() == [] and fake_evolution.received() == []
+    assert p.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 0}
+
+
+# ----- Gemini failures --------------------------------------------------------------------------------------
+
+
+def test_gemini_503_twice_then_ok_sends_gemini_text(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    fake_gemini.queue(Canned(503, gemini_error(503)), Canned(503, gemini_error(503)))
+    p = pipeline()
+    p.receive(1, "Oi")
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    assert len(fake_gemini.received()) == 3
+    assert sent_texts(fake_evolution) == ["Resposta: Oi"]
+    assert p.counters.snapshot() == {"replies_sent": 1}
+
+
+def test_gemini_down_sends_the_fallback_once_and_keeps_it_out_of_history(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    fake_gemini.queue(*[Canned(500, gemini_error(500, "INTERNAL"))] * 10)
+    p = pipeline(gemini_max_attempts=2)
+    p.receive(1, "Oi")
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    assert len(fake_gemini.received()) == 2
+    assert sent_texts(fake_evolution) == [FALLBACK]
+    assert roles_and_texts(p.history.recent(CHAT)) == [("user", "Oi")]
+    assert p.counters.snapshot() == {"ai_failures": 1, "fallbacks": 1, "replies_sent": 1}
+    p.clock.advance(3600)
+    assert p.worker.run_once(wait=True) == 0
+    assert sent_texts(fake_evolution) == [FALLBACK]
+
+    # Gemini is back: the unanswered question reaches it with the new one, as one user turn.
+    fake_gemini.reset()
+    p.receive(2, "Alguém aí?")
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    (prompt,) = fake_gemini.prompts()
+    assert prompt_turns(prompt) == [("user", ["Oi", "Alguém aí?"])]
+    assert sent_texts(fake_evolution) == [FALLBACK, "Resposta: Alguém aí?"]
+
+
+def test_an_empty_fallback_sends_nothing_and_acks(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    fake_gemini.queue(*[Canned(500, gemini_error(500, "INTERNAL"))] * 10)
+    p = pipeline(gemini_max_attempts=2, fallback_reply="")
+    p.receive(1, "Oi")
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    assert fake_evolution.received() == []
+    assert p.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 0}
+    assert roles_and_texts(p.history.recent(CHAT)) == [("user", "Oi")]
+    p.clock.advance(3600)
+    assert p.worker.run_once(wait=True) == 0
+    assert len(fake_gemini.received()) == 2
+
+
+# ----- send failures ----------------------------------------------------------------------------------------
+
+
+def test_a_failed_send_is_retried_later_with_the_stored_reply(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    # Two 500s exhaust the session's single retry; the worker gives the batch back and tries again.
+    fake_evolution.queue(Canned(500, {"error": "down"}), Canned(500, {"error": "down"}))
+    p = pipeline(send_max_retries=1)
+    p.receive(1, "Oi")
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    assert len(fake_evolution.sends()) == 2
+    assert p.history.recent(CHAT) == []
+    assert p.buffer.counts()["chats_in_progress"] == 1
+    assert p.worker.run_once(wait=True) == 0  # not before the retry delay
+
+    p.clock.advance(p.settings.delivery_retry_base_seconds)
+    assert p.worker.run_once(wait=True) == 1
+    assert len(fake_gemini.received()) == 1  # the stored reply was reused
+    assert sent_texts(fake_evolution) == ["Resposta: Oi"] * 3
+    assert roles_and_texts(p.history.recent(CHAT)) == [("user", "Oi"), ("model", "Resposta: Oi")]
+    assert p.counters.snapshot() == {"replies_sent": 1, "send_failures": 1}
+    assert p.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 0}
+
+
+def test_a_rejected_send_is_dead_lettered(
+    pipeline: PipelineFactory, fake_evolution: FakeEvolution, redis_client: redis.Redis
+) -> None:
+    fake_evolution.queue(Canned(400, {"status": 400, "response": {"message": [{"exists": False}]}}))
+    p = pipeline()
+    p.receive(1, "Oi")
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    assert len(fake_evolution.sends()) == 1
+    assert p.counters.snapshot() == {"dead_lettered": 1, "send_failures": 1}
+    assert redis_client.hget(p.keys.stats(), "dead_lettered") == "1"
+    (record,) = [json.loads(item) for item in redis_client.lrange(p.keys.dead_letters(), 0, -1)]
+    assert record["chat"] == CHAT.key
+    assert "400" in record["reason"]
+    assert [m["text"] for m in record["messages"]] == ["Oi"]
+    assert p.history.recent(CHAT) == []  # nothing was delivered
+    p.clock.advance(3600)
+    assert p.worker.run_once(wait=True) == 0
+    assert len(fake_evolution.sends()) == 1
+
+
+def test_transient_send_failures_are_dead_lettered_after_max_attempts(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    fake_evolution.queue(*[Canned(503, {"error": "down"})] * 10)
+    p = pipeline(send_max_retries=0, delivery_max_attempts=3)
+    p.receive(1, "Oi")
+    for _ in range(3):
+        p.clock.advance(60)
+        assert p.worker.run_once(wait=True) == 1
+    p.clock.advance(3600)
+    assert p.worker.run_once(wait=True) == 0
+    assert len(fake_evolution.sends()) == 3
+    assert len(fake_gemini.received()) == 1
+    assert p.counters.snapshot() == {"dead_lettered": 1, "send_failures": 3}
+    assert p.buffer.counts()["dead_letters"] == 1
+
+
+def test_a_chat_of_an_unknown_gateway_is_dead_lettered(pipeline: PipelineFactory, fake_gemini: FakeGemini) -> None:
+    p = pipeline()
+    p.receive(1, "Oi", chat=ChatRef(gateway="zapi", instance="x", chat_id=CHAT.chat_id))
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    assert p.counters.snapshot() == {"dead_lettered": 1, "send_failures": 1}
+    assert p.buffer.counts()["dead_letters"] == 1
+
+
+# ----- leases -----------------------------------------------------------------------------------------------
+
+
+def test_a_worker_whose_lease_was_taken_over_does_not_send(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    slow = pipeline()
+    slow.receive(1, "Oi")
+    slow.clock.advance(5)
+    fake_gemini.queue(Canned(200, delay=1.0))  # the first Gemini answer hangs past the lease
+    stalled = threading.Thread(target=slow.worker.run_once, kwargs={"wait": True})
+    stalled.start()
+    try:
+        fake_gemini.wait_for(1)
+        # Another process sees the lease expired and takes the batch over.
+        other = pipeline(clock=Clock(slow.clock() + slow.settings.lease_seconds))
+        assert other.worker.run_once(wait=True) == 1
+    finally:
+        stalled.join(10)
+    assert not stalled.is_alive()
+    assert len(fake_gemini.received()) == 2
+    (send,) = fake_evolution.sends()  # only the new owner's
+    assert send.json["text"] == "Resposta: Oi"
+    assert slow.counters.snapshot() == {}
+    assert other.counters.snapshot() == {"replies_sent": 1}
+    assert roles_and_texts(slow.history.recent(CHAT)) == [("user", "Oi"), ("model", "Resposta: Oi")]
+    assert slow.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 0}
+
+
+# ----- the background thread --------------------------------------------------------------------------------
+
+
+class BrokenForOneChat:
+    """A gateway double: raises an unexpected (non-SendError) exception for one chat, delegates the rest."""
+
+    def __init__(self, broken: ChatRef, real: TextSender) -> None:
+        self.broken = broken
+        self.real = real
+
+    def send_text(self, chat: ChatRef, text: str) -> str:
+        if chat == self.broken:
+            raise RuntimeError("gateway client bug")
+        return self.real.send_text(chat, text)
+
+
+def test_the_background_thread_survives_a_failing_chat(
+    pipeline: PipelineFactory, settings: Settings, fake_evolution: FakeEvolution
+) -> None:
+    broken = ChatRef(gateway="evolution", instance="loja", chat_id="5521999990000@s.whatsapp.net")
+    real_senders = build_senders(settings)
+    p = pipeline(
+        clock=time.time,
+        senders={"evolution": BrokenForOneChat(broken, real_senders["evolution"])},
+        worker_poll_seconds=0.02,
+        worker_concurrency=4,
+    )
+    past = time.time() - 60  # already due
+    p.buffer.append(IncomingMessage(chat=broken, message_id="B1", text="Oi"), now=past)
+    p.buffer.append(IncomingMessage(chat=CHAT, message_id="G1", text="Oi"), now=past)
+    p.worker.start()
+    try:
+        assert p.worker.is_alive()
+        fake_evolution.wait_for(1)
+        wait_until(lambda: p.counters.snapshot().get("worker_errors") == 1)
+        # The loop is still claiming: a later burst of the healthy chat is answered too.
+        p.buffer.append(IncomingMessage(chat=CHAT, message_id="G2", text="Ainda aí?"), now=time.time() - 60)
+        fake_evolution.wait_for(2)
+        assert p.worker.is_alive()
+    finally:
+        p.worker.stop(timeout=5)
+    assert not p.worker.is_alive()
+    assert sent_texts(fake_evolution) == ["Resposta: Oi", "Resposta: Ainda aí?"]
+    assert {r.json["number"] for r in fake_evolution.sends()} == {CHAT.chat_id}
+    # The failing chat keeps its lease; another worker retries it once the lease expires.
+    assert p.buffer.counts()["chats_in_progress"] == 1
+    assert p.counters.snapshot()["replies_sent"] == 2
+
+
+def test_start_is_idempotent_and_stop_ends_the_thread(pipeline: PipelineFactory) -> None:
+    p = pipeline(clock=time.time, worker_poll_seconds=0.02)
+    p.worker.start()
+    try:
+        thread = p.worker._thread
+        p.worker.start()
+        assert p.worker._thread is thread
+        assert p.worker.is_alive()
+        wait_until(lambda: p.worker.last_loop_at > 0)
+    finally:
+        p.worker.stop(timeout=5)
+    assert not p.worker.is_alive()
+
+
+def test_a_send_error_is_not_an_unexpected_worker_error(pipeline: PipelineFactory) -> None:
+    class Refusing:
+        def send_text(self, chat: ChatRef, text: str) -> str:
+            raise SendError("number not on WhatsApp", status_code=400, transient=False)
+
+    p = pipeline(senders={"evolution": Refusing()})
+    p.receive(1, "Oi")
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    assert "worker_errors" not in p.counters.snapshot()
+    assert p.counters.snapshot()["dead_lettered"] == 1
