@@ -34,7 +34,8 @@ class History:
         self.keys = keys
         self.max_turns = max_turns
         self.ttl_seconds = ttl_seconds
-        self._local: OrderedDict[str, list[Turn]] = OrderedDict()
+        # chat -> (monotonic time of the last append, turns); expires as a whole, like the Redis key
+        self._local: OrderedDict[str, tuple[float, list[Turn]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def recent(self, chat: ChatRef) -> list[Turn]:
@@ -49,7 +50,10 @@ class History:
             except UNAVAILABLE as exc:
                 self.link.mark_down(exc)
         with self._lock:
-            return list(self._local.get(chat.key, []))
+            written_at, turns = self._local.get(chat.key, (0.0, []))
+            if time.monotonic() - written_at > self.ttl_seconds:
+                return []
+            return list(turns)[-self.max_turns :]
 
     def append(self, chat: ChatRef, turns: list[Turn]) -> None:
         """Add turns, trim to `max_turns`, and push the expiry forward, as one MULTI."""
@@ -72,8 +76,9 @@ class History:
 
     def _append_local(self, chat: ChatRef, turns: list[Turn]) -> None:
         with self._lock:
-            kept = (self._local.pop(chat.key, []) + turns)[-self.max_turns :]
-            cutoff = time.time() - self.ttl_seconds
-            self._local[chat.key] = [t for t in kept if t.at >= cutoff]
+            written_at, kept = self._local.pop(chat.key, (0.0, []))
+            if time.monotonic() - written_at > self.ttl_seconds:
+                kept = []
+            self._local[chat.key] = (time.monotonic(), (kept + turns)[-self.max_turns :])
             while len(self._local) > self.MAX_LOCAL_CHATS:
                 self._local.popitem(last=False)

@@ -75,6 +75,9 @@ class Worker:
             self._thread.join(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._in_flight_lock:
+            # Cancelled jobs never reach their `finally`; their leases simply expire.
+            self._in_flight.clear()
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -164,13 +167,14 @@ class Worker:
             return
         if not self._send(claim, reply):
             return
-        if not self.buffer.ack(claim):
-            self.counters.add("late_acks")
-            log.warning("reply sent but lease had expired chat=%s: it may be answered twice", chat.label)
+        # History before ack: once acked, the chat's next burst may be claimed at once and must see this turn.
         turns = [Turn(role="user", text=user_text, at=self.clock())]
         if not from_fallback:
             turns.append(Turn(role="model", text=reply, at=self.clock()))
         self.history.append(chat, turns)
+        if not self.buffer.ack(claim):
+            self.counters.add("late_acks")
+            log.warning("reply sent but lease had expired chat=%s: it may be answered twice", chat.label)
         self.counters.add("replies_sent")
         log.info(
             "reply sent chat=%s messages=%d attempt=%d chars=%d fallback=%s",
@@ -215,7 +219,9 @@ class Worker:
                     delay,
                 )
             else:
-                self.buffer.dead_letter(claim, reason=str(exc), now=self.clock())
+                if not self.buffer.dead_letter(claim, reason=str(exc), now=self.clock()):
+                    log.warning("lease lost chat=%s before dead-lettering; the new owner decides", claim.chat.label)
+                    return False
                 self.counters.add("dead_lettered")
                 log.error(
                     "reply abandoned chat=%s after %d attempts: %s (kept in dead letters)",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+import memory
 from memory import History, Turn
 from models import ChatRef
 from redis_keys import RedisKeys
@@ -131,11 +132,19 @@ def test_max_turns_zero_leaves_no_key(redis_link: RedisLink, redis_client: redis
     assert redis_client.keys("*") == []
 
 
-def test_the_local_fallback_forgets_turns_older_than_the_ttl() -> None:
+def test_the_local_fallback_expires_a_chat_after_ttl_without_turns(monkeypatch: pytest.MonkeyPatch) -> None:
     link = RedisLink(f"redis://127.0.0.1:{free_port()}/0", retry_seconds=60, timeout_seconds=0.5)
     history = History(link, KEYS, max_turns=20, ttl_seconds=60)
-    old = time.time() - 120
-    history.append(CHAT, [Turn(role="user", text="antiga", at=old), Turn(role="model", text="velha", at=old)])
+    clock = [1000.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    history.append(CHAT, turns("antiga", "velha"))
+    clock[0] += 59
+    assert texts(history.recent(CHAT)) == ["antiga", "velha"]
+    history.append(CHAT, turns("de novo"))  # activity pushes the expiry forward, as EXPIRE does on Redis
+    clock[0] += 59
+    assert texts(history.recent(CHAT)) == ["antiga", "velha", "de novo"]
+    clock[0] += 2
+    assert history.recent(CHAT) == []
     history.append(CHAT, turns("nova"))
     assert texts(history.recent(CHAT)) == ["nova"]
 
