@@ -6,6 +6,7 @@ one message that lists every invalid variable. Everything else receives a `Setti
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -103,9 +104,16 @@ def _to_bool(raw: str) -> bool:
     raise ValueError(f"expected true/false, got {raw!r}")
 
 
+def _finite(value: Any, raw: str) -> Any:
+    """Reject "nan" (every comparison with it is False, so range checks let it through) and "inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {raw!r}")
+    return value
+
+
 def _positive(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(raw: str) -> Any:
-        value = convert(raw)
+        value = _finite(convert(raw), raw)
         if value <= 0:
             raise ValueError(f"must be > 0, got {raw!r}")
         return value
@@ -115,7 +123,7 @@ def _positive(convert: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def _non_negative(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(raw: str) -> Any:
-        value = convert(raw)
+        value = _finite(convert(raw), raw)
         if value < 0:
             raise ValueError(f"must be >= 0, got {raw!r}")
         return value
