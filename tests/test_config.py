@@ -1,0 +1,344 @@
+"""config.py: defaults, conversions, the owner's variable names, one error listing every invalid variable,
+SYSTEM_PROMPT_FILE, secrets kept out of repr, and .env.example / README.md kept in sync with ENV_VARIABLES.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+import config
+from config import (
+    DEFAULT_FALLBACK_REPLY,
+    DEFAULT_SYSTEM_PROMPT,
+    ENV_VARIABLES,
+    SYSTEM_PROMPT_FILE,
+    Settings,
+    load_settings,
+)
+from errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_EXAMPLE = ROOT / ".env.example"
+README = ROOT / "README.md"
+
+# `NAME=value` or `# NAME=value` at the start of a line.
+_ENV_LINE = re.compile(r"^(?:#\s*)?([A-Z][A-Z0-9_]*)=", re.MULTILINE)
+
+
+def config_names() -> set[str]:
+    return set(ENV_VARIABLES) | {SYSTEM_PROMPT_FILE}
+
+
+# --- defaults ---------------------------------------------------------------------------------------------
+
+
+def test_empty_environment_gives_the_dataclass_defaults() -> None:
+    assert load_settings({}) == Settings()
+
+
+def test_defaults() -> None:
+    settings = load_settings({})
+    assert (settings.host, settings.port, settings.log_level) == ("0.0.0.0", 5000, "INFO")
+    assert (settings.redis_enabled, settings.redis_uri, settings.redis_prefix) == (
+        True,
+        "redis://localhost:6379/0",
+        "wa_assistant",
+    )
+    assert (settings.debounce_seconds, settings.debounce_max_wait_seconds) == (120.0, 600.0)
+    assert (settings.history_max_turns, settings.groups_enabled, settings.evolution_api_version) == (20, False, 2)
+    assert settings.gemini_model == "gemini-3-flash-preview"
+    assert settings.system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert settings.fallback_reply == DEFAULT_FALLBACK_REPLY
+    assert (settings.gemini_api_key, settings.evolution_api, settings.authentication_api_key) == ("", "", "")
+    assert not settings.gemini_configured
+    assert not settings.gateway_configured
+
+
+def test_pt_br_defaults_are_portuguese() -> None:
+    assert "português do Brasil" in DEFAULT_SYSTEM_PROMPT
+    assert DEFAULT_FALLBACK_REPLY.startswith("Desculpe")
+
+
+def test_load_settings_reads_only_the_mapping_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "8123")
+    monkeypatch.setenv("GEMINI_API_KEY", "from-os-environ")
+    settings = load_settings({})
+    assert (settings.port, settings.gemini_api_key) == (5000, "")
+
+
+def test_load_settings_without_mapping_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "8123")
+    monkeypatch.setenv("CACHE_REDIS_PREFIX_KEY", "loja_env")
+    settings = load_settings(dotenv=False)
+    assert (settings.port, settings.redis_prefix) == (8123, "loja_env")
+
+
+@pytest.mark.parametrize("name", ["PORT", "DEBOUNCE_SECONDS", "CACHE_REDIS_ENABLED", "GEMINI_MODEL", "LOG_LEVEL"])
+def test_blank_value_keeps_the_default(name: str) -> None:
+    attr = ENV_VARIABLES[name][0]
+    assert getattr(load_settings({name: "   "}), attr) == getattr(Settings(), attr)
+
+
+# --- the owner's names ------------------------------------------------------------------------------------
+
+
+def test_owner_names_map_to_settings() -> None:
+    settings = load_settings(
+        {
+            "AUTHENTICATION_API_KEY": "chave-evolution-123",
+            "EVOLUTION_API": "http://localhost:8080/message/sendText/loja-centro",
+            "CACHE_REDIS_ENABLED": "false",
+            "CACHE_REDIS_URI": "redis://cache.interno:6380/3",
+            "CACHE_REDIS_PREFIX_KEY": "loja_centro",
+            "GEMINI_API_KEY": "chave-gemini-456",
+            "GEMINI_MODEL": "gemini-2.5-flash",
+        }
+    )
+    assert settings.authentication_api_key == "chave-evolution-123"
+    assert settings.evolution_api == "http://localhost:8080/message/sendText/loja-centro"
+    assert settings.redis_enabled is False
+    assert settings.redis_uri == "redis://cache.interno:6380/3"
+    assert settings.redis_prefix == "loja_centro"
+    assert settings.gemini_api_key == "chave-gemini-456"
+    assert settings.gemini_model == "gemini-2.5-flash"
+    assert settings.gemini_configured
+    assert settings.gateway_configured
+
+
+def test_every_env_variable_names_a_settings_field() -> None:
+    field_names = {f.name for f in dataclasses.fields(Settings)}
+    assert {attr for attr, _ in ENV_VARIABLES.values()} <= field_names
+
+
+def test_no_two_env_variables_share_a_field() -> None:
+    attrs = [attr for attr, _ in ENV_VARIABLES.values()]
+    assert len(attrs) == len(set(attrs))
+
+
+# --- conversions ------------------------------------------------------------------------------------------
+
+
+def test_types_are_converted() -> None:
+    settings = load_settings(
+        {
+            "PORT": "8080",
+            "MAX_BODY_BYTES": "2048",
+            "DEBOUNCE_SECONDS": "0",
+            "DEBOUNCE_MAX_WAIT_SECONDS": "90.5",
+            "SEND_DELAY_MS": "1200",
+            "SEND_MAX_RETRIES": "0",
+            "HISTORY_MAX_TURNS": "0",
+            "WORKER_POLL_SECONDS": "0.05",
+            "GROUPS_ENABLED": "yes",
+            "WORKER_ENABLED": "0",
+            "LOG_LEVEL": "debug",
+            "EVOLUTION_API_VERSION": "v1",
+            "HOST": "  127.0.0.1  ",
+        }
+    )
+    assert (settings.port, type(settings.port)) == (8080, int)
+    assert settings.max_body_bytes == 2048
+    assert (settings.debounce_seconds, type(settings.debounce_seconds)) == (0.0, float)
+    assert settings.debounce_max_wait_seconds == 90.5
+    assert (settings.send_delay_ms, settings.send_max_retries, settings.history_max_turns) == (1200, 0, 0)
+    assert settings.worker_poll_seconds == 0.05
+    assert settings.groups_enabled is True
+    assert settings.worker_enabled is False
+    assert settings.log_level == "DEBUG"
+    assert settings.evolution_api_version == 1
+    assert settings.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("true", True), ("TRUE", True), ("on", True), (" Yes ", True)]
+    + [("0", False), ("false", False), ("False", False), ("off", False), ("no", False)],
+)
+def test_booleans(raw: str, expected: bool) -> None:
+    assert load_settings({"CACHE_REDIS_ENABLED": raw}).redis_enabled is expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("2", 2), ("v2", 2), ("V1", 1), (" 1 ", 1)])
+def test_evolution_api_version(raw: str, expected: int) -> None:
+    assert load_settings({"EVOLUTION_API_VERSION": raw}).evolution_api_version == expected
+
+
+def test_secrets_and_urls_are_stripped() -> None:
+    settings = load_settings({"GEMINI_API_KEY": " chave \n", "EVOLUTION_API": " http://evo:8080/ "})
+    assert (settings.gemini_api_key, settings.evolution_api) == ("chave", "http://evo:8080/")
+
+
+def test_system_prompt_from_environment() -> None:
+    assert load_settings({"SYSTEM_PROMPT": "Você atende a Padaria Pão Quente."}).system_prompt == (
+        "Você atende a Padaria Pão Quente."
+    )
+
+
+# --- invalid values ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("PORT", "cinco mil"),
+        ("PORT", "0"),
+        ("PORT", "-1"),
+        ("PORT", "80.5"),
+        ("MAX_BODY_BYTES", "0"),
+        ("MAX_MESSAGE_CHARS", "-10"),
+        ("DEBOUNCE_SECONDS", "-1"),
+        ("DEBOUNCE_SECONDS", "dois minutos"),
+        ("DEBOUNCE_SECONDS", "nan"),
+        ("SEND_TIMEOUT_SECONDS", "0"),
+        ("SEND_TIMEOUT_SECONDS", "inf"),
+        ("GEMINI_TIMEOUT_SECONDS", "nan"),
+        ("SEND_DELAY_MS", "-5"),
+        ("SEND_MAX_RETRIES", "-1"),
+        ("HISTORY_MAX_TURNS", "-1"),
+        ("CACHE_REDIS_ENABLED", "talvez"),
+        ("GROUPS_ENABLED", "sim"),
+        ("WORKER_ENABLED", "2"),
+        ("LOG_LEVEL", "VERBOSE"),
+        ("EVOLUTION_API_VERSION", "3"),
+        ("EVOLUTION_API_VERSION", "2.3"),
+        ("LEASE_SECONDS", "0"),
+        ("WORKER_CONCURRENCY", "0"),
+    ],
+)
+def test_invalid_value_raises_config_error_naming_the_variable(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings({name: raw})
+    assert f"{name}:" in str(excinfo.value)
+
+
+def test_config_error_lists_every_invalid_variable_at_once() -> None:
+    environ = {
+        "PORT": "abc",
+        "DEBOUNCE_SECONDS": "-3",
+        "CACHE_REDIS_ENABLED": "talvez",
+        "LOG_LEVEL": "LOUD",
+        "EVOLUTION_API_VERSION": "9",
+        "WORKER_CONCURRENCY": "0",
+        "GEMINI_MODEL": "gemini-2.5-flash",  # valid: must not be listed
+        SYSTEM_PROMPT_FILE: "/caminho/que/nao/existe/prompt.txt",
+    }
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(environ)
+    message = str(excinfo.value)
+    listed = set(re.findall(r"^\s+([A-Z][A-Z0-9_]*):", message, re.MULTILINE))
+    assert listed == set(environ) - {"GEMINI_MODEL"}
+
+
+# --- SYSTEM_PROMPT_FILE -----------------------------------------------------------------------------------
+
+
+def test_system_prompt_file_replaces_system_prompt(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("\nVocê é o atendente da Loja Centro.\nSeja breve.\n\n", encoding="utf-8")
+    settings = load_settings({"SYSTEM_PROMPT": "ignorado", SYSTEM_PROMPT_FILE: str(prompt)})
+    assert settings.system_prompt == "Você é o atendente da Loja Centro.\nSeja breve."
+
+
+def test_blank_system_prompt_file_is_not_read() -> None:
+    assert load_settings({SYSTEM_PROMPT_FILE: "  "}).system_prompt == DEFAULT_SYSTEM_PROMPT
+
+
+def test_missing_system_prompt_file_is_reported(tmp_path: Path) -> None:
+    missing = tmp_path / "nao-existe.txt"
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings({SYSTEM_PROMPT_FILE: str(missing)})
+    message = str(excinfo.value)
+    assert f"{SYSTEM_PROMPT_FILE}:" in message
+    assert "nao-existe.txt" in message
+
+
+def test_directory_as_system_prompt_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=SYSTEM_PROMPT_FILE):
+        load_settings({SYSTEM_PROMPT_FILE: str(tmp_path)})
+
+
+def test_non_utf8_system_prompt_file_is_reported(tmp_path: Path) -> None:
+    prompt = tmp_path / "latin1.txt"
+    prompt.write_bytes("Você é o atendente".encode("latin-1"))
+    with pytest.raises(ConfigError, match=SYSTEM_PROMPT_FILE):
+        load_settings({SYSTEM_PROMPT_FILE: str(prompt)})
+
+
+# --- FALLBACK_REPLY ---------------------------------------------------------------------------------------
+
+
+def test_fallback_reply_unset_is_the_pt_br_default() -> None:
+    assert load_settings({}).fallback_reply == DEFAULT_FALLBACK_REPLY
+
+
+@pytest.mark.parametrize("raw", ["", "   "])
+def test_fallback_reply_set_empty_disables_it(raw: str) -> None:
+    assert load_settings({"FALLBACK_REPLY": raw}).fallback_reply == ""
+
+
+def test_fallback_reply_custom_is_stripped() -> None:
+    assert load_settings({"FALLBACK_REPLY": "  Já volto!  "}).fallback_reply == "Já volto!"
+
+
+# --- secrets ----------------------------------------------------------------------------------------------
+
+
+def test_secrets_absent_from_repr() -> None:
+    secrets = {
+        "GEMINI_API_KEY": "segredo-gemini-AIzaFAKE",
+        "AUTHENTICATION_API_KEY": "segredo-evolution-FAKE",
+        "WEBHOOK_TOKEN": "segredo-token-FAKE",
+        "WEBHOOK_JWT_SECRET": "segredo-jwt-FAKE",
+    }
+    settings = load_settings({**secrets, "GEMINI_MODEL": "modelo-visivel"})
+    text = repr(settings)
+    assert "modelo-visivel" in text  # repr does show ordinary settings...
+    for value in secrets.values():
+        assert value not in text  # ...but never a secret
+    assert str(settings) == text
+
+
+# --- .env.example and README.md stay in sync with config --------------------------------------------
+
+
+def test_env_example_documents_every_variable() -> None:
+    documented = set(_ENV_LINE.findall(ENV_EXAMPLE.read_text(encoding="utf-8")))
+    assert config_names() - documented == set()
+
+
+def test_env_example_names_only_known_variables() -> None:
+    documented = set(_ENV_LINE.findall(ENV_EXAMPLE.read_text(encoding="utf-8")))
+    assert documented - config_names() == set()
+
+
+def test_env_example_loads_cleanly_and_matches_the_defaults() -> None:
+    values: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if match:
+            values[match.group(1)] = match.group(2)
+    assert load_settings(values) == Settings()
+
+
+def test_readme_mentions_every_variable() -> None:
+    if not README.exists():
+        pytest.skip("README.md does not exist yet")
+    text = README.read_text(encoding="utf-8")
+    missing = sorted(name for name in config_names() if not re.search(rf"\b{name}\b", text))
+    assert missing == []
+
+
+def test_config_module_is_the_only_reader_of_the_environment() -> None:
+    offenders = []
+    for path in sorted(ROOT.glob("*.py")) + sorted((ROOT / "gateways").glob("*.py")):
+        if path.name == "config.py":
+            continue
+        source = path.read_text(encoding="utf-8")
+        if re.search(r"os\.environ|os\.getenv|getenv\(", source):
+            offenders.append(path.name)
+    assert offenders == []
+    assert "os.environ" in Path(config.__file__).read_text(encoding="utf-8")

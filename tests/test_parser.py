@@ -1,0 +1,681 @@
+"""parser.py over one fixture per Evolution payload shape (tests/fixtures/evolution/), plus its edge cases.
+
+Each table row maps a fixture file to the exact list `parse_evolution` must return for it, compared as
+whole dataclasses, so every field (chat id, instance, id, kind, text, phone_jid, push name, timestamp) counts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from errors import PayloadError
+from models import ChatRef, IgnoredEvent, IncomingMessage
+from parser import extract_content, load_body, normalize_event_name, parse_evolution
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "evolution"
+
+LOJA = "loja-centro"  # the v1 fixtures' instance
+SP = "atendimento-sp"  # the v2 fixtures' instance
+MARIANA = "5511987654321@s.whatsapp.net"
+FERNANDA = "5511976543210@s.whatsapp.net"
+
+
+def chat(chat_id: str, instance: str) -> ChatRef:
+    return ChatRef(gateway="evolution", instance=instance, chat_id=chat_id)
+
+
+def incoming(
+    chat_id: str,
+    instance: str,
+    message_id: str,
+    text: str,
+    *,
+    kind: str = "text",
+    phone_jid: str | None,
+    push_name: str,
+    timestamp: int,
+) -> IncomingMessage:
+    return IncomingMessage(
+        chat=chat(chat_id, instance),
+        message_id=message_id,
+        text=text,
+        kind=kind,
+        phone_jid=phone_jid,
+        push_name=push_name,
+        timestamp=timestamp,
+        from_me=False,
+    )
+
+
+def ignored(reason: str, chat_id: str, instance: str, message_id: str) -> IgnoredEvent:
+    return IgnoredEvent(reason=reason, message_id=message_id, chat=chat(chat_id, instance))
+
+
+def load(name: str) -> Any:
+    return load_body((FIXTURES / name).read_bytes())
+
+
+def parse_file(name: str, **options: Any) -> list[IncomingMessage | IgnoredEvent]:
+    return parse_evolution(load(name), **options)
+
+
+# file -> what parse_evolution returns with default options (groups off, 4000 chars).
+CASES: dict[str, list[IncomingMessage | IgnoredEvent]] = {
+    # --- accepted text ---------------------------------------------------------------------------
+    "messages_upsert_v1_text.json": [
+        incoming(
+            MARIANA,
+            LOJA,
+            "3EB0C1A2B3D4E5F60718A9",
+            "Oi! Vocês abrem no sábado?",
+            phone_jid=MARIANA,
+            push_name="Mariana Souza",
+            timestamp=1746190991,
+        )
+    ],
+    "messages_upsert_v2_text.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3A5F1E2D3C4B5A697887",
+            "Bom dia! Queria agendar um horário para amanhã.",
+            phone_jid=FERNANDA,
+            push_name="Fernanda Costa",
+            timestamp=1763646302,
+        )
+    ],
+    "messages_upsert_v1_extended_text.json": [
+        incoming(
+            "5521998765432@s.whatsapp.net",
+            LOJA,
+            "3EB0A9B8C7D6E5F4A3B2C1",
+            "Esse aqui ainda está disponível?",
+            phone_jid="5521998765432@s.whatsapp.net",
+            push_name="Pedro Henrique",
+            timestamp=1746200000,
+        )
+    ],
+    "messages_upsert_v1_ephemeral_text.json": [
+        incoming(
+            "5531988887777@s.whatsapp.net",
+            LOJA,
+            "3A22C33D44E55F66A770",
+            "Vocês entregam em Pinheiros?",
+            phone_jid="5531988887777@s.whatsapp.net",
+            push_name="Ana Paula",
+            timestamp=1746210000,
+        )
+    ],
+    "messages_upsert_v2_timestamp_string.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3A59A6D9C8B7A6F5E4D3",
+            "Obrigada pelo atendimento!",
+            phone_jid=FERNANDA,
+            push_name="Fernanda Costa",
+            timestamp=1763648000,
+        )
+    ],
+    "messages_upsert_v1_timestamp_long.json": [
+        incoming(
+            "5519991234567@s.whatsapp.net",
+            "filial-campinas",
+            "3EB0E1E2E3E4E5E6E7E8E9",
+            "Qual o valor do frete para Campinas?",
+            phone_jid="5519991234567@s.whatsapp.net",
+            push_name="Roberto Nunes",
+            timestamp=1746250000,
+        )
+    ],
+    # --- @lid chats: the chat id stays the LID, the phone comes from the alternates ---------------
+    "messages_upsert_v2_lid_remote_jid_alt.json": [
+        incoming(
+            "187654321098765@lid",
+            SP,
+            "3A2673A6F5E4D3C2B1A0",
+            "Olá, vi o anúncio no Instagram",
+            phone_jid="5531987650000@s.whatsapp.net",
+            push_name="Beatriz Rocha",
+            timestamp=1763647700,
+        )
+    ],
+    "messages_upsert_v2_lid_sender_pn.json": [
+        incoming(
+            "176543210987654@lid",
+            SP,
+            "3A3784B7A6F5E4D3C2B1",
+            "Vocês aceitam Pix?",
+            phone_jid="5541991112222@s.whatsapp.net",
+            push_name="Gustavo Pereira",
+            timestamp=1763647800,
+        )
+    ],
+    # --- media with a caption: the caption is the text --------------------------------------------
+    "messages_upsert_v1_image_base64.json": [
+        incoming(
+            MARIANA,
+            LOJA,
+            "3EB0D2E3F4A5B6C7D8E9F0",
+            "Tem esse tênis no tamanho 38?",
+            kind="image",
+            phone_jid=MARIANA,
+            push_name="Mariana Souza",
+            timestamp=1746191200,
+        )
+    ],
+    "messages_upsert_v1_video_base64.json": [
+        incoming(
+            MARIANA,
+            LOJA,
+            "3EB0E3F4A5B6C7D8E9F0A1",
+            "Olha o defeito que apareceu na peça",
+            kind="video",
+            phone_jid=MARIANA,
+            push_name="Mariana Souza",
+            timestamp=1746191300,
+        )
+    ],
+    "messages_upsert_v2_view_once_image.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3A7B6C5D4E3F2A1B0C9D",
+            "Esse é o modelo que eu quero",
+            kind="image",
+            phone_jid=FERNANDA,
+            push_name="Fernanda Costa",
+            timestamp=1763646600,
+        )
+    ],
+    "messages_upsert_v2_document_with_caption.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3A8C7D6E5F4A3B2C1D0E",
+            "Segue o orçamento assinado",
+            kind="document",
+            phone_jid=FERNANDA,
+            push_name="Fernanda Costa",
+            timestamp=1763646700,
+        )
+    ],
+    # --- button and list replies ------------------------------------------------------------------
+    "messages_upsert_v1_buttons_response.json": [
+        incoming(
+            MARIANA,
+            LOJA,
+            "3EB0B1B2B3B4B5B6B7B8B9",
+            "Ver horários",
+            kind="button_reply",
+            phone_jid=MARIANA,
+            push_name="Mariana Souza",
+            timestamp=1746220000,
+        )
+    ],
+    "messages_upsert_v1_list_response.json": [
+        incoming(
+            MARIANA,
+            LOJA,
+            "3EB0C1C2C3C4C5C6C7C8C9",
+            "Pizza grande de calabresa",
+            kind="list_reply",
+            phone_jid=MARIANA,
+            push_name="Mariana Souza",
+            timestamp=1746230000,
+        )
+    ],
+    "messages_upsert_v1_template_button_reply.json": [
+        incoming(
+            MARIANA,
+            LOJA,
+            "3EB0D1D2D3D4D5D6D7D8D9",
+            "Falar com atendente",
+            kind="button_reply",
+            phone_jid=MARIANA,
+            push_name="Mariana Souza",
+            timestamp=1746240000,
+        )
+    ],
+    # --- several events in one body -----------------------------------------------------------------
+    "messages_upsert_v2_batch_two_events.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3A6AB7EAD9C8B7A6F5E4",
+            "Primeira mensagem do lote",
+            phone_jid=FERNANDA,
+            push_name="Fernanda Costa",
+            timestamp=1763648200,
+        ),
+        incoming(
+            "5521976540000@s.whatsapp.net",
+            "atendimento-rj",
+            "3A7BC8FBEAD9C8B7A6F5",
+            "Segunda mensagem do lote",
+            phone_jid="5521976540000@s.whatsapp.net",
+            push_name="Thiago Ribeiro",
+            timestamp=1763648201,
+        ),
+    ],
+    "messages_upsert_v2_json_string_body.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3A8CD90CFBEAD9C8B7A6",
+            "Mensagem que chegou como string JSON",
+            phone_jid=FERNANDA,
+            push_name="Fernanda Costa",
+            timestamp=1763648300,
+        )
+    ],
+    # --- set aside, with the reason -----------------------------------------------------------------
+    "messages_upsert_v1_from_me_text.json": [ignored("from_me", MARIANA, LOJA, "3EB0F00DBABE0000000001")],
+    "messages_upsert_v2_from_me_text.json": [ignored("from_me", FERNANDA, SP, "3A0E9D8C7B6A59483726")],
+    "messages_upsert_v1_group_lid_participant.json": [
+        ignored("group", "120363025550001111@g.us", LOJA, "0AB1C2D3E4F5A6B7C8D9E0F1A2B3C4D5")
+    ],
+    "messages_upsert_v1_group_extended_text_disappearing.json": [
+        ignored("group", "120363099990002222@g.us", LOJA, "3A11B22C33D44E55F660")
+    ],
+    "messages_upsert_v2_group_participant_alt.json": [
+        ignored("group", "120363044443333555@g.us", SP, "3A4895C8B7A6F5E4D3C2")
+    ],
+    "messages_upsert_v2_status_broadcast.json": [
+        ignored("status_broadcast", "status@broadcast", SP, "3A0451E4D3C2B1A0F9E8")
+    ],
+    "messages_upsert_v2_newsletter.json": [
+        ignored("newsletter", "120363287654321098@newsletter", SP, "3A1562F5E4D3C2B1A0F9")
+    ],
+    "messages_upsert_v2_image_no_caption.json": [ignored("media", FERNANDA, SP, "3A6A5B4C3D2E1F0A9B8C")],
+    "messages_upsert_v2_audio_ptt.json": [ignored("media", FERNANDA, SP, "3A9D8E7F6A5B4C3D2E1F")],
+    "messages_upsert_v2_sticker.json": [ignored("media", FERNANDA, SP, "3AAE9F8A7B6C5D4E3F2A")],
+    "messages_upsert_v2_reaction.json": [ignored("reaction", FERNANDA, SP, "3ABF0A9B8C7D6E5F4A3B")],
+    "messages_upsert_v2_revoke.json": [ignored("protocol", FERNANDA, SP, "3AC01B0A9C8D7E6F5A4B")],
+    "messages_upsert_v2_edited_message.json": [ignored("protocol", FERNANDA, SP, "3AD12C1B0A9D8E7F6A5B")],
+    "messages_upsert_v2_protocol_message_edit.json": [ignored("protocol", FERNANDA, SP, "3AE23D2C1B0A9E8F7A6B")],
+    "messages_upsert_v2_poll_update.json": [ignored("poll_update", FERNANDA, SP, "3AF34E3D2C1B0A9F8A7B")],
+    "messages_upsert_v1_empty_conversation.json": [ignored("empty", MARIANA, LOJA, "3EB0F1F2F3F4F5F6F7F8F9")],
+    "messages_update_v2_status_read.json": [IgnoredEvent(reason="event:messages.update")],
+    "send_message_v2_text.json": [IgnoredEvent(reason="event:send.message")],
+}
+
+GROUP_FILES = {
+    "messages_upsert_v1_group_lid_participant.json": incoming(
+        "120363025550001111@g.us",
+        LOJA,
+        "0AB1C2D3E4F5A6B7C8D9E0F1A2B3C4D5",
+        "Bom dia, pessoal do grupo!",
+        phone_jid=None,  # the participant is only a LID
+        push_name="Carlos Lima",
+        timestamp=1746450000,
+    ),
+    "messages_upsert_v1_group_extended_text_disappearing.json": incoming(
+        "120363099990002222@g.us",
+        LOJA,
+        "3A11B22C33D44E55F660",
+        "Promoção de bolos até sexta: 2 por R$ 50",
+        phone_jid=None,
+        push_name="Juliana Alves",
+        timestamp=1746700000,
+    ),
+    "messages_upsert_v2_group_participant_alt.json": incoming(
+        "120363044443333555@g.us",
+        SP,
+        "3A4895C8B7A6F5E4D3C2",
+        "Alguém sabe o horário da loja hoje?",
+        phone_jid="5511944443333@s.whatsapp.net",  # key.participantAlt, not the @lid participant
+        push_name="Rafael Gomes",
+        timestamp=1763647900,
+    ),
+}
+
+
+def fixture_files() -> list[str]:
+    return sorted(path.name for path in FIXTURES.glob("*.json"))
+
+
+def test_every_fixture_has_a_row_and_every_row_a_fixture() -> None:
+    assert fixture_files() == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fixture_parses_to_expected(name: str) -> None:
+    assert parse_file(name) == CASES[name]
+
+
+@pytest.mark.parametrize("name", sorted(GROUP_FILES))
+def test_groups_accepted_when_enabled(name: str) -> None:
+    assert parse_file(name, accept_groups=True) == [GROUP_FILES[name]]
+
+
+def test_accept_groups_does_not_let_status_or_newsletter_through() -> None:
+    assert [r.reason for r in parse_file("messages_upsert_v2_status_broadcast.json", accept_groups=True)] == [
+        "status_broadcast"
+    ]
+    assert [r.reason for r in parse_file("messages_upsert_v2_newsletter.json", accept_groups=True)] == ["newsletter"]
+
+
+# --- helpers to build variants of one fixture ---------------------------------------------------------
+
+
+def v2_text_event() -> dict[str, Any]:
+    return copy.deepcopy(load("messages_upsert_v2_text.json"))
+
+
+def only(results: list[IncomingMessage | IgnoredEvent]) -> IncomingMessage | IgnoredEvent:
+    assert len(results) == 1, results
+    return results[0]
+
+
+# --- text length ----------------------------------------------------------------------------------------
+
+
+def test_text_cut_at_max_text_chars() -> None:
+    event = v2_text_event()
+    event["data"]["message"]["conversation"] = "a" * 30 + "b" * 30
+    result = only(parse_evolution(event, max_text_chars=30))
+    assert isinstance(result, IncomingMessage)
+    assert result.text == "a" * 30
+
+
+def test_text_at_exactly_max_text_chars_is_kept_whole() -> None:
+    event = v2_text_event()
+    event["data"]["message"]["conversation"] = "x" * 25
+    result = only(parse_evolution(event, max_text_chars=25))
+    assert isinstance(result, IncomingMessage)
+    assert result.text == "x" * 25
+
+
+def test_text_is_stripped_before_it_is_cut() -> None:
+    event = v2_text_event()
+    event["data"]["message"]["conversation"] = "   Olá, tudo bem?   "
+    result = only(parse_evolution(event, max_text_chars=3))
+    assert isinstance(result, IncomingMessage)
+    assert result.text == "Olá"
+
+
+def test_caption_cut_at_max_text_chars() -> None:
+    result = only(parse_file("messages_upsert_v1_image_base64.json", max_text_chars=8))
+    assert isinstance(result, IncomingMessage)
+    assert (result.kind, result.text) == ("image", "Tem esse")
+
+
+# --- event names ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hint", ["messages-upsert", "MESSAGES_UPSERT", "messages.upsert"])
+def test_event_hint_used_when_body_has_no_event(hint: str) -> None:
+    event = v2_text_event()
+    del event["event"]
+    result = only(parse_evolution(event, event_hint=hint))
+    assert isinstance(result, IncomingMessage)
+    assert result.message_id == "3A5F1E2D3C4B5A697887"
+
+
+def test_no_event_and_no_hint_is_ignored_as_missing() -> None:
+    event = v2_text_event()
+    del event["event"]
+    assert parse_evolution(event) == [IgnoredEvent(reason="event:missing")]
+
+
+def test_event_in_body_wins_over_hint() -> None:
+    assert parse_file("messages_update_v2_status_read.json", event_hint="messages-upsert") == [
+        IgnoredEvent(reason="event:messages.update")
+    ]
+
+
+def test_hint_of_another_event_ignores_a_body_without_event() -> None:
+    event = v2_text_event()
+    del event["event"]
+    assert parse_evolution(event, event_hint="SEND_MESSAGE") == [IgnoredEvent(reason="event:send.message")]
+
+
+def test_event_name_in_upper_snake_case_inside_body() -> None:
+    event = v2_text_event()
+    event["event"] = "MESSAGES_UPSERT"
+    assert isinstance(only(parse_evolution(event)), IncomingMessage)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("MESSAGES_UPSERT", "messages.upsert"),
+        ("messages-upsert", "messages.upsert"),
+        (" messages.upsert ", "messages.upsert"),
+        ("SEND_MESSAGE", "send.message"),
+    ],
+)
+def test_normalize_event_name(raw: str, expected: str) -> None:
+    assert normalize_event_name(raw) == expected
+
+
+# --- load_body --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"isto nao e json",
+        b"",
+        b'{"event": ',
+        b"42",
+        b"3.5",
+        b"null",
+        b"true",
+        b'"texto solto"',  # a JSON string whose content is not JSON
+        b'"42"',  # a JSON string holding a number
+        b'{"event": "messages.upsert", "x": "\xff\xfe"}',  # bad UTF-8
+        b"[" * 100_000 + b"]" * 100_000,  # nested deeper than the decoder can follow
+    ],
+    ids=[
+        "text",
+        "empty",
+        "truncated",
+        "int",
+        "float",
+        "null",
+        "bool",
+        "string",
+        "string_number",
+        "bad_utf8",
+        "too_deep",
+    ],
+)
+def test_load_body_rejects_unreadable_bodies(body: bytes) -> None:
+    with pytest.raises(PayloadError):
+        load_body(body)
+
+
+def test_load_body_accepts_str_and_bytes_alike() -> None:
+    raw = (FIXTURES / "messages_upsert_v2_text.json").read_text(encoding="utf-8")
+    assert load_body(raw) == load_body(raw.encode("utf-8")) == json.loads(raw)
+
+
+def test_load_body_decodes_a_json_string_once_more() -> None:
+    raw = (FIXTURES / "messages_upsert_v2_json_string_body.json").read_bytes()
+    assert isinstance(json.loads(raw), str)
+    decoded = load_body(raw)
+    assert isinstance(decoded, dict)
+    assert decoded["event"] == "messages.upsert"
+
+
+def test_load_body_keeps_a_list() -> None:
+    decoded = load_body((FIXTURES / "messages_upsert_v2_batch_two_events.json").read_bytes())
+    assert isinstance(decoded, list)
+    assert [item["instance"] for item in decoded] == ["atendimento-sp", "atendimento-rj"]
+
+
+# --- malformed events and keys ----------------------------------------------------------------------
+
+
+def test_non_dict_items_in_a_list_are_ignored_with_a_reason() -> None:
+    results = parse_evolution([42, v2_text_event(), "texto", None, ["aninhado"]])
+    assert [r.reason if isinstance(r, IgnoredEvent) else "message" for r in results] == [
+        "not_an_object",
+        "message",
+        "not_an_object",
+        "not_an_object",
+        "not_an_object",
+    ]
+
+
+def test_empty_list_gives_nothing() -> None:
+    assert parse_evolution([]) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message_id"),
+    [
+        (lambda data: data.pop("key"), ""),
+        (lambda data: data.__setitem__("key", "5511976543210@s.whatsapp.net"), ""),
+        (lambda data: data["key"].pop("remoteJid"), "3A5F1E2D3C4B5A697887"),
+        (lambda data: data["key"].__setitem__("remoteJid", ""), "3A5F1E2D3C4B5A697887"),
+        (lambda data: data["key"].pop("id"), ""),
+        (lambda data: data["key"].__setitem__("id", None), ""),
+    ],
+    ids=["no_key", "key_not_object", "no_remote_jid", "empty_remote_jid", "no_id", "null_id"],
+)
+def test_missing_key_parts_are_ignored_as_no_message_key(change: Any, message_id: str) -> None:
+    event = v2_text_event()
+    change(event["data"])
+    assert parse_evolution(event) == [IgnoredEvent(reason="no_message_key", message_id=message_id)]
+
+
+@pytest.mark.parametrize("data", [None, "texto", 7, []], ids=["null", "string", "int", "empty_list"])
+def test_data_that_is_not_a_message_is_ignored(data: Any) -> None:
+    event = v2_text_event()
+    event["data"] = data
+    expected = [] if data == [] else [IgnoredEvent(reason="no_message_key")]
+    assert parse_evolution(event) == expected
+
+
+def test_data_as_list_and_data_messages_list_each_give_every_message() -> None:
+    first = v2_text_event()["data"]
+    second = copy.deepcopy(first)
+    second["key"]["id"] = "3A0000000000000000B2"
+    for data in ([first, second], {"messages": [first, second]}):
+        event = v2_text_event()
+        event["data"] = data
+        results = parse_evolution(event)
+        assert [r.message_id for r in results] == ["3A5F1E2D3C4B5A697887", "3A0000000000000000B2"]
+        assert all(isinstance(r, IncomingMessage) for r in results)
+
+
+def test_missing_message_is_ignored_as_empty() -> None:
+    event = v2_text_event()
+    del event["data"]["message"]
+    assert [r.reason for r in parse_evolution(event) if isinstance(r, IgnoredEvent)] == ["empty"]
+
+
+@pytest.mark.parametrize("value", ["true", "True", "TRUE"])
+def test_from_me_as_string_true_is_from_me(value: str) -> None:
+    event = v2_text_event()
+    event["data"]["key"]["fromMe"] = value
+    assert parse_evolution(event) == [ignored("from_me", FERNANDA, SP, "3A5F1E2D3C4B5A697887")]
+
+
+@pytest.mark.parametrize("value", ["false", False, None, 0])
+def test_from_me_false_values_are_customer_messages(value: Any) -> None:
+    event = v2_text_event()
+    event["data"]["key"]["fromMe"] = value
+    assert isinstance(only(parse_evolution(event)), IncomingMessage)
+
+
+def test_instance_as_object_and_missing_instance() -> None:
+    event = v2_text_event()
+    event["instance"] = {"instanceName": "loja-norte", "instanceId": "0000-fake"}
+    assert only(parse_evolution(event)).chat == chat(FERNANDA, "loja-norte")  # type: ignore[union-attr]
+    del event["instance"]
+    assert only(parse_evolution(event)).chat == chat(FERNANDA, "default")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1763646302, 1763646302),
+        ("1763646302", 1763646302),
+        ({"low": 1763646302, "high": 0, "unsigned": False}, 1763646302),
+        (None, 0),
+        ("amanhã", 0),
+        ({"high": 0}, 0),
+    ],
+    ids=["int", "string", "long", "null", "garbage", "long_without_low"],
+)
+def test_timestamp_shapes(value: Any, expected: int) -> None:
+    event = v2_text_event()
+    event["data"]["messageTimestamp"] = value
+    result = only(parse_evolution(event))
+    assert isinstance(result, IncomingMessage)
+    assert result.timestamp == expected
+
+
+def test_missing_push_name_is_empty_string() -> None:
+    event = v2_text_event()
+    del event["data"]["pushName"]
+    result = only(parse_evolution(event))
+    assert isinstance(result, IncomingMessage)
+    assert result.push_name == ""
+
+
+def test_lid_chat_without_any_phone_alternate_has_no_phone_jid() -> None:
+    event = load("messages_upsert_v2_lid_remote_jid_alt.json")
+    del event["data"]["key"]["remoteJidAlt"]
+    result = only(parse_evolution(event))
+    assert isinstance(result, IncomingMessage)
+    assert (result.chat.chat_id, result.phone_jid) == ("187654321098765@lid", None)
+
+
+def test_lid_sender_pn_at_data_level_is_used() -> None:
+    event = load("messages_upsert_v2_lid_sender_pn.json")
+    event["data"]["senderPn"] = event["data"]["key"].pop("senderPn")
+    result = only(parse_evolution(event))
+    assert isinstance(result, IncomingMessage)
+    assert result.phone_jid == "5541991112222@s.whatsapp.net"
+
+
+# --- extract_content on message objects -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ({"listResponseMessage": {"singleSelectReply": {"selectedRowId": "row_2"}}}, ("list_reply", "row_2")),
+        ({"buttonsResponseMessage": {"selectedButtonId": "btn_sim"}}, ("button_reply", "btn_sim")),
+        ({"templateButtonReplyMessage": {"selectedId": "tpl_1"}}, ("button_reply", "tpl_1")),
+        ({"interactiveResponseMessage": {"body": {"text": "Confirmar pedido"}}}, ("button_reply", "Confirmar pedido")),
+        ({"ephemeralMessage": {"message": {"viewOnceMessage": {"message": {"conversation": "oi"}}}}}, ("text", "oi")),
+        ({"videoMessage": {"caption": "   "}}, ("media", None)),
+        ({"documentMessage": {"fileName": "nota.pdf"}}, ("media", None)),
+        ({"ptvMessage": {"seconds": 5}}, ("media", None)),
+        ({"locationMessage": {"degreesLatitude": -23.55}}, ("unsupported", None)),
+        ({"pollCreationMessageV3": {"name": "Qual sabor?"}}, ("poll", None)),
+        ({"messageContextInfo": {}, "senderKeyDistributionMessage": {}}, ("empty", None)),
+        ({}, ("empty", None)),
+        (None, ("empty", None)),
+        ("oi", ("empty", None)),
+    ],
+    ids=[
+        "list_row_id",
+        "button_id",
+        "template_id",
+        "interactive",
+        "nested_wrappers",
+        "blank_caption",
+        "document_no_caption",
+        "ptv",
+        "location",
+        "poll_creation",
+        "only_metadata",
+        "empty_dict",
+        "none",
+        "not_a_dict",
+    ],
+)
+def test_extract_content(message: Any, expected: tuple[str, str | None]) -> None:
+    assert extract_content(message) == expected
