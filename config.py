@@ -131,6 +131,13 @@ def _non_negative(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"must be 1-65535, got {raw!r}")
+    return port
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -152,7 +159,7 @@ def _strip(raw: str) -> str:
 # ENV NAME -> (Settings field, converter). Each name is documented in .env.example and the README.
 ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HOST": ("host", _strip),
-    "PORT": ("port", _positive(int)),
+    "PORT": ("port", _port),
     "LOG_LEVEL": ("log_level", _log_level),
     "MAX_BODY_BYTES": ("max_body_bytes", _positive(int)),
     "MAX_MESSAGE_CHARS": ("max_message_chars", _positive(int)),
@@ -216,7 +223,9 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
     prompt_file = environ.get(SYSTEM_PROMPT_FILE, "").strip()
     if prompt_file:
         try:
-            values["system_prompt"] = Path(prompt_file).read_text(encoding="utf-8").strip()
+            prompt = Path(prompt_file).read_text(encoding="utf-8").strip()
+            if prompt:  # an empty file keeps the default persona, as an empty SYSTEM_PROMPT does
+                values["system_prompt"] = prompt
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"{SYSTEM_PROMPT_FILE}: cannot read {prompt_file!r} ({exc.__class__.__name__})")
     if "fallback_reply" in values:

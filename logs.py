@@ -14,9 +14,11 @@ def mask_phone(jid: str) -> str:
     Group ids, LIDs and other opaque ids get the same treatment so no full identifier reaches a log.
     """
     user = jid.split("@", 1)[0].split(":", 1)[0]
-    if len(user) <= 8:
-        return user[:2] + "*" * max(len(user) - 2, 0)
-    return f"{user[:4]}*****{user[-4:]}"
+    if len(user) >= 12:  # a full international number: country + area code and the last 4 stay readable
+        return f"{user[:4]}*****{user[-4:]}"
+    if len(user) > 6:
+        return f"{user[:2]}*****{user[-2:]}"
+    return user[:1] + "*" * max(len(user) - 1, 0)
 
 
 def setup_logging(level: str) -> None:

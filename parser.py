@@ -241,8 +241,11 @@ def _reply_text(message: dict[str, Any]) -> tuple[str, str] | None:
 
 def _timestamp(value: Any) -> int:
     """Evolution sends seconds as an int, a string, or a protobuf Long ({"low": ..., "high": ...})."""
-    if isinstance(value, dict):
-        value = value.get("low")
+    if isinstance(value, dict):  # Long.js: two signed 32-bit halves
+        try:
+            return (int(value.get("high") or 0) << 32) + (int(value.get("low") or 0) & 0xFFFFFFFF)
+        except (TypeError, ValueError, OverflowError):
+            return 0
     try:
         return int(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity

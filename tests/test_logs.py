@@ -53,9 +53,9 @@ def test_identifier_never_shown_in_full(jid: str) -> None:
     [
         ("187654321098765@lid", "1876*****8765"),
         ("120363025550001111@g.us", "1203*****1111"),
-        ("12345678@lid", "12******"),
-        ("12345@lid", "12***"),
-        ("123", "12*"),
+        ("12345678@lid", "12*****78"),  # 7 to 11 characters: two at each end
+        ("12345@lid", "1****"),  # 6 or fewer: only the first
+        ("123", "1**"),
     ],
 )
 def test_lids_groups_and_short_ids(jid: str, expected: str) -> None:

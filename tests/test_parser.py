@@ -604,8 +604,10 @@ def test_instance_as_object_and_missing_instance() -> None:
         (None, 0),
         ("amanhã", 0),
         ({"high": 0}, 0),
+        ({"low": -2147483548, "high": 0, "unsigned": False}, 2147483748),  # after 2038: low wraps negative
+        ({"low": 5, "high": 1}, 4294967301),
     ],
-    ids=["int", "string", "long", "null", "garbage", "long_without_low"],
+    ids=["int", "string", "long", "null", "garbage", "long_without_low", "long_after_2038", "long_high_word"],
 )
 def test_timestamp_shapes(value: Any, expected: int) -> None:
     event = v2_text_event()
