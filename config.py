@@ -52,6 +52,27 @@ class Settings:
     send_timeout_seconds: float = 15.0
     send_max_retries: int = 3
 
+    # Meta WhatsApp Cloud API (on when app secret, verify token, access token and phone number id are set)
+    meta_app_secret: str = field(default="", repr=False)
+    meta_verify_token: str = field(default="", repr=False)
+    meta_access_token: str = field(default="", repr=False)
+    meta_phone_number_id: str = ""
+    meta_graph_url: str = "https://graph.facebook.com"
+    meta_api_version: str = "v23.0"
+    meta_mark_as_read: bool = False
+
+    # Mega API (on when base URL, instance id and token are set)
+    mega_api_base_url: str = ""
+    mega_instance_id: str = ""
+    mega_api_token: str = field(default="", repr=False)
+
+    # Twilio WhatsApp (on when account SID, auth token, sender and public URL are set)
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = field(default="", repr=False)
+    twilio_whatsapp_from: str = ""
+    twilio_public_url: str = ""
+    twilio_api_url: str = "https://api.twilio.com"
+
     # Redis
     redis_enabled: bool = True
     redis_uri: str = "redis://localhost:6379/0"
@@ -93,6 +114,18 @@ class Settings:
     @property
     def gateway_configured(self) -> bool:
         return bool(self.evolution_api)
+
+    @property
+    def meta_enabled(self) -> bool:
+        return all((self.meta_app_secret, self.meta_verify_token, self.meta_access_token, self.meta_phone_number_id))
+
+    @property
+    def mega_enabled(self) -> bool:
+        return all((self.mega_api_base_url, self.mega_instance_id, self.mega_api_token))
+
+    @property
+    def twilio_enabled(self) -> bool:
+        return all((self.twilio_account_sid, self.twilio_auth_token, self.twilio_whatsapp_from, self.twilio_public_url))
 
 
 def _to_bool(raw: str) -> bool:
@@ -171,6 +204,21 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SEND_DELAY_MS": ("send_delay_ms", _non_negative(int)),
     "SEND_TIMEOUT_SECONDS": ("send_timeout_seconds", _positive(float)),
     "SEND_MAX_RETRIES": ("send_max_retries", _non_negative(int)),
+    "META_APP_SECRET": ("meta_app_secret", _strip),
+    "META_VERIFY_TOKEN": ("meta_verify_token", _strip),
+    "META_ACCESS_TOKEN": ("meta_access_token", _strip),
+    "META_PHONE_NUMBER_ID": ("meta_phone_number_id", _strip),
+    "META_GRAPH_URL": ("meta_graph_url", _strip),
+    "META_API_VERSION": ("meta_api_version", _strip),
+    "META_MARK_AS_READ": ("meta_mark_as_read", _to_bool),
+    "MEGA_API_BASE_URL": ("mega_api_base_url", _strip),
+    "MEGA_INSTANCE_ID": ("mega_instance_id", _strip),
+    "MEGA_API_TOKEN": ("mega_api_token", _strip),
+    "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _strip),
+    "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _strip),
+    "TWILIO_WHATSAPP_FROM": ("twilio_whatsapp_from", _strip),
+    "TWILIO_PUBLIC_URL": ("twilio_public_url", _strip),
+    "TWILIO_API_URL": ("twilio_api_url", _strip),
     "CACHE_REDIS_ENABLED": ("redis_enabled", _to_bool),
     "CACHE_REDIS_URI": ("redis_uri", _strip),
     "CACHE_REDIS_PREFIX_KEY": ("redis_prefix", _strip),
@@ -244,6 +292,23 @@ def missing_for_production(settings: Settings) -> list[str]:
         missing.append("GEMINI_API_KEY is not set: every burst will get FALLBACK_REPLY instead of Gemini")
     if not settings.gateway_configured:
         missing.append("EVOLUTION_API is not set: replies cannot be sent (retried with backoff, then dead-lettered)")
+    partial = {
+        "Meta (META_APP_SECRET, META_VERIFY_TOKEN, META_ACCESS_TOKEN, META_PHONE_NUMBER_ID)": (
+            settings.meta_enabled,
+            (settings.meta_app_secret, settings.meta_verify_token, settings.meta_access_token),
+        ),
+        "Mega (MEGA_API_BASE_URL, MEGA_INSTANCE_ID, MEGA_API_TOKEN)": (
+            settings.mega_enabled,
+            (settings.mega_api_base_url, settings.mega_instance_id, settings.mega_api_token),
+        ),
+        "Twilio (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_WHATSAPP_FROM, TWILIO_PUBLIC_URL)": (
+            settings.twilio_enabled,
+            (settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_public_url),
+        ),
+    }
+    for gateway, (enabled, some_values) in partial.items():
+        if not enabled and any(some_values):
+            missing.append(f"{gateway} is only partly configured: that gateway stays off until all are set")
     if not settings.webhook_token and not settings.webhook_jwt_secret:
         missing.append("WEBHOOK_TOKEN / WEBHOOK_JWT_SECRET not set: /webhook accepts unauthenticated posts")
     if not settings.redis_enabled:

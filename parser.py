@@ -1,4 +1,5 @@
-"""Evolution API webhook payloads (v1 1.8.x and v2 2.x) -> normalized messages. Pure: no I/O, no settings.
+"""WhatsApp (Baileys-shaped) payloads -> normalized messages: Evolution API v1 1.8.x and v2 2.x webhooks, and
+the message records Mega API shares with them. Pure: no I/O, no settings.
 
 `parse_evolution(body)` accepts one event, a list of events, or a JSON string holding either, and returns
 one `IncomingMessage` or `IgnoredEvent` per message found. Raw dicts never leave this module.
@@ -96,7 +97,10 @@ def _parse_event(event: dict[str, Any], event_hint: str, accept_groups: bool, ma
         items = data["messages"]
     else:
         items = [data]
-    return [_parse_message(item, instance, accept_groups, max_chars) for item in items]
+    return [
+        message_from_baileys(item, gateway=GATEWAY, instance=instance, accept_groups=accept_groups, max_chars=max_chars)
+        for item in items
+    ]
 
 
 def _instance_name(event: dict[str, Any]) -> str:
@@ -106,7 +110,9 @@ def _instance_name(event: dict[str, Any]) -> str:
     return str(instance or "default")
 
 
-def _parse_message(data: Any, instance: str, accept_groups: bool, max_chars: int) -> Parsed:
+def message_from_baileys(data: Any, *, gateway: str, instance: str, accept_groups: bool, max_chars: int) -> Parsed:
+    """One Baileys-shaped message record (`key`, `message`, `pushName`, `messageTimestamp`), as Evolution's
+    `data` and Mega's webhook body carry it, normalized or set aside with a reason."""
     if not isinstance(data, dict) or not isinstance(data.get("key"), dict):
         return IgnoredEvent(reason="no_message_key")
     key = data["key"]
@@ -114,7 +120,7 @@ def _parse_message(data: Any, instance: str, accept_groups: bool, max_chars: int
     message_id = str(key.get("id") or "")
     if not jid or not message_id:
         return IgnoredEvent(reason="no_message_key", message_id=message_id)
-    chat = ChatRef(gateway=GATEWAY, instance=instance, chat_id=jid)
+    chat = ChatRef(gateway=gateway, instance=instance, chat_id=jid)
     reason = _ignore_reason_for_sender(key, jid, accept_groups)
     if reason:
         return IgnoredEvent(reason=reason, message_id=message_id, chat=chat)

@@ -26,7 +26,8 @@ PERMANENT_STATUS_CODES = frozenset({400, 413, 422})
 
 
 class TextSender(Protocol):
-    """What the worker needs from a gateway: send one text to a chat."""
+    """What the worker needs from a gateway: send one text to a chat. Gateways (see `gateways/`) also declare
+    `max_text_chars` and `mark_read`, which the worker uses when present."""
 
     def send_text(self, chat: ChatRef, text: str) -> str:
         """Send and return the gateway's message id ('' when it gives none). Raises SendError."""
@@ -120,6 +121,26 @@ def _message_id(response: requests.Response) -> str:
     return str(key.get("id") or "") if isinstance(key, dict) else ""
 
 
-def build_senders(settings: Settings) -> dict[str, TextSender]:
-    """Gateway name -> sender. The worker looks a chat's gateway up here and nowhere else."""
-    return {"evolution": EvolutionSender(settings)}
+def split_text(text: str, limit: int) -> list[str]:
+    """Cut a reply into parts of at most `limit` characters, preferring paragraph, then line, then sentence,
+    then word boundaries; a part is cut mid-word only when a single word is longer than `limit`."""
+    parts: list[str] = []
+    rest = text.strip()
+    while len(rest) > limit:
+        window = rest[: limit + 1]
+        cut = _boundary(window, limit)
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        parts.append(rest)
+    return parts
+
+
+def _boundary(window: str, limit: int) -> int:
+    """Where to cut `window` (limit + 1 characters long), so that the part before is at most `limit`."""
+    floor = limit // 3  # a boundary too early would make many tiny parts; go to the next kind instead
+    for separators in (("\n\n",), ("\n",), (". ", "! ", "? ", "… "), (" ",)):
+        cut = max(window.rfind(sep, 0, limit) + (1 if sep.strip() else 0) for sep in separators)
+        if cut > floor:
+            return min(cut, limit)
+    return limit

@@ -24,14 +24,15 @@ from ai_service import AIService
 from buffer import Buffer
 from config import Settings, load_settings, missing_for_production
 from counters import Counters
-from errors import ConfigError, PayloadError
+from errors import AuthError, ConfigError, PayloadError
+from gateways import build_gateways
+from gateways.base import Gateway, InboundRequest
+from gateways.meta import MetaGateway, verify_handshake
 from logs import setup_logging
 from memory import History
 from models import IgnoredEvent, IncomingMessage
-from parser import load_body, parse_evolution
 from redis_keys import RedisKeys
 from redis_link import RedisLink
-from sender import build_senders
 from worker import Worker
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,13 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     )
     history = History(link, keys, max_turns=settings.history_max_turns, ttl_seconds=settings.history_ttl_seconds)
     counters = Counters()
+    gateways = build_gateways(settings)
     worker = Worker(
         settings,
         buffer=buffer,
         history=history,
         ai=AIService(settings),
-        senders=build_senders(settings),
+        senders=gateways,
         counters=counters,
     )
     app.extensions["assistant"] = {
@@ -101,28 +103,69 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
 
     @app.post("/webhook")
     @app.post("/webhook/<event>")
-    def receive(event: str = "") -> tuple[Response, int]:
-        if not is_authorized(settings, request.headers.get("Authorization", ""), request.args.get("token", "")):
-            counters.add("auth_failures")
-            log.warning("webhook rejected: missing or invalid credentials")
+    def receive_evolution(event: str = "") -> Response | tuple[Response, int]:
+        return handle(gateways["evolution"], event)
+
+    @app.get("/webhook/meta")
+    def meta_handshake() -> Response | tuple[Response, int]:
+        gateway = gateways.get("meta")
+        if not isinstance(gateway, MetaGateway):
+            return jsonify(error="gateway not configured", gateway="meta"), 404
+        challenge = verify_handshake(request.args, gateway.verify_token)
+        if challenge is None:
+            counters.add("signature_failures")
+            log.warning("meta verification handshake refused")
+            return jsonify(error="verification failed"), 403
+        return Response(challenge, 200, mimetype="text/plain")
+
+    @app.post("/webhook/meta")
+    @app.post("/webhook/mega")
+    @app.post("/webhook/twilio")
+    def receive_other() -> Response | tuple[Response, int]:
+        name = request.path.rsplit("/", 1)[-1]
+        gateway = gateways.get(name)
+        if gateway is None:
+            return jsonify(error="gateway not configured", gateway=name), 404
+        return handle(gateway, "")
+
+    def handle(gateway: Gateway, event: str) -> Response | tuple[Response, int]:
+        """Verify, parse, dedupe and buffer one webhook request of `gateway`."""
+        inbound = InboundRequest(
+            method=request.method,
+            path=request.path,
+            query_string=request.query_string.decode("latin-1"),
+            query=request.args.to_dict(),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=request.get_data(cache=True),
+            form=request.form.to_dict() if request.mimetype == "application/x-www-form-urlencoded" else {},
+            event_hint=event,
+        )
+        try:
+            if gateway.uses_shared_token:
+                if not is_authorized(settings, inbound.header("Authorization"), inbound.query.get("token", "")):
+                    raise AuthError("missing or invalid credentials")
+            else:
+                gateway.verify(inbound)
+        except AuthError as exc:
+            counters.add("auth_failures" if gateway.uses_shared_token else "signature_failures")
+            log.warning("webhook rejected gateway=%s: %s", gateway.name, exc)
             return jsonify(error="unauthorized"), 401
-        body = request.get_data(cache=False)
-        if not body.strip():
+        if not inbound.body.strip():
             return jsonify(error="empty body"), 400
         try:
-            payload = load_body(body)
+            parsed = gateway.parse(
+                inbound, accept_groups=settings.groups_enabled, max_text_chars=settings.max_message_chars
+            )
         except PayloadError as exc:
-            log.warning("webhook body rejected bytes=%d: %s", len(body), exc)
+            log.warning("webhook body rejected gateway=%s bytes=%d: %s", gateway.name, len(inbound.body), exc)
             return jsonify(error=str(exc)), 400
-        parsed = parse_evolution(
-            payload,
-            event_hint=event,
-            accept_groups=settings.groups_enabled,
-            max_text_chars=settings.max_message_chars,
-        )
-        return _buffer_parsed(parsed)
+        summary, status = _buffer_parsed(parsed)
+        special = gateway.answer(summary)
+        if special is not None:
+            return Response(special.body, special.status, content_type=special.content_type)
+        return jsonify(summary), status
 
-    def _buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent]) -> tuple[Response, int]:
+    def _buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent]) -> tuple[dict[str, Any], int]:
         buffered, duplicates, reasons = 0, 0, []
         now = time.time()
         for item in parsed:
@@ -151,8 +194,8 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
             )
             log.debug("text chat=%s msg=%s text=%.80r", item.chat.label, item.message_id, item.text)
         if not buffered and not duplicates:
-            return jsonify(status="ignored", reason=",".join(dict.fromkeys(reasons)) or "no_message"), 200
-        return jsonify(status="buffered", buffered=buffered, duplicates=duplicates, ignored=len(reasons)), 200
+            return {"status": "ignored", "reason": ",".join(dict.fromkeys(reasons)) or "no_message"}, 200
+        return {"status": "buffered", "buffered": buffered, "duplicates": duplicates, "ignored": len(reasons)}, 200
 
     @app.get("/health")
     def health() -> tuple[Response, int]:
@@ -164,6 +207,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
             "redis": redis_state,
             "gemini": "configured" if settings.gemini_configured else "missing GEMINI_API_KEY",
             "gateway": "configured" if settings.gateway_configured else "missing EVOLUTION_API",
+            "gateways": sorted(gateways),
             "worker": worker_state(),
             **buffer.counts(),
             "counters": counters.snapshot(),

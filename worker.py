@@ -19,12 +19,13 @@ from config import Settings
 from counters import Counters
 from errors import AIServiceError, SendError
 from memory import History, Turn
-from sender import TextSender
+from sender import TextSender, split_text
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY_SECONDS = 600.0
 MAX_IDLE_BACKOFF_SECONDS = 5.0
+DEFAULT_MAX_TEXT_CHARS = 4096
 
 
 class Worker:
@@ -155,6 +156,7 @@ class Worker:
             return
         reply, from_fallback = claim.reply, claim.reply == self.settings.fallback_reply
         if not reply:
+            self._mark_read(claim)
             reply, from_fallback = self._compose(claim, user_text)
             if not reply:  # FALLBACK_REPLY is empty: the owner chose silence over an apology
                 self.buffer.ack(claim)
@@ -185,6 +187,12 @@ class Worker:
             from_fallback,
         )
 
+    def _mark_read(self, claim: Claim) -> None:
+        """Read receipt for the burst's last message, where the gateway offers one (best effort)."""
+        mark_read = getattr(self.senders.get(claim.chat.gateway), "mark_read", None)
+        if mark_read is not None and claim.messages:
+            mark_read(claim.chat, str(claim.messages[-1].get("id", "")))
+
     def _compose(self, claim: Claim, user_text: str) -> tuple[str, bool]:
         """(reply, from_fallback): Gemini's answer, or FALLBACK_REPLY when Gemini keeps failing."""
         history = self.history.recent(claim.chat)
@@ -197,12 +205,20 @@ class Worker:
             return self.settings.fallback_reply, True
 
     def _send(self, claim: Claim, reply: str) -> bool:
-        """Send through the chat's own gateway; on failure retry later with backoff or dead-letter."""
+        """Send through the chat's own gateway, in parts if the reply exceeds its limit; on failure retry
+        later with backoff (keeping only the parts not yet sent) or dead-letter."""
         sender = self.senders.get(claim.chat.gateway)
+        # Test doubles and future gateways may not declare a limit; WhatsApp's own is 4096 characters.
+        parts = split_text(reply, getattr(sender, "max_text_chars", DEFAULT_MAX_TEXT_CHARS))
+        sent = 0
         try:
             if sender is None:
                 raise SendError(f"no sender for gateway {claim.chat.gateway!r}", transient=False)
-            sender.send_text(claim.chat, reply)
+            for part in parts:
+                sender.send_text(claim.chat, part)
+                sent += 1
+                if sent < len(parts):  # a re-claim after a crash sends only what is left
+                    self.buffer.renew(claim, now=self.clock(), reply="\n".join(parts[sent:]))
             return True
         except SendError as exc:
             self.counters.add("send_failures")
@@ -210,7 +226,7 @@ class Worker:
                 delay = min(
                     self.settings.delivery_retry_base_seconds * 2 ** (claim.attempts - 1), MAX_RETRY_DELAY_SECONDS
                 )
-                self.buffer.release(claim, retry_at=self.clock() + delay, reply=reply)
+                self.buffer.release(claim, retry_at=self.clock() + delay, reply="\n".join(parts[sent:]))
                 log.warning(
                     "send failed chat=%s attempt=%d: %s; retrying in %.0fs",
                     claim.chat.label,

@@ -21,11 +21,12 @@ from buffer import Buffer
 from config import Settings
 from counters import Counters
 from errors import SendError
+from gateways import build_gateways
 from memory import History, Turn
 from models import ChatRef, IncomingMessage
 from redis_keys import RedisKeys
 from redis_link import RedisLink
-from sender import TextSender, build_senders
+from sender import TextSender
 from tests.fakes import Canned, FakeEvolution, FakeGemini, gemini_error
 from worker import Worker
 
@@ -94,7 +95,7 @@ def pipeline(settings: Settings) -> Iterator[PipelineFactory]:
             buffer=buffer,
             history=history,
             ai=AIService(current),
-            senders=senders if senders is not None else build_senders(current),
+            senders=senders if senders is not None else build_gateways(current),
             counters=counters,
             clock=clock,
         )
@@ -398,7 +399,7 @@ def test_the_background_thread_survives_a_failing_chat(
     pipeline: PipelineFactory, settings: Settings, fake_evolution: FakeEvolution
 ) -> None:
     broken = ChatRef(gateway="evolution", instance="loja", chat_id="5521999990000@s.whatsapp.net")
-    real_senders = build_senders(settings)
+    real_senders = build_gateways(settings)
     p = pipeline(
         clock=time.time,
         senders={"evolution": BrokenForOneChat(broken, real_senders["evolution"])},

@@ -1,0 +1,53 @@
+"""Gateway adapters: one module per WhatsApp gateway, each behind the small `Gateway` interface.
+
+    verify(request)   -> None or AuthError        (signature / token of an inbound webhook)
+    parse(request)    -> [IncomingMessage | IgnoredEvent]
+    send_text(chat, text) -> gateway message id or SendError
+    respond(parsed)   -> the HTTP answer the gateway expects (JSON, or TwiML for Twilio)
+
+The pipeline (webhook routes, buffer, worker) knows a chat's gateway only through `ChatRef.gateway` and this
+interface; adding a gateway means adding one module here and one line in `build_gateways`.
+"""
+
+from __future__ import annotations
+
+from config import Settings
+from gateways.base import Gateway
+from gateways.evolution import EvolutionGateway
+from gateways.mega import MegaGateway
+from gateways.meta import MetaGateway
+from gateways.twilio import TwilioGateway
+
+
+def build_gateways(settings: Settings) -> dict[str, Gateway]:
+    """Gateway name -> adapter, for every gateway whose required variables are set (Evolution always)."""
+    common = {"timeout_seconds": settings.send_timeout_seconds, "max_retries": settings.send_max_retries}
+    gateways: dict[str, Gateway] = {"evolution": EvolutionGateway(settings)}
+    if settings.meta_enabled:
+        gateways["meta"] = MetaGateway(
+            app_secret=settings.meta_app_secret,
+            verify_token=settings.meta_verify_token,
+            access_token=settings.meta_access_token,
+            phone_number_id=settings.meta_phone_number_id,
+            graph_url=settings.meta_graph_url,
+            api_version=settings.meta_api_version,
+            mark_as_read=settings.meta_mark_as_read,
+            **common,
+        )
+    if settings.mega_enabled:
+        gateways["mega"] = MegaGateway(
+            base_url=settings.mega_api_base_url,
+            instance_id=settings.mega_instance_id,
+            token=settings.mega_api_token,
+            **common,
+        )
+    if settings.twilio_enabled:
+        gateways["twilio"] = TwilioGateway(
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token,
+            whatsapp_from=settings.twilio_whatsapp_from,
+            public_url=settings.twilio_public_url,
+            api_url=settings.twilio_api_url,
+            **common,
+        )
+    return gateways

@@ -1,0 +1,253 @@
+"""Meta WhatsApp Cloud API: verify handshake and X-Hub-Signature-256, parse `entry[].changes[].value`, send
+with the Graph API.
+
+A chat is (meta, phone_number_id, customer wa_id); replies go out from the phone number id the message came
+in on. Graph errors are translated with their meaning and retried only where retrying can help.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from typing import Any
+
+import requests
+
+from errors import AuthError, PayloadError, SendError
+from gateways.base import InboundRequest, Parsed, WebhookAnswer
+from models import ChatRef, IgnoredEvent, IncomingMessage
+from sender import retrying_session
+
+log = logging.getLogger(__name__)
+
+NAME = "meta"
+MAX_TEXT_CHARS = 4096
+MEDIA_TYPES = frozenset({"image", "video", "document", "audio", "sticker"})
+
+# Graph error codes worth a name in the logs; `transient` says whether a later retry can succeed.
+GRAPH_ERRORS: dict[int, tuple[str, bool]] = {
+    131047: ("outside the 24 h customer service window: only a template message can be sent", False),
+    130429: ("rate limit hit (throughput of this phone number)", True),
+    131056: ("too many messages to this customer in a short time (pair rate limit)", True),
+    131048: ("spam rate limit: messages from this number are being restricted", True),
+    190: ("access token expired or invalid: renew META_ACCESS_TOKEN", True),
+    131026: ("message undeliverable: the customer cannot receive it", False),
+    131051: ("unsupported message type", False),
+    131000: ("Meta had an internal error", True),
+    133010: ("phone number not registered on the Cloud API", True),
+    4: ("application request limit reached", True),
+    80007: ("WhatsApp Business Account rate limit", True),
+}
+
+
+def signature_is_valid(body: bytes, header: str, app_secret: str) -> bool:
+    """X-Hub-Signature-256 is "sha256=" + hex HMAC-SHA256 of the raw body with the app secret."""
+    if not header.startswith("sha256=") or not app_secret:
+        return False
+    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(header[7:].strip().lower(), expected)
+
+
+def verify_handshake(query: dict[str, str] | Any, verify_token: str) -> str | None:
+    """The challenge to echo for a valid subscription handshake, else None."""
+    mode = query.get("hub.mode", "")
+    token = query.get("hub.verify_token", "")
+    challenge = query.get("hub.challenge", "")
+    if mode == "subscribe" and verify_token and hmac.compare_digest(token.encode(), verify_token.encode()):
+        return challenge
+    return None
+
+
+def parse_meta(payload: Any, *, max_text_chars: int = 4000) -> list[Parsed]:
+    """Messages and ignored events of a Cloud API webhook body (already decoded)."""
+    if not isinstance(payload, dict):
+        raise PayloadError("body must be a JSON object")
+    results: list[Parsed] = []
+    for entry in _dicts(payload.get("entry")):
+        for change in _dicts(entry.get("changes")):
+            value = change.get("value")
+            if not isinstance(value, dict):
+                results.append(IgnoredEvent(reason="no_value"))
+                continue
+            if change.get("field", "messages") != "messages":
+                results.append(IgnoredEvent(reason=f"field:{change.get('field')}"))
+                continue
+            results.extend(_parse_value(value, max_text_chars))
+    return results or [IgnoredEvent(reason="no_messages")]
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _parse_value(value: dict[str, Any], max_chars: int) -> list[Parsed]:
+    metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
+    phone_number_id = str(metadata.get("phone_number_id") or "")
+    names = {
+        str(c.get("wa_id")): str((c.get("profile") or {}).get("name") or "") for c in _dicts(value.get("contacts"))
+    }
+    results: list[Parsed] = []
+    for status in _dicts(value.get("statuses")):
+        results.append(
+            IgnoredEvent(reason=f"status:{status.get('status', 'unknown')}", message_id=str(status.get("id", "")))
+        )
+    for message in _dicts(value.get("messages")):
+        results.append(_parse_message(message, phone_number_id, names, max_chars))
+    if not results:
+        results.append(IgnoredEvent(reason="no_messages"))
+    return results
+
+
+def _parse_message(message: dict[str, Any], phone_number_id: str, names: dict[str, str], max_chars: int) -> Parsed:
+    sender = str(message.get("from") or "")
+    message_id = str(message.get("id") or "")
+    if not sender or not message_id or not phone_number_id:
+        return IgnoredEvent(reason="no_message_key", message_id=message_id)
+    chat = ChatRef(gateway=NAME, instance=phone_number_id, chat_id=sender)
+    kind, text = _content(message)
+    if text is None:
+        return IgnoredEvent(reason=kind, message_id=message_id, chat=chat)
+    text = text.strip()
+    if not text:
+        return IgnoredEvent(reason="empty", message_id=message_id, chat=chat)
+    try:
+        timestamp = int(message.get("timestamp") or 0)
+    except (TypeError, ValueError):
+        timestamp = 0
+    return IncomingMessage(
+        chat=chat,
+        message_id=message_id,
+        text=text[:max_chars],
+        kind=kind,
+        phone_jid=f"{sender}@s.whatsapp.net",
+        push_name=names.get(sender, ""),
+        timestamp=timestamp,
+    )
+
+
+def _content(message: dict[str, Any]) -> tuple[str, str | None]:
+    """(kind, text); text None means "not answerable now" and kind is the ignore reason."""
+    kind = str(message.get("type") or "")
+    body = message.get(kind) if isinstance(message.get(kind), dict) else {}
+    if kind == "text":
+        return "text", str(body.get("body") or "")
+    if kind == "interactive":
+        for reply_type, our_kind in (("button_reply", "button_reply"), ("list_reply", "list_reply")):
+            reply = body.get(reply_type)
+            if isinstance(reply, dict) and reply.get("title"):
+                return our_kind, str(reply["title"])
+        return "unsupported", None
+    if kind == "button":  # quick reply of a template
+        return "button_reply", str(body.get("text") or body.get("payload") or "")
+    if kind in {"image", "video", "document"} and body.get("caption"):
+        return kind, str(body["caption"])
+    if kind in MEDIA_TYPES:
+        return "media", None
+    if kind == "reaction":
+        return "reaction", None
+    if kind in {"system", "unsupported", "request_welcome", "order", "location", "contacts"}:
+        return kind if kind in {"system", "unsupported"} else "unsupported", None
+    return "unsupported", None
+
+
+class MetaGateway:
+    """Cloud API adapter."""
+
+    name = NAME
+    max_text_chars = MAX_TEXT_CHARS
+    uses_shared_token = False  # signed with X-Hub-Signature-256
+
+    def __init__(
+        self,
+        *,
+        app_secret: str,
+        verify_token: str,
+        access_token: str,
+        phone_number_id: str,
+        graph_url: str = "https://graph.facebook.com",
+        api_version: str = "v23.0",
+        mark_as_read: bool = False,
+        timeout_seconds: float = 15.0,
+        max_retries: int = 3,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.app_secret = app_secret
+        self.verify_token = verify_token
+        self.access_token = access_token
+        self.phone_number_id = phone_number_id
+        self.graph_url = graph_url.rstrip("/")
+        self.api_version = api_version
+        self.mark_as_read = mark_as_read
+        self.timeout_seconds = timeout_seconds
+        self.session = session or retrying_session(max_retries)
+
+    def verify(self, request: InboundRequest) -> None:
+        if not signature_is_valid(request.body, request.header("X-Hub-Signature-256"), self.app_secret):
+            raise AuthError("missing or invalid X-Hub-Signature-256")
+
+    def parse(self, request: InboundRequest, *, accept_groups: bool, max_text_chars: int) -> list[Parsed]:
+        try:
+            payload = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise PayloadError("body is not valid JSON") from exc
+        return parse_meta(payload, max_text_chars=max_text_chars)
+
+    def answer(self, summary: dict[str, object]) -> WebhookAnswer | None:
+        return None
+
+    def _messages_url(self, phone_number_id: str) -> str:
+        return f"{self.graph_url}/{self.api_version}/{phone_number_id or self.phone_number_id}/messages"
+
+    def send_text(self, chat: ChatRef, text: str) -> str:
+        body = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": chat.chat_id,
+            "type": "text",
+            "text": {"preview_url": False, "body": text},
+        }
+        data = self._post(chat, body)
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+            return str(messages[0].get("id") or "")
+        return ""
+
+    def mark_read(self, chat: ChatRef, message_id: str) -> None:
+        """Blue ticks on the customer's last message, when META_MARK_AS_READ is on; best effort."""
+        if not self.mark_as_read:
+            return
+        try:
+            self._post(chat, {"messaging_product": "whatsapp", "status": "read", "message_id": message_id})
+        except SendError as exc:
+            log.info("mark-as-read failed chat=%s: %s", chat.label, exc)
+
+    def _post(self, chat: ChatRef, body: dict[str, Any]) -> Any:
+        try:
+            response = self.session.post(
+                self._messages_url(chat.instance),
+                json=body,
+                headers={"Authorization": f"Bearer {self.access_token}"},
+                timeout=(min(5.0, self.timeout_seconds), self.timeout_seconds),
+            )
+        except requests.RequestException as exc:
+            raise SendError(f"graph api unreachable for {chat.label}: {exc.__class__.__name__}") from exc
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code >= 400:
+            raise graph_error(response.status_code, data, chat)
+        return data
+
+
+def graph_error(status: int, data: Any, chat: ChatRef) -> SendError:
+    """A SendError that names the Graph error's meaning and whether retrying can help."""
+    error = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), dict) else {}
+    code = error.get("code")
+    meaning, transient = GRAPH_ERRORS.get(
+        int(code) if isinstance(code, int) else -1, ("", status >= 500 or status == 429)
+    )
+    detail = f"graph error {code}: {meaning}" if meaning else f"graph answered {status} (code {code})"
+    return SendError(f"{detail} for {chat.label}", status_code=status, transient=transient)

@@ -1,0 +1,161 @@
+"""Twilio (WhatsApp): validate X-Twilio-Signature, parse the form-encoded webhook, answer empty TwiML, and send
+with the Messages API.
+
+A chat is (twilio, the business number `To`, the customer's `From`), both as `whatsapp:+55...`. Signature:
+base64(HMAC-SHA1(auth token, public URL + each POST field name and value, sorted by name)), Twilio's
+documented algorithm, computed against TWILIO_PUBLIC_URL because the service sits behind a proxy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from errors import AuthError, PayloadError, SendError
+from gateways.base import InboundRequest, Parsed, WebhookAnswer
+from models import ChatRef, IgnoredEvent, IncomingMessage
+from sender import retrying_session
+
+NAME = "twilio"
+MAX_TEXT_CHARS = 1600
+WEBHOOK_PATH = "/webhook/twilio"
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+# Twilio error codes a later retry cannot fix (invalid number, outside the 24 h window, ...).
+PERMANENT_ERRORS = frozenset({21211, 21408, 21610, 21614, 63016, 63024})
+
+
+def expected_signature(url: str, params: Mapping[str, str], auth_token: str) -> str:
+    data = url + "".join(f"{name}{params[name]}" for name in sorted(params))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def signature_is_valid(url: str, params: Mapping[str, str], signature: str, auth_token: str) -> bool:
+    if not signature or not auth_token:
+        return False
+    return hmac.compare_digest(signature.encode(), expected_signature(url, params, auth_token).encode())
+
+
+def parse_twilio(form: Mapping[str, str], *, max_text_chars: int = 4000) -> list[Parsed]:
+    """One inbound message per request; status callbacks and non-WhatsApp traffic are ignored."""
+    message_id = form.get("MessageSid") or form.get("SmsMessageSid") or ""
+    sender = form.get("From", "")
+    business = form.get("To", "")
+    if form.get("MessageStatus") and "Body" not in form:
+        return [IgnoredEvent(reason=f"status:{form['MessageStatus']}", message_id=message_id)]
+    if not message_id or not sender or not business:
+        return [IgnoredEvent(reason="no_message_key", message_id=message_id)]
+    if not sender.startswith("whatsapp:"):
+        return [IgnoredEvent(reason="not_whatsapp", message_id=message_id)]
+    chat = ChatRef(gateway=NAME, instance=business, chat_id=sender)
+    text = (form.get("ButtonText") or form.get("Body") or "").strip()
+    kind = "button_reply" if form.get("ButtonText") else "text"
+    try:
+        num_media = int(form.get("NumMedia") or 0)
+    except ValueError:
+        num_media = 0
+    if not text:
+        reason = "media" if num_media else "empty"
+        return [IgnoredEvent(reason=reason, message_id=message_id, chat=chat)]
+    if num_media:
+        kind = _media_kind(form.get("MediaContentType0", ""))
+    return [
+        IncomingMessage(
+            chat=chat,
+            message_id=message_id,
+            text=text[:max_text_chars],
+            kind=kind,
+            phone_jid=f"{form['WaId']}@s.whatsapp.net" if form.get("WaId") else None,
+            push_name=form.get("ProfileName", ""),
+        )
+    ]
+
+
+def _media_kind(content_type: str) -> str:
+    major = content_type.split("/", 1)[0]
+    return {"image": "image", "video": "video"}.get(major, "document")
+
+
+class TwilioGateway:
+    """Twilio WhatsApp adapter."""
+
+    name = NAME
+    max_text_chars = MAX_TEXT_CHARS
+    uses_shared_token = False  # signed with X-Twilio-Signature
+
+    def __init__(
+        self,
+        *,
+        account_sid: str,
+        auth_token: str,
+        whatsapp_from: str,
+        public_url: str,
+        api_url: str = "https://api.twilio.com",
+        timeout_seconds: float = 15.0,
+        max_retries: int = 3,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.whatsapp_from = whatsapp_from
+        self.public_url = public_url.rstrip("/")
+        self.api_url = api_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self.session = session or retrying_session(max_retries)
+
+    def signed_url(self, request: InboundRequest) -> str:
+        query = f"?{request.query_string}" if request.query_string else ""
+        return f"{self.public_url}{request.path or WEBHOOK_PATH}{query}"
+
+    def verify(self, request: InboundRequest) -> None:
+        signature = request.header("X-Twilio-Signature")
+        if not signature_is_valid(self.signed_url(request), request.form, signature, self.auth_token):
+            raise AuthError("missing or invalid X-Twilio-Signature")
+
+    def parse(self, request: InboundRequest, *, accept_groups: bool, max_text_chars: int) -> list[Parsed]:
+        if not request.form:
+            raise PayloadError("expected a form-encoded body")
+        return parse_twilio(request.form, max_text_chars=max_text_chars)
+
+    def answer(self, summary: dict[str, object]) -> WebhookAnswer | None:
+        # An empty TwiML answer: Twilio must not send anything itself, the worker replies later.
+        return WebhookAnswer(EMPTY_TWIML, 200, "text/xml")
+
+    def send_text(self, chat: ChatRef, text: str) -> str:
+        url = f"{self.api_url}/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        sender = self.whatsapp_from or chat.instance
+        if not sender.startswith("whatsapp:"):
+            sender = f"whatsapp:{sender}"
+        try:
+            response = self.session.post(
+                url,
+                data={"From": sender, "To": chat.chat_id, "Body": text},
+                auth=(self.account_sid, self.auth_token),
+                timeout=(min(5.0, self.timeout_seconds), self.timeout_seconds),
+            )
+        except requests.RequestException as exc:
+            raise SendError(f"twilio unreachable for {chat.label}: {exc.__class__.__name__}") from exc
+        data: Any
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code >= 400:
+            code = data.get("code") if isinstance(data, dict) else None
+            transient = code not in PERMANENT_ERRORS and response.status_code not in (400, 404)
+            if response.status_code in (401, 403, 429) or response.status_code >= 500:
+                transient = True
+            raise SendError(
+                f"twilio answered {response.status_code} (code {code}) for {chat.label}",
+                status_code=response.status_code,
+                transient=transient,
+            )
+        return str(data.get("sid") or "") if isinstance(data, dict) else ""
+
+    def mark_read(self, chat: ChatRef, message_id: str) -> None:
+        """Twilio has no read receipts for WhatsApp through the Messages API."""
