@@ -50,6 +50,7 @@ class Worker:
         self.counters = counters
         self.clock = clock
         self._stop = threading.Event()
+        self._slot_free = threading.Event()  # set when a reply finishes or on stop
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: dict[str, Claim] = {}  # token -> claim, for lease renewal
@@ -72,6 +73,7 @@ class Worker:
         """Stop claiming, let running replies finish for up to `timeout` seconds. Unfinished batches
         keep their lease and are claimed again by another process once it expires."""
         self._stop.set()
+        self._slot_free.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._pool is not None:
@@ -97,8 +99,10 @@ class Worker:
                     log.exception("worker round failed (%d in a row)", failures)
                 self.last_loop_at = time.time()
                 if not claimed:
-                    pause = self.settings.worker_poll_seconds * (2 ** min(failures, 5))
-                    self._stop.wait(min(pause, MAX_IDLE_BACKOFF_SECONDS))
+                    pause = min(self.settings.worker_poll_seconds * (2 ** min(failures, 5)), MAX_IDLE_BACKOFF_SECONDS)
+                    # A saturated pool wakes up as soon as one reply finishes, not a whole poll later.
+                    self._slot_free.wait(pause)
+                    self._slot_free.clear()
         finally:
             log.info("worker stopped")
 
@@ -144,6 +148,7 @@ class Worker:
         finally:
             with self._in_flight_lock:
                 self._in_flight.pop(claim.token, None)
+            self._slot_free.set()
 
     # ----- one chat --------------------------------------------------------------------------------
 
