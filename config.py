@@ -306,6 +306,8 @@ def missing_for_production(settings: Settings) -> list[str]:
             (settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_public_url),
         ),
     }
+    if settings.mega_enabled and not settings.webhook_token:
+        missing.append("Mega API is on but WEBHOOK_TOKEN is not set: /webhook/mega accepts unauthenticated posts")
     for gateway, (enabled, some_values) in partial.items():
         if not enabled and any(some_values):
             missing.append(f"{gateway} is only partly configured: that gateway stays off until all are set")
