@@ -13,7 +13,10 @@ def mask_phone(jid: str) -> str:
 
     Group ids, LIDs and other opaque ids get the same treatment so no full identifier reaches a log.
     """
-    user = jid.split("@", 1)[0].split(":", 1)[0]
+    user = jid.split("@", 1)[0]
+    if user.startswith("whatsapp:"):  # Twilio's address form, "whatsapp:+5511987654321"
+        user = user[len("whatsapp:") :].lstrip("+")
+    user = user.split(":", 1)[0]  # device suffix, "5511987654321:12@s.whatsapp.net"
     if len(user) >= 12:  # a full international number: country + area code and the last 4 stay readable
         return f"{user[:4]}*****{user[-4:]}"
     if len(user) > 6:

@@ -107,3 +107,8 @@ def test_setup_logging_leaves_existing_handlers_alone() -> None:
     finally:
         root.handlers = saved_handlers
         root.setLevel(saved_level)
+
+
+def test_twilio_and_meta_addresses_are_masked_like_jids() -> None:
+    assert mask_phone("whatsapp:+5511987654321") == "5511*****4321"
+    assert mask_phone("5511987654321") == "5511*****4321"
