@@ -1,0 +1,534 @@
+"""Meta, Mega and Twilio adapters: payload parsing, signatures, and sends against local fakes of their APIs;
+plus the routes of the Flask app for each gateway (handshake, 401 on forged signatures, TwiML answer)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import redis
+
+from errors import AuthError, SendError
+from gateways.base import InboundRequest
+from gateways.mega import MegaGateway, parse_mega
+from gateways.meta import MetaGateway, parse_meta, signature_is_valid, verify_handshake
+from gateways.twilio import TwilioGateway, parse_twilio
+from models import ChatRef, IgnoredEvent, IncomingMessage
+from sender import split_text
+from tests.conftest import RedisServer, make_settings
+from tests.fakes import Canned, FakeServer, Recorded
+
+APP_SECRET = "meta-app-secret-test"
+VERIFY_TOKEN = "verifica-123"
+ACCESS_TOKEN = "EAAG-test-token"
+PHONE_NUMBER_ID = "109876543210987"
+TWILIO_SID = "AC00000000000000000000000000000001"
+TWILIO_TOKEN = "twilio-auth-token-test"
+TWILIO_FROM = "whatsapp:+14155550100"
+PUBLIC_URL = "https://bot.example.com"
+CUSTOMER = "5511987654321"
+
+
+# ----- payload builders (own values, after the documented shapes) ---------------------------------------
+
+
+def meta_body(*messages: dict[str, Any], statuses: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "5511930000000", "phone_number_id": PHONE_NUMBER_ID},
+    }
+    if messages:
+        value["contacts"] = [{"profile": {"name": "Ana Souza"}, "wa_id": CUSTOMER}]
+        value["messages"] = list(messages)
+    if statuses:
+        value["statuses"] = statuses
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1000200030004000", "changes": [{"value": value, "field": "messages"}]}],
+    }
+
+
+def meta_message(
+    kind: str, content: dict[str, Any], msg_id: str = "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFjNFQjA="
+) -> dict[str, Any]:
+    return {"from": CUSTOMER, "id": msg_id, "timestamp": "1763900000", "type": kind, kind: content}
+
+
+def twilio_form(**overrides: str) -> dict[str, str]:
+    form = {
+        "SmsMessageSid": "SM11111111111111111111111111111111",
+        "NumMedia": "0",
+        "ProfileName": "Bruno Lima",
+        "MessageType": "text",
+        "SmsSid": "SM11111111111111111111111111111111",
+        "WaId": CUSTOMER,
+        "SmsStatus": "received",
+        "Body": "Oi, vocês entregam em Campinas?",
+        "To": TWILIO_FROM,
+        "NumSegments": "1",
+        "ReferralNumMedia": "0",
+        "MessageSid": "SM11111111111111111111111111111111",
+        "AccountSid": TWILIO_SID,
+        "From": f"whatsapp:+{CUSTOMER}",
+        "ApiVersion": "2010-04-01",
+    }
+    form.update(overrides)
+    return form
+
+
+def mega_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "instance_key": "megastart-TESTE01",
+        "jid": "5511930000000@s.whatsapp.net",
+        "messageType": "conversation",
+        "key": {"remoteJid": f"{CUSTOMER}@s.whatsapp.net", "fromMe": False, "id": "3EB0AAAABBBBCCCCDDDD01"},
+        "messageTimestamp": 1763900000,
+        "pushName": "Carla",
+        "broadcast": False,
+        "message": {"conversation": "Bom dia, qual o horário de hoje?"},
+    }
+    body.update(overrides)
+    return body
+
+
+# ----- Meta -------------------------------------------------------------------------------------------------
+
+
+def test_meta_text_message_is_normalized() -> None:
+    (message,) = parse_meta(meta_body(meta_message("text", {"body": "Quanto custa a entrega?"})))
+    assert message == IncomingMessage(
+        chat=ChatRef(gateway="meta", instance=PHONE_NUMBER_ID, chat_id=CUSTOMER),
+        message_id="wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFjNFQjA=",
+        text="Quanto custa a entrega?",
+        kind="text",
+        phone_jid=f"{CUSTOMER}@s.whatsapp.net",
+        push_name="Ana Souza",
+        timestamp=1763900000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "content", "expected_kind", "expected_text"),
+    [
+        (
+            "interactive",
+            {"type": "button_reply", "button_reply": {"id": "b1", "title": "Ver cardápio"}},
+            "button_reply",
+            "Ver cardápio",
+        ),
+        (
+            "interactive",
+            {"type": "list_reply", "list_reply": {"id": "l2", "title": "Pizza grande", "description": "8 fatias"}},
+            "list_reply",
+            "Pizza grande",
+        ),
+        ("button", {"payload": "QUERO", "text": "Quero saber mais"}, "button_reply", "Quero saber mais"),
+        (
+            "image",
+            {"caption": "Tem esse modelo?", "mime_type": "image/jpeg", "sha256": "x", "id": "m1"},
+            "image",
+            "Tem esse modelo?",
+        ),
+        (
+            "document",
+            {"caption": "Segue o pedido", "filename": "pedido.pdf", "mime_type": "application/pdf", "id": "m2"},
+            "document",
+            "Segue o pedido",
+        ),
+    ],
+)
+def test_meta_replies_and_captions_have_text(
+    kind: str, content: dict[str, Any], expected_kind: str, expected_text: str
+) -> None:
+    (message,) = parse_meta(meta_body(meta_message(kind, content)))
+    assert isinstance(message, IncomingMessage)
+    assert (message.kind, message.text) == (expected_kind, expected_text)
+
+
+@pytest.mark.parametrize(
+    ("kind", "content", "reason"),
+    [
+        ("audio", {"mime_type": "audio/ogg; codecs=opus", "sha256": "x", "id": "m3", "voice": True}, "media"),
+        ("image", {"mime_type": "image/jpeg", "sha256": "x", "id": "m4"}, "media"),
+        ("sticker", {"mime_type": "image/webp", "sha256": "x", "id": "m5", "animated": False}, "media"),
+        ("reaction", {"message_id": "wamid.ABC", "emoji": "👍"}, "reaction"),
+        ("unsupported", {}, "unsupported"),
+        ("text", {"body": "   "}, "empty"),
+    ],
+)
+def test_meta_non_text_messages_are_ignored_with_a_reason(kind: str, content: dict[str, Any], reason: str) -> None:
+    (event,) = parse_meta(meta_body(meta_message(kind, content)))
+    assert isinstance(event, IgnoredEvent)
+    assert event.reason == reason
+
+
+def test_meta_statuses_are_ignored() -> None:
+    statuses = [{"id": "wamid.OUT1", "status": "delivered", "timestamp": "1763900001", "recipient_id": CUSTOMER}]
+    assert parse_meta(meta_body(statuses=statuses)) == [
+        IgnoredEvent(reason="status:delivered", message_id="wamid.OUT1")
+    ]
+
+
+def sign_meta(body: bytes, secret: str = APP_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def test_meta_signature() -> None:
+    body = json.dumps(meta_body(meta_message("text", {"body": "Oi"}))).encode()
+    assert signature_is_valid(body, sign_meta(body), APP_SECRET)
+    assert not signature_is_valid(body, "", APP_SECRET)
+    assert not signature_is_valid(body, sign_meta(body, "outro-segredo"), APP_SECRET)
+    assert not signature_is_valid(body.replace(b"Oi", b"Ol"), sign_meta(body), APP_SECRET)
+    assert not signature_is_valid(body, sign_meta(body).replace("sha256=", "sha1="), APP_SECRET)
+    assert not signature_is_valid(body, sign_meta(body), "")
+
+
+def test_meta_handshake() -> None:
+    good = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"}
+    assert verify_handshake(good, VERIFY_TOKEN) == "1158201444"
+    assert verify_handshake({**good, "hub.verify_token": "errado"}, VERIFY_TOKEN) is None
+    assert verify_handshake({**good, "hub.mode": "unsubscribe"}, VERIFY_TOKEN) is None
+    assert verify_handshake(good, "") is None
+
+
+class FakeGraph(FakeServer):
+    def default_answer(self, recorded: Recorded) -> Any:
+        to = recorded.json.get("to", "")
+        return {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": to, "wa_id": to}],
+            "messages": [{"id": f"wamid.OUT{len(self.requests)}"}],
+        }
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraph]:
+    fake = FakeGraph()
+    yield fake
+    fake.close()
+
+
+def meta_gateway(graph: FakeGraph, **overrides: Any) -> MetaGateway:
+    values: dict[str, Any] = {
+        "app_secret": APP_SECRET,
+        "verify_token": VERIFY_TOKEN,
+        "access_token": ACCESS_TOKEN,
+        "phone_number_id": PHONE_NUMBER_ID,
+        "graph_url": graph.url,
+        "api_version": "v23.0",
+        "max_retries": 1,
+    }
+    values.update(overrides)
+    return MetaGateway(**values)
+
+
+META_CHAT = ChatRef(gateway="meta", instance=PHONE_NUMBER_ID, chat_id=CUSTOMER)
+
+
+def test_meta_send_text(graph: FakeGraph) -> None:
+    assert meta_gateway(graph).send_text(META_CHAT, "Olá, Ana!") == "wamid.OUT1"
+    (request,) = graph.received()
+    assert request.path == f"/v23.0/{PHONE_NUMBER_ID}/messages"
+    assert request.headers["authorization"] == f"Bearer {ACCESS_TOKEN}"
+    assert request.json == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": CUSTOMER,
+        "type": "text",
+        "text": {"preview_url": False, "body": "Olá, Ana!"},
+    }
+
+
+def graph_error(code: int) -> dict[str, Any]:
+    return {"error": {"message": "erro", "type": "OAuthException", "code": code, "fbtrace_id": "Abc"}}
+
+
+def test_meta_outside_window_is_permanent_and_not_retried(graph: FakeGraph) -> None:
+    graph.queue(Canned(400, graph_error(131047)))
+    with pytest.raises(SendError, match="24 h") as info:
+        meta_gateway(graph).send_text(META_CHAT, "Oi")
+    assert not info.value.transient
+    assert len(graph.received()) == 1
+
+
+def test_meta_rate_limit_and_token_errors_are_transient(graph: FakeGraph) -> None:
+    graph.queue(Canned(400, graph_error(130429)), Canned(401, graph_error(190)))
+    with pytest.raises(SendError, match="rate limit") as rate:
+        meta_gateway(graph).send_text(META_CHAT, "Oi")
+    with pytest.raises(SendError, match="META_ACCESS_TOKEN") as token:
+        meta_gateway(graph).send_text(META_CHAT, "Oi")
+    assert rate.value.transient and token.value.transient
+
+
+def test_meta_500_is_retried(graph: FakeGraph) -> None:
+    graph.queue(Canned(500, graph_error(131000)))
+    assert meta_gateway(graph).send_text(META_CHAT, "Oi") == "wamid.OUT2"
+    assert len(graph.received()) == 2
+
+
+def test_meta_mark_read_only_when_enabled(graph: FakeGraph) -> None:
+    meta_gateway(graph).mark_read(META_CHAT, "wamid.IN1")
+    assert graph.received() == []
+    meta_gateway(graph, mark_as_read=True).mark_read(META_CHAT, "wamid.IN1")
+    (request,) = graph.received()
+    assert request.json == {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.IN1"}
+
+
+# ----- Twilio -----------------------------------------------------------------------------------------------
+
+
+def twilio_signature(url: str, form: dict[str, str], token: str = TWILIO_TOKEN) -> str:
+    payload = url + "".join(key + form[key] for key in sorted(form))
+    return base64.b64encode(hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+
+
+def twilio_gateway(api_url: str = "http://127.0.0.1:9") -> TwilioGateway:
+    return TwilioGateway(
+        account_sid=TWILIO_SID,
+        auth_token=TWILIO_TOKEN,
+        whatsapp_from=TWILIO_FROM,
+        public_url=PUBLIC_URL + "/",
+        api_url=api_url,
+        max_retries=1,
+    )
+
+
+def twilio_request(form: dict[str, str], signature: str, query: str = "") -> InboundRequest:
+    return InboundRequest(
+        path="/webhook/twilio",
+        query_string=query,
+        headers={"x-twilio-signature": signature},
+        body=urlencode(form).encode(),
+        form=form,
+    )
+
+
+def test_twilio_signature() -> None:
+    gateway, form = twilio_gateway(), twilio_form()
+    url = f"{PUBLIC_URL}/webhook/twilio"
+    gateway.verify(twilio_request(form, twilio_signature(url, form)))
+    with pytest.raises(AuthError):
+        gateway.verify(twilio_request(form, ""))
+    with pytest.raises(AuthError):
+        gateway.verify(twilio_request(form, twilio_signature(url, form, "outro-token")))
+    with pytest.raises(AuthError):
+        gateway.verify(twilio_request({**form, "Body": "alterado"}, twilio_signature(url, form)))
+    query = "token=abc&loja=1"
+    gateway.verify(twilio_request(form, twilio_signature(f"{url}?{query}", form), query))
+    with pytest.raises(AuthError):
+        gateway.verify(twilio_request(form, twilio_signature(url, form), query))
+
+
+def test_twilio_message_is_normalized() -> None:
+    (message,) = parse_twilio(twilio_form())
+    assert message == IncomingMessage(
+        chat=ChatRef(gateway="twilio", instance=TWILIO_FROM, chat_id=f"whatsapp:+{CUSTOMER}"),
+        message_id="SM11111111111111111111111111111111",
+        text="Oi, vocês entregam em Campinas?",
+        kind="text",
+        phone_jid=f"{CUSTOMER}@s.whatsapp.net",
+        push_name="Bruno Lima",
+    )
+
+
+def test_twilio_button_media_and_status_callbacks() -> None:
+    (button,) = parse_twilio(twilio_form(ButtonText="Sim, quero", ButtonPayload="SIM", Body="Sim, quero"))
+    assert isinstance(button, IncomingMessage) and button.kind == "button_reply"
+    media = twilio_form(Body="", NumMedia="1", MediaContentType0="audio/ogg", MediaUrl0="https://api.twilio.com/x")
+    assert [e.reason for e in parse_twilio(media)] == ["media"]  # type: ignore[union-attr]
+    (caption,) = parse_twilio(twilio_form(Body="Esse aqui", NumMedia="1", MediaContentType0="image/jpeg"))
+    assert isinstance(caption, IncomingMessage) and caption.kind == "image"
+    status = {"MessageSid": "SM2", "MessageStatus": "delivered", "From": TWILIO_FROM, "To": f"whatsapp:+{CUSTOMER}"}
+    assert parse_twilio(status) == [IgnoredEvent(reason="status:delivered", message_id="SM2")]
+    sms = twilio_form(From=f"+{CUSTOMER}")
+    assert [e.reason for e in parse_twilio(sms)] == ["not_whatsapp"]  # type: ignore[union-attr]
+
+
+class FakeTwilio(FakeServer):
+    def default_answer(self, recorded: Recorded) -> Any:
+        return {"sid": f"SM{len(self.requests):032d}", "status": "queued"}
+
+
+@pytest.fixture
+def twilio_api() -> Iterator[FakeTwilio]:
+    fake = FakeTwilio()
+    yield fake
+    fake.close()
+
+
+TWILIO_CHAT = ChatRef(gateway="twilio", instance=TWILIO_FROM, chat_id=f"whatsapp:+{CUSTOMER}")
+
+
+def test_twilio_send_text(twilio_api: FakeTwilio) -> None:
+    assert twilio_gateway(twilio_api.url).send_text(TWILIO_CHAT, "Entregamos sim!").startswith("SM")
+    (request,) = twilio_api.received()
+    assert request.path == f"/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
+    expected_auth = base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
+    assert request.headers["authorization"] == f"Basic {expected_auth}"
+    assert request.body.decode() == urlencode(
+        {"From": TWILIO_FROM, "To": f"whatsapp:+{CUSTOMER}", "Body": "Entregamos sim!"}
+    )
+
+
+def test_twilio_errors(twilio_api: FakeTwilio) -> None:
+    twilio_api.queue(Canned(400, {"code": 21211, "message": "Invalid 'To' Phone Number"}), Canned(429, {"code": 20429}))
+    with pytest.raises(SendError) as invalid:
+        twilio_gateway(twilio_api.url).send_text(TWILIO_CHAT, "Oi")
+    with pytest.raises(SendError) as limited:
+        twilio_gateway(twilio_api.url).send_text(TWILIO_CHAT, "Oi")
+    assert not invalid.value.transient
+    assert limited.value.transient
+    assert len(twilio_api.received()) == 2
+
+
+# ----- Mega -------------------------------------------------------------------------------------------------
+
+
+def test_mega_text_and_ignored_shapes() -> None:
+    (message,) = parse_mega(mega_body())
+    assert message == IncomingMessage(
+        chat=ChatRef(gateway="mega", instance="megastart-TESTE01", chat_id=f"{CUSTOMER}@s.whatsapp.net"),
+        message_id="3EB0AAAABBBBCCCCDDDD01",
+        text="Bom dia, qual o horário de hoje?",
+        kind="text",
+        phone_jid=f"{CUSTOMER}@s.whatsapp.net",
+        push_name="Carla",
+        timestamp=1763900000,
+    )
+    from_me = mega_body(key={"remoteJid": f"{CUSTOMER}@s.whatsapp.net", "fromMe": True, "id": "X1"})
+    group = mega_body(
+        key={
+            "remoteJid": "120363000000000001@g.us",
+            "fromMe": False,
+            "id": "X2",
+            "participant": f"{CUSTOMER}@s.whatsapp.net",
+        }
+    )
+    audio = mega_body(
+        messageType="audioMessage", message={"audioMessage": {"mimetype": "audio/ogg; codecs=opus", "ptt": True}}
+    )
+    ack = {"instance_key": "megastart-TESTE01", "messageType": "message.ack", "id": "X3"}
+    reasons = [e.reason for e in parse_mega([from_me, group, audio, ack])]  # type: ignore[union-attr]
+    assert reasons == ["from_me", "group", "media", "event:message.ack"]
+    (accepted,) = parse_mega(group, accept_groups=True)
+    assert isinstance(accepted, IncomingMessage)
+
+
+class FakeMega(FakeServer):
+    def default_answer(self, recorded: Recorded) -> Any:
+        return {"error": False, "message": "Message sent", "key": {"id": f"3EB0OUT{len(self.requests)}"}}
+
+
+def test_mega_send_text() -> None:
+    fake = FakeMega()
+    try:
+        gateway = MegaGateway(base_url=fake.url, instance_id="megastart-TESTE01", token="mega-token", max_retries=1)
+        chat = ChatRef(gateway="mega", instance="megastart-TESTE01", chat_id=f"{CUSTOMER}@s.whatsapp.net")
+        assert gateway.send_text(chat, "Abrimos às 9h.") == "3EB0OUT1"
+        (request,) = fake.received()
+        assert request.path == "/rest/sendMessage/megastart-TESTE01/text"
+        assert request.headers["authorization"] == "Bearer mega-token"
+        assert request.json == {"messageData": {"to": f"{CUSTOMER}@s.whatsapp.net", "text": "Abrimos às 9h."}}
+    finally:
+        fake.close()
+
+
+# ----- split_text -------------------------------------------------------------------------------------------
+
+
+def test_split_text_prefers_paragraphs_then_sentences_then_words() -> None:
+    paragraph = "Primeiro parágrafo. " * 10
+    text = paragraph.strip() + "\n\n" + paragraph.strip()
+    assert split_text(text, 250) == [paragraph.strip(), paragraph.strip()]
+    sentences = "Frase número um. Frase número dois. Frase número três."
+    assert split_text(sentences, 40) == ["Frase número um. Frase número dois.", "Frase número três."]
+    assert split_text("palavra " * 5, 20) == ["palavra palavra", "palavra palavra", "palavra"]
+    assert split_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
+
+
+@pytest.mark.parametrize("limit", [1600, 4096])
+def test_split_text_keeps_everything_within_the_limit(limit: int) -> None:
+    text = "\n".join(f"Item {i}: camiseta tamanho M, cor azul, R$ {i},90. Entrega em 3 dias." for i in range(300))
+    parts = split_text(text, limit)
+    assert all(len(part) <= limit for part in parts)
+    assert "".join(parts).replace("\n", "").replace(" ", "") == text.replace("\n", "").replace(" ", "")
+    assert split_text("curto", limit) == ["curto"]
+
+
+# ----- the app's routes -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(redis_server: RedisServer, redis_client: redis.Redis) -> Any:
+    from webhook import create_app
+
+    settings = make_settings(
+        redis_uri=redis_server.url,
+        meta_app_secret=APP_SECRET,
+        meta_verify_token=VERIFY_TOKEN,
+        meta_access_token=ACCESS_TOKEN,
+        meta_phone_number_id=PHONE_NUMBER_ID,
+        twilio_account_sid=TWILIO_SID,
+        twilio_auth_token=TWILIO_TOKEN,
+        twilio_whatsapp_from=TWILIO_FROM,
+        twilio_public_url=PUBLIC_URL,
+        mega_api_base_url="http://127.0.0.1:9",
+        mega_instance_id="megastart-TESTE01",
+        mega_api_token="mega-token",
+        webhook_token="segredo-webhook",
+    )
+    return create_app(settings, start_worker=False).test_client()
+
+
+def due_chats(redis_client: redis.Redis) -> list[str]:
+    return redis_client.zrange("wa_assistant:due", 0, -1)
+
+
+def test_meta_routes(client: Any, redis_client: redis.Redis) -> None:
+    query = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "987654"}
+    answer = client.get("/webhook/meta", query_string=query)
+    assert (answer.status_code, answer.get_data(as_text=True)) == (200, "987654")
+    assert client.get("/webhook/meta", query_string={**query, "hub.verify_token": "x"}).status_code == 403
+    body = json.dumps(meta_body(meta_message("text", {"body": "Oi"}))).encode()
+    headers = {"Content-Type": "application/json"}
+    forged = client.post("/webhook/meta", data=body, headers={**headers, "X-Hub-Signature-256": sign_meta(body, "x")})
+    assert forged.status_code == 401
+    assert client.post("/webhook/meta", data=body, headers=headers).status_code == 401
+    assert due_chats(redis_client) == []
+    signed = client.post("/webhook/meta", data=body, headers={**headers, "X-Hub-Signature-256": sign_meta(body)})
+    assert signed.status_code == 200 and signed.json["buffered"] == 1
+    assert due_chats(redis_client) == [f"meta:{PHONE_NUMBER_ID}:{CUSTOMER}"]
+
+
+def test_twilio_route_answers_empty_twiml(client: Any, redis_client: redis.Redis) -> None:
+    form = twilio_form()
+    signature = twilio_signature(f"{PUBLIC_URL}/webhook/twilio", form)
+    forged = client.post("/webhook/twilio", data=form, headers={"X-Twilio-Signature": signature[:-2] + "AA"})
+    assert forged.status_code == 401 and due_chats(redis_client) == []
+    answer = client.post("/webhook/twilio", data=form, headers={"X-Twilio-Signature": signature})
+    assert answer.status_code == 200
+    assert answer.content_type.startswith("text/xml")
+    assert answer.get_data(as_text=True).endswith("<Response/>")
+    assert due_chats(redis_client) == [f"twilio:whatsapp%3A%2B14155550100:whatsapp:+{CUSTOMER}"]
+
+
+def test_mega_route_needs_the_webhook_token(client: Any, redis_client: redis.Redis) -> None:
+    assert client.post("/webhook/mega", json=mega_body()).status_code == 401
+    assert due_chats(redis_client) == []
+    assert client.post("/webhook/mega?token=segredo-webhook", json=mega_body()).status_code == 200
+    assert due_chats(redis_client) == [f"mega:megastart-TESTE01:{CUSTOMER}@s.whatsapp.net"]
+
+
+def test_unconfigured_gateway_answers_404(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    from webhook import create_app
+
+    client = create_app(make_settings(redis_uri=redis_server.url), start_worker=False).test_client()
+    assert client.post("/webhook/meta", json={}).status_code == 404
+    assert client.get("/webhook/meta").status_code == 404
+    assert client.post("/webhook/twilio", data={"Body": "oi"}).status_code == 404
