@@ -34,5 +34,5 @@ def setup_logging(level: str) -> None:
         logging.basicConfig(format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     root.setLevel(level)
     # httpx/google-genai log every request at INFO with URLs; keep our INFO lines readable.
-    for noisy in ("httpx", "httpcore", "urllib3", "google_genai", "werkzeug"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "google_genai", "werkzeug"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
