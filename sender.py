@@ -94,25 +94,36 @@ class EvolutionSender:
         )
         # The typing delay is spent by Evolution before it answers, so the read timeout must cover it.
         read_timeout = self.settings.send_timeout_seconds + self.settings.send_delay_ms / 1000
-        try:
-            response = self.session.post(
-                url,
-                json=body,
-                headers={"apikey": self.settings.authentication_api_key},
-                timeout=(min(5.0, self.settings.send_timeout_seconds), read_timeout),
-            )
-        except requests.RequestException as exc:
-            raise SendError(f"evolution unreachable for {chat.label}: {exc.__class__.__name__}") from exc
-        if response.status_code >= 400:
-            raise SendError(
-                f"evolution answered {response.status_code} for {chat.label}",
-                status_code=response.status_code,
-                transient=response.status_code not in PERMANENT_STATUS_CODES,
-            )
-        return _message_id(response)
+        response = post_or_raise(
+            self.session,
+            url,
+            gateway="evolution",
+            chat=chat,
+            timeout=(min(5.0, self.settings.send_timeout_seconds), read_timeout),
+            json=body,
+            headers={"apikey": self.settings.authentication_api_key},
+        )
+        return key_id_or_raise(response, gateway="evolution", chat=chat)
 
 
-def _message_id(response: requests.Response) -> str:
+def post_or_raise(
+    session: requests.Session, url: str, *, gateway: str, chat: ChatRef, timeout: tuple[float, float], **kwargs: Any
+) -> requests.Response:
+    """POST, turning a transport failure (after the session's retries) into a transient SendError."""
+    try:
+        return session.post(url, timeout=timeout, **kwargs)
+    except requests.RequestException as exc:
+        raise SendError(f"{gateway} unreachable for {chat.label}: {exc.__class__.__name__}") from exc
+
+
+def key_id_or_raise(response: requests.Response, *, gateway: str, chat: ChatRef) -> str:
+    """For Baileys-style gateways (Evolution, Mega): SendError on 4xx/5xx, else the sent message's key.id."""
+    if response.status_code >= 400:
+        raise SendError(
+            f"{gateway} answered {response.status_code} for {chat.label}",
+            status_code=response.status_code,
+            transient=response.status_code not in PERMANENT_STATUS_CODES,
+        )
     try:
         data = response.json()
     except ValueError:

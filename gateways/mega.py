@@ -12,11 +12,11 @@ from typing import Any
 
 import requests
 
-from errors import PayloadError, SendError
+from errors import PayloadError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
 from models import ChatRef, IgnoredEvent
 from parser import message_from_baileys
-from sender import PERMANENT_STATUS_CODES, retrying_session
+from sender import key_id_or_raise, post_or_raise, retrying_session
 
 NAME = "mega"
 MAX_TEXT_CHARS = 4096
@@ -85,27 +85,16 @@ class MegaGateway:
     def send_text(self, chat: ChatRef, text: str) -> str:
         instance = self.instance_id or chat.instance
         url = f"{self.base_url}/rest/sendMessage/{instance}/text"
-        try:
-            response = self.session.post(
-                url,
-                json={"messageData": {"to": chat.chat_id, "text": text}},
-                headers={"Authorization": f"Bearer {self.token}"},
-                timeout=(min(5.0, self.timeout_seconds), self.timeout_seconds),
-            )
-        except requests.RequestException as exc:
-            raise SendError(f"mega unreachable for {chat.label}: {exc.__class__.__name__}") from exc
-        if response.status_code >= 400:
-            raise SendError(
-                f"mega answered {response.status_code} for {chat.label}",
-                status_code=response.status_code,
-                transient=response.status_code not in PERMANENT_STATUS_CODES,
-            )
-        try:
-            data = response.json()
-        except ValueError:
-            return ""
-        key = data.get("key") if isinstance(data, dict) else None
-        return str(key.get("id") or "") if isinstance(key, dict) else ""
+        response = post_or_raise(
+            self.session,
+            url,
+            gateway=NAME,
+            chat=chat,
+            timeout=(min(5.0, self.timeout_seconds), self.timeout_seconds),
+            json={"messageData": {"to": chat.chat_id, "text": text}},
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        return key_id_or_raise(response, gateway=NAME, chat=chat)
 
     def mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Not used for Mega."""

@@ -18,7 +18,7 @@ import requests
 from errors import AuthError, PayloadError, SendError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
 from models import ChatRef, IgnoredEvent, IncomingMessage
-from sender import retrying_session
+from sender import post_or_raise, retrying_session
 
 log = logging.getLogger(__name__)
 
@@ -224,15 +224,15 @@ class MetaGateway:
             log.info("mark-as-read failed chat=%s: %s", chat.label, exc)
 
     def _post(self, chat: ChatRef, body: dict[str, Any]) -> Any:
-        try:
-            response = self.session.post(
-                self._messages_url(chat.instance),
-                json=body,
-                headers={"Authorization": f"Bearer {self.access_token}"},
-                timeout=(min(5.0, self.timeout_seconds), self.timeout_seconds),
-            )
-        except requests.RequestException as exc:
-            raise SendError(f"graph api unreachable for {chat.label}: {exc.__class__.__name__}") from exc
+        response = post_or_raise(
+            self.session,
+            self._messages_url(chat.instance),
+            gateway="meta",
+            chat=chat,
+            timeout=(min(5.0, self.timeout_seconds), self.timeout_seconds),
+            json=body,
+            headers={"Authorization": f"Bearer {self.access_token}"},
+        )
         try:
             data = response.json()
         except ValueError:

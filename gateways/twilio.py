@@ -19,7 +19,7 @@ import requests
 from errors import AuthError, PayloadError, SendError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
 from models import ChatRef, IgnoredEvent, IncomingMessage
-from sender import retrying_session
+from sender import post_or_raise, retrying_session
 
 NAME = "twilio"
 MAX_TEXT_CHARS = 1600
@@ -131,15 +131,15 @@ class TwilioGateway:
         sender = self.whatsapp_from or chat.instance
         if not sender.startswith("whatsapp:"):
             sender = f"whatsapp:{sender}"
-        try:
-            response = self.session.post(
-                url,
-                data={"From": sender, "To": chat.chat_id, "Body": text},
-                auth=(self.account_sid, self.auth_token),
-                timeout=(min(5.0, self.timeout_seconds), self.timeout_seconds),
-            )
-        except requests.RequestException as exc:
-            raise SendError(f"twilio unreachable for {chat.label}: {exc.__class__.__name__}") from exc
+        response = post_or_raise(
+            self.session,
+            url,
+            gateway=NAME,
+            chat=chat,
+            timeout=(min(5.0, self.timeout_seconds), self.timeout_seconds),
+            data={"From": sender, "To": chat.chat_id, "Body": text},
+            auth=(self.account_sid, self.auth_token),
+        )
         data: Any
         try:
             data = response.json()
