@@ -29,6 +29,7 @@ from redis_link import UNAVAILABLE, RedisLink
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS_KEPT = 1000
+REPLY_WINDOW_SECONDS = 3600
 
 # KEYS: 1 seen, 2 pending, 3 meta, 4 due, 5 leases
 # ARGV: 1 now, 2 debounce_s, 3 max_wait_s, 4 dedup_ttl_s, 5 message JSON, 6 chat key
@@ -239,6 +240,15 @@ class RedisStore:
         )
         return bool(done)
 
+    def count_reply(self, chat: ChatRef) -> int:
+        """Count one more reply to `chat` in its one-hour window (INCR + EXPIRE NX in one MULTI)."""
+        key = self.keys.replies_this_hour(chat.key)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, REPLY_WINDOW_SECONDS, nx=True)
+            count, _ = pipe.execute()
+        return int(count)
+
     def counts(self) -> dict[str, int]:
         with self.client.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.due())
@@ -279,6 +289,7 @@ class LocalStore:
         self._chats: dict[str, _LocalChat] = {}
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._dead: list[str] = []
+        self._replies: dict[str, tuple[float, int]] = {}  # chat -> (window start, replies)
         self._lock = threading.Lock()
 
     def append(
@@ -351,6 +362,14 @@ class LocalStore:
             if not chat.pending:
                 del self._chats[claim.chat.key]
             return True
+
+    def count_reply(self, chat: ChatRef, now: float) -> int:
+        with self._lock:
+            started, count = self._replies.get(chat.key, (now, 0))
+            if now - started >= REPLY_WINDOW_SECONDS:
+                started, count = now, 0
+            self._replies[chat.key] = (started, count + 1)
+            return count + 1
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -426,6 +445,12 @@ class Buffer:
 
     def ack(self, claim: Claim) -> bool:
         return self._store(claim).ack(claim)
+
+    def count_reply(self, claim: Claim, *, now: float) -> int:
+        """Replies to this claim's chat in the last hour, this one included (loop guard)."""
+        if claim.store == "redis" and self.redis is not None:
+            return self.redis.count_reply(claim.chat)
+        return self.local.count_reply(claim.chat, now)
 
     def dead_letter(self, claim: Claim, *, reason: str, now: float) -> bool:
         record = json.dumps(

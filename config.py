@@ -98,6 +98,9 @@ class Settings:
     delivery_max_attempts: int = 12  # sends tried (with backoff) before a burst is dead-lettered
     delivery_retry_base_seconds: float = 5.0
 
+    # Loop guard: another bot answering every reply would otherwise talk to us forever
+    max_replies_per_hour: int = 30  # per chat; 0 = no limit
+
     # History
     history_max_turns: int = 20
     history_ttl_seconds: int = 7 * 24 * 3600
@@ -238,6 +241,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LEASE_SECONDS": ("lease_seconds", _positive(float)),
     "DELIVERY_MAX_ATTEMPTS": ("delivery_max_attempts", _positive(int)),
     "DELIVERY_RETRY_BASE_SECONDS": ("delivery_retry_base_seconds", _positive(float)),
+    "MAX_REPLIES_PER_HOUR": ("max_replies_per_hour", _non_negative(int)),
     "HISTORY_MAX_TURNS": ("history_max_turns", _non_negative(int)),
     "HISTORY_TTL_SECONDS": ("history_ttl_seconds", _positive(int)),
     "WORKER_ENABLED": ("worker_enabled", _to_bool),

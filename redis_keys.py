@@ -42,6 +42,10 @@ class RedisKeys:
         """LIST of JSON turns, newest last; capped to HISTORY_MAX_TURNS; TTL = HISTORY_TTL_SECONDS."""
         return f"{self.prefix}:history:{chat}"
 
+    def replies_this_hour(self, chat: str) -> str:
+        """STRING counter of replies to one chat in the current window; TTL = 1 hour from the first."""
+        return f"{self.prefix}:replies:{chat}"
+
     def dead_letters(self) -> str:
         """LIST of JSON bursts that could not be answered; capped (LTRIM) to the newest 1000, no TTL."""
         return f"{self.prefix}:dead"

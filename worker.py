@@ -161,6 +161,10 @@ class Worker:
             return
         reply, from_fallback = claim.reply, claim.reply == self.settings.fallback_reply
         if not reply:
+            if self._is_a_loop(claim):
+                self.buffer.ack(claim)
+                self.history.append(chat, [Turn(role="user", text=user_text, at=self.clock())])
+                return
             self._mark_read(claim)
             reply, from_fallback = self._compose(claim, user_text)
             if not reply:  # FALLBACK_REPLY is empty: the owner chose silence over an apology
@@ -191,6 +195,16 @@ class Worker:
             len(reply),
             from_fallback,
         )
+
+    def _is_a_loop(self, claim: Claim) -> bool:
+        """True when this chat already got MAX_REPLIES_PER_HOUR replies: most likely another bot answering
+        every reply of ours. The burst is then kept in the history, logged and counted, not answered."""
+        limit = self.settings.max_replies_per_hour
+        if not limit or self.buffer.count_reply(claim, now=self.clock()) <= limit:
+            return False
+        self.counters.add("loop_guard")
+        log.warning("reply limit reached chat=%s (%d/hour): not answering, possible bot loop", claim.chat.label, limit)
+        return True
 
     def _mark_read(self, claim: Claim) -> None:
         """Read receipt for the burst's last message, where the gateway offers one (best effort)."""

@@ -155,7 +155,7 @@ def test_a_burst_gets_one_reply(
     assert p.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 0}
     assert p.counters.snapshot() == {"replies_sent": 1}
     leftovers = {k for k in redis_client.keys("*") if ":seen:" not in k}
-    assert leftovers == {p.keys.history(CHAT.key)}
+    assert leftovers == {p.keys.history(CHAT.key), p.keys.replies_this_hour(CHAT.key)}  # both expire
 
     p.clock.advance(3600)
     assert p.worker.run_once(wait=True) == 0
@@ -453,3 +453,36 @@ def test_a_send_error_is_not_an_unexpected_worker_error(pipeline: PipelineFactor
     assert p.worker.run_once(wait=True) == 1
     assert "worker_errors" not in p.counters.snapshot()
     assert p.counters.snapshot()["dead_lettered"] == 1
+
+
+# ----- loop guard -------------------------------------------------------------------------------------------
+
+
+def test_a_chat_over_the_hourly_reply_limit_is_not_answered(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution, redis_client: redis.Redis
+) -> None:
+    p = pipeline(max_replies_per_hour=2)
+    for n, text in enumerate(["Mensagem automática 1", "Mensagem automática 2", "Mensagem automática 3"]):
+        p.receive(n, text)
+        p.clock.advance(5)
+        assert p.worker.run_once(wait=True) == 1
+    assert sent_texts(fake_evolution) == ["Resposta: Mensagem automática 1", "Resposta: Mensagem automática 2"]
+    assert len(fake_gemini.prompts()) == 2
+    assert p.counters.snapshot()["loop_guard"] == 1
+    assert p.history.recent(CHAT)[-1] == Turn(role="user", text="Mensagem automática 3", at=p.clock())
+    assert p.buffer.counts()["chats_in_progress"] == 0  # acked, not left to be retried
+    assert 0 < redis_client.ttl(p.keys.replies_this_hour(CHAT.key)) <= 3600
+    other = ChatRef(gateway="evolution", instance=CHAT.instance, chat_id="5521912345678@s.whatsapp.net")
+    p.receive(9, "Outro cliente", chat=other)
+    p.clock.advance(5)
+    p.worker.run_once(wait=True)
+    assert sent_texts(fake_evolution)[-1] == "Resposta: Outro cliente"  # the limit is per chat
+
+
+def test_the_reply_limit_can_be_turned_off(pipeline: PipelineFactory, fake_evolution: FakeEvolution) -> None:
+    p = pipeline(max_replies_per_hour=0)
+    for n in range(4):
+        p.receive(n, f"Oi {n}")
+        p.clock.advance(5)
+        p.worker.run_once(wait=True)
+    assert len(fake_evolution.sends()) == 4
