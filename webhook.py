@@ -13,6 +13,8 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -33,6 +35,7 @@ from memory import History
 from models import IgnoredEvent, IncomingMessage
 from redis_keys import RedisKeys
 from redis_link import RedisLink
+from sender import TextSender
 from worker import Worker
 
 log = logging.getLogger(__name__)
@@ -64,13 +67,23 @@ def is_authorized(settings: Settings, authorization: str, query_token: str) -> b
     return False
 
 
-def create_app(settings: Settings | None = None, *, start_worker: bool | None = None) -> Flask:
-    """Build the app and its pipeline. `start_worker` defaults to WORKER_ENABLED."""
-    settings = settings or load_settings()
-    setup_logging(settings.log_level)
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Components:
+    """The pipeline's parts, wired once per process."""
 
+    link: RedisLink
+    keys: RedisKeys
+    buffer: Buffer
+    history: History
+    counters: Counters
+    gateways: dict[str, Gateway]
+    worker: Worker
+
+
+def build_components(
+    settings: Settings, *, senders: dict[str, TextSender] | None = None, clock: Callable[[], float] = time.time
+) -> Components:
+    """Wire Redis, buffer, history, gateways and the worker from `settings` (tests may swap senders/clock)."""
     link = RedisLink(settings.redis_uri if settings.redis_enabled else None, retry_seconds=settings.redis_retry_seconds)
     keys = RedisKeys(settings.redis_prefix)
     buffer = Buffer(
@@ -89,17 +102,25 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
         buffer=buffer,
         history=history,
         ai=AIService(settings),
-        senders=gateways,
+        senders=senders if senders is not None else gateways,  # type: ignore[arg-type] (a Gateway is a TextSender)
         counters=counters,
+        clock=clock,
     )
-    app.extensions["assistant"] = {
-        "settings": settings,
-        "link": link,
-        "buffer": buffer,
-        "history": history,
-        "worker": worker,
-        "counters": counters,
-    }
+    return Components(
+        link=link, keys=keys, buffer=buffer, history=history, counters=counters, gateways=gateways, worker=worker
+    )
+
+
+def create_app(settings: Settings | None = None, *, start_worker: bool | None = None) -> Flask:
+    """Build the app and its pipeline. `start_worker` defaults to WORKER_ENABLED."""
+    settings = settings or load_settings()
+    setup_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+
+    parts = build_components(settings)
+    link, buffer, counters, gateways, worker = parts.link, parts.buffer, parts.counters, parts.gateways, parts.worker
+    app.extensions["assistant"] = parts
 
     @app.post("/webhook")
     @app.post("/webhook/<event>")
@@ -267,7 +288,7 @@ def main() -> None:
     try:
         app.run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
     finally:
-        app.extensions["assistant"]["worker"].stop()
+        app.extensions["assistant"].worker.stop()
 
 
 if __name__ == "__main__":

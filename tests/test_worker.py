@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from ai_service import AIService
 from buffer import Buffer
 from config import Settings
 from counters import Counters
@@ -28,6 +27,7 @@ from redis_keys import RedisKeys
 from redis_link import RedisLink
 from sender import TextSender
 from tests.fakes import Canned, FakeEvolution, FakeGemini, gemini_error
+from webhook import build_components
 from worker import Worker
 
 T0 = 1_700_000_000.0
@@ -76,30 +76,10 @@ def pipeline(settings: Settings) -> Iterator[PipelineFactory]:
         *, clock: Clock | None = None, senders: dict[str, TextSender] | None = None, **overrides: object
     ) -> Pipeline:
         current = dataclasses.replace(settings, **{"fallback_reply": FALLBACK, **overrides})  # type: ignore[arg-type]
-        link = RedisLink(current.redis_uri, retry_seconds=current.redis_retry_seconds)
-        links.append(link)
-        keys = RedisKeys(current.redis_prefix)
-        buffer = Buffer(
-            link,
-            keys,
-            debounce_seconds=current.debounce_seconds,
-            max_wait_seconds=current.debounce_max_wait_seconds,
-            dedup_ttl_seconds=current.dedup_ttl_seconds,
-            lease_seconds=current.lease_seconds,
-        )
-        history = History(link, keys, max_turns=current.history_max_turns, ttl_seconds=current.history_ttl_seconds)
-        counters = Counters()
         clock = clock or Clock()
-        worker = Worker(
-            current,
-            buffer=buffer,
-            history=history,
-            ai=AIService(current),
-            senders=senders if senders is not None else build_gateways(current),
-            counters=counters,
-            clock=clock,
-        )
-        return Pipeline(current, worker, buffer, history, counters, clock, keys)
+        parts = build_components(current, senders=senders, clock=clock)
+        links.append(parts.link)
+        return Pipeline(current, parts.worker, parts.buffer, parts.history, parts.counters, clock, parts.keys)
 
     yield make
     for link in links:
