@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.redis_server import RedisServer, free_port  # noqa: E402 (needs ROOT on sys.path)
 
 # Where the service code is imported from (gunicorn's cwd, the fakes, the bench's own Buffer). A private
 # snapshot by default: the working tree may be edited by other tools while a run takes minutes.
@@ -62,15 +65,6 @@ def use_source(path: Path) -> None:
     SOURCE = path
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# ----- /proc accounting ---------------------------------------------------------------------------------
 
 
 def proc_cpu_seconds(pid: int, *, with_children: bool = True) -> float:
@@ -132,72 +126,23 @@ def machine_window(before: dict[str, int], after: dict[str, int]) -> dict[str, f
 # ----- redis-server -------------------------------------------------------------------------------------
 
 
-class RedisProc:
-    """A private redis-server: free port, no persistence. Stopped by its pid only."""
+class RedisProc(RedisServer):
+    """The tests' private redis-server, plus a client and the process's CPU time for the report."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed (make bench installs it)")
-        self.binary = binary
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.client: redis.Redis | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisProc:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
+        try:
+            super().__init__(workdir)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from exc
         self.client = redis.Redis(port=self.port, decode_responses=True)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                self.client.ping()
-                return self
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.process is not None
+        return self.process.pid
 
     def cpu(self) -> float:
         return proc_cpu_seconds(self.pid)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
 
 
 # ----- gunicorn -----------------------------------------------------------------------------------------
