@@ -1,12 +1,19 @@
 """One Gemini call: the chat's history plus the new burst -> one reply text. Knows nothing about WhatsApp.
 
+A burst with media (voice notes, images, PDFs) goes as one user turn whose parts keep the burst's order: text,
+a label such as `[mídia 1: mensagem de voz, 7 s]`, then the item's bytes as an inline part with its mime type.
+Gemini then answers JSON (response schema) with the reply and, per numbered item, a transcript or short
+description, which the history keeps as text.
+
 Retries with exponential backoff on 408/429/5xx and transport errors are the SDK's own (HttpRetryOptions);
 whatever still fails is raised as AIServiceError for the worker to decide (fallback reply).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass, field
 
 import httpx2  # google-genai 3.x transport (a maintained httpx fork)
 from google import genai
@@ -15,31 +22,98 @@ from google.genai import types
 
 from config import Settings
 from errors import AIServiceError
+from media import BurstPart
 from memory import Turn
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS_CODES = [408, 429, 500, 502, 503, 504]
 
+# Added to the system instruction when the burst carries media bytes (model-facing, in the persona's language).
+MEDIA_INSTRUCTION = (
+    "A última mensagem do cliente inclui mídias numeradas ([mídia 1], [mídia 2], ...), na ordem em que ele "
+    "enviou. Considere tudo (textos, áudios, imagens e documentos) e responda numa única mensagem. Responda "
+    'somente com JSON: "reply" é o texto da resposta ao cliente; "media" tem um item por mídia numerada, com '
+    '"n" (o número da mídia) e "text" (a transcrição fiel do áudio, ou uma descrição curta e objetiva da imagem '
+    "ou do documento). Se alguma mídia aparece como não lida, não tente adivinhar o conteúdo nem peça desculpas "
+    "por ela: um aviso ao cliente é acrescentado automaticamente."
+)
+MEDIA_REPLY_SCHEMA = types.Schema(
+    type=types.Type.OBJECT,
+    properties={
+        "reply": types.Schema(type=types.Type.STRING),
+        "media": types.Schema(
+            type=types.Type.ARRAY,
+            items=types.Schema(
+                type=types.Type.OBJECT,
+                properties={"n": types.Schema(type=types.Type.INTEGER), "text": types.Schema(type=types.Type.STRING)},
+                required=["n", "text"],
+            ),
+        ),
+    },
+    required=["reply", "media"],
+)
 
-def build_prompt(history: list[Turn], user_text: str) -> list[types.Content]:
-    """History as real user/model turns, then the new burst as the last user turn.
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """Gemini's reply, and per media item number (1-based, in burst order) its transcript or description."""
+
+    reply: str
+    transcripts: dict[int, str] = field(default_factory=dict)
+
+
+def burst_parts(burst: list[BurstPart]) -> list[types.Part]:
+    """The burst as the parts of one user turn, in arrival order; media bytes as inline parts."""
+    parts: list[types.Part] = []
+    number = 0
+    for item in burst:
+        if item.readable:
+            number += 1
+            parts.append(types.Part(text=item.prompt_label(number)))
+            parts.append(types.Part.from_bytes(data=item.data or b"", mime_type=item.mime))
+            if item.text:
+                parts.append(types.Part(text=item.text))
+        else:
+            parts.append(types.Part(text=item.describe()))
+    return parts
+
+
+def build_prompt(history: list[Turn], user_text: str | list[types.Part]) -> list[types.Content]:
+    """History as real user/model turns, then the new burst (text, or parts with media) as the last user turn.
 
     Consecutive turns of the same role (a fallback that was not recorded, say) are merged, because
     Gemini expects the roles to alternate.
     """
+    burst = [types.Part(text=user_text)] if isinstance(user_text, str) else user_text
+    turns = [(turn.role, [types.Part(text=turn.text)]) for turn in history] + [("user", burst)]
     contents: list[types.Content] = []
-    for role, text in [(turn.role, turn.text) for turn in history] + [("user", user_text)]:
+    for role, new_parts in turns:
         role = "model" if role == "model" else "user"
         if contents and contents[-1].role == role:
-            parts = contents[-1].parts or []
-            parts.append(types.Part(text=text))
-            contents[-1] = types.Content(role=role, parts=parts)
+            contents[-1] = types.Content(role=role, parts=[*(contents[-1].parts or []), *new_parts])
         else:
-            contents.append(types.Content(role=role, parts=[types.Part(text=text)]))
+            contents.append(types.Content(role=role, parts=list(new_parts)))
     while contents and contents[0].role == "model":  # a conversation must open with the user
         contents.pop(0)
     return contents
+
+
+def read_media_answer(text: str) -> Generated:
+    """The reply and transcripts of a JSON answer; a non-JSON answer is taken whole as the reply."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        log.warning("gemini answered a media burst without JSON; using its text as the reply, no transcripts")
+        return Generated(text.strip())
+    if not isinstance(data, dict) or not isinstance(data.get("reply"), str):
+        log.warning("gemini's JSON answer has no reply; using its text as the reply")
+        return Generated(text.strip())
+    transcripts: dict[int, str] = {}
+    for item in data.get("media") or []:
+        if isinstance(item, dict) and isinstance(item.get("n"), int) and isinstance(item.get("text"), str):
+            transcripts[item["n"]] = item["text"].strip()
+    return Generated(data["reply"].strip(), transcripts)
 
 
 class AIService:
@@ -66,18 +140,39 @@ class AIService:
         return build_prompt(history, user_text)
 
     def generate_reply(self, history: list[Turn], user_text: str) -> str:
-        """Ask Gemini for one reply.
+        """Ask Gemini for one reply to a text burst.
 
         Raises:
             AIServiceError: not configured, every attempt failed, or the answer was empty or blocked.
         """
+        config = types.GenerateContentConfig(system_instruction=self.settings.system_prompt)
+        return self._generate(build_prompt(history, user_text), config)
+
+    def generate(self, history: list[Turn], burst: list[BurstPart]) -> Generated:
+        """One reply to a burst that may carry media; with media bytes, also their transcripts/descriptions.
+
+        Raises:
+            AIServiceError: as `generate_reply`.
+        """
+        if not any(item.readable for item in burst):
+            text = "\n".join(filter(None, (item.describe() for item in burst)))
+            return Generated(self.generate_reply(history, text))
+        config = types.GenerateContentConfig(
+            system_instruction=f"{self.settings.system_prompt}\n\n{MEDIA_INSTRUCTION}",
+            response_mime_type="application/json",
+            response_schema=MEDIA_REPLY_SCHEMA,
+        )
+        generated = read_media_answer(self._generate(build_prompt(history, burst_parts(burst)), config))
+        if not generated.reply:
+            raise AIServiceError("gemini returned an empty reply in its JSON answer", transient=False)
+        return generated
+
+    def _generate(self, contents: list[types.Content], config: types.GenerateContentConfig) -> str:
         if self._client is None:
             raise AIServiceError("GEMINI_API_KEY is not set", transient=False)
         try:
             response = self._client.models.generate_content(
-                model=self.settings.gemini_model,
-                contents=build_prompt(history, user_text),
-                config=types.GenerateContentConfig(system_instruction=self.settings.system_prompt),
+                model=self.settings.gemini_model, contents=contents, config=config
             )
         except genai_errors.APIError as exc:
             transient = exc.code in RETRY_STATUS_CODES

@@ -27,6 +27,29 @@ DEFAULT_SYSTEM_PROMPT = (
 DEFAULT_FALLBACK_REPLY = (
     "Desculpe, estou com uma instabilidade no momento. Já registrei sua mensagem e retorno em breve!"
 )
+DEFAULT_MEDIA_FAILED_NOTICE = (
+    "Não consegui abrir {items} que você enviou. Pode mandar de novo ou me contar por escrito?"
+)
+# What Gemini reads inline (https://ai.google.dev/gemini-api/docs/audio, /image-understanding, /document-processing).
+DEFAULT_MEDIA_ALLOWED_TYPES = (
+    "audio/ogg",
+    "audio/mpeg",
+    "audio/mp3",
+    "audio/mp4",
+    "audio/aac",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/flac",
+    "audio/aiff",
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/heic",
+    "image/heif",
+    "application/pdf",
+)
+MIB = 1024 * 1024
+GEMINI_INLINE_LIMIT_BYTES = 20 * 1000 * 1000  # per request, base64 included
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,7 +60,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 5000
     log_level: str = "INFO"
-    max_body_bytes: int = 10 * 1024 * 1024  # gateway bodies may carry base64 media
+    max_body_bytes: int = 10 * MIB  # raised automatically to admit base64 media up to MEDIA_MAX_BYTES
     max_message_chars: int = 4000  # a message's text is cut to this before Redis or Gemini
 
     # Webhook authentication (both off when empty)
@@ -98,6 +121,14 @@ class Settings:
     delivery_max_attempts: int = 12  # sends tried (with backoff) before a burst is dead-lettered
     delivery_retry_base_seconds: float = 5.0
 
+    # Media (voice notes, images, documents go to Gemini as inline bytes)
+    media_max_bytes: int = 8 * MIB  # per item
+    media_max_burst_bytes: int = 14 * MIB  # per burst; base64 makes it ~18.7 MB, under Gemini's 20 MB per request
+    media_allowed_types: tuple[str, ...] = DEFAULT_MEDIA_ALLOWED_TYPES
+    media_fetch_attempts: int = 3  # tries per item (connection errors, timeouts, 429/5xx) before giving up on it
+    media_fetch_timeout_seconds: float = 30.0
+    media_failed_notice: str = DEFAULT_MEDIA_FAILED_NOTICE  # added to the reply; {items} = "o áudio", ...
+
     # Loop guard: another bot answering every reply would otherwise talk to us forever
     max_replies_per_hour: int = 30  # per chat; 0 = no limit
 
@@ -109,6 +140,11 @@ class Settings:
     worker_enabled: bool = True
     worker_concurrency: int = 16
     worker_poll_seconds: float = 0.2
+
+    @property
+    def webhook_body_limit(self) -> int:
+        """MAX_BODY_BYTES, or more: a webhook carrying a MEDIA_MAX_BYTES item as base64 must fit."""
+        return max(self.max_body_bytes, -(-self.media_max_bytes * 4 // 3) + MIB)
 
     @property
     def gemini_configured(self) -> bool:
@@ -192,6 +228,14 @@ def _strip(raw: str) -> str:
     return raw.strip()
 
 
+def _mime_types(raw: str) -> tuple[str, ...]:
+    types = tuple(dict.fromkeys(t.strip().lower() for t in raw.split(",") if t.strip()))
+    for mime in types:
+        if mime.count("/") != 1:
+            raise ValueError(f"expected a comma-separated list of types like audio/ogg, got {mime!r}")
+    return types
+
+
 # ENV NAME -> (Settings field, converter). Each name is documented in .env.example and the README.
 ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HOST": ("host", _strip),
@@ -241,6 +285,12 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LEASE_SECONDS": ("lease_seconds", _positive(float)),
     "DELIVERY_MAX_ATTEMPTS": ("delivery_max_attempts", _positive(int)),
     "DELIVERY_RETRY_BASE_SECONDS": ("delivery_retry_base_seconds", _positive(float)),
+    "MEDIA_MAX_BYTES": ("media_max_bytes", _positive(int)),
+    "MEDIA_MAX_BURST_BYTES": ("media_max_burst_bytes", _positive(int)),
+    "MEDIA_ALLOWED_TYPES": ("media_allowed_types", _mime_types),
+    "MEDIA_FETCH_ATTEMPTS": ("media_fetch_attempts", _positive(int)),
+    "MEDIA_FETCH_TIMEOUT_SECONDS": ("media_fetch_timeout_seconds", _positive(float)),
+    "MEDIA_FAILED_NOTICE": ("media_failed_notice", str),
     "MAX_REPLIES_PER_HOUR": ("max_replies_per_hour", _non_negative(int)),
     "HISTORY_MAX_TURNS": ("history_max_turns", _non_negative(int)),
     "HISTORY_TTL_SECONDS": ("history_ttl_seconds", _positive(int)),
@@ -266,7 +316,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
     problems: list[str] = []
     for name, (attr, convert) in ENV_VARIABLES.items():
         raw = environ.get(name)
-        if raw is None or (raw.strip() == "" and attr not in {"fallback_reply"}):
+        if raw is None or (raw.strip() == "" and attr not in {"fallback_reply", "media_failed_notice"}):
             continue
         try:
             values[attr] = convert(raw)
@@ -280,8 +330,9 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
                 values["system_prompt"] = prompt
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"{SYSTEM_PROMPT_FILE}: cannot read {prompt_file!r} ({exc.__class__.__name__})")
-    if "fallback_reply" in values:
-        values["fallback_reply"] = values["fallback_reply"].strip()
+    for text_attr in ("fallback_reply", "media_failed_notice"):
+        if text_attr in values:
+            values[text_attr] = values[text_attr].strip()
     settings_fields = {f.name for f in fields(Settings)}
     assert set(values) <= settings_fields
     if problems:
@@ -317,6 +368,11 @@ def missing_for_production(settings: Settings) -> list[str]:
             missing.append(f"{gateway} is only partly configured: that gateway stays off until all are set")
     if not settings.webhook_token and not settings.webhook_jwt_secret:
         missing.append("WEBHOOK_TOKEN / WEBHOOK_JWT_SECRET not set: /webhook accepts unauthenticated posts")
+    if settings.media_max_burst_bytes * 4 / 3 > GEMINI_INLINE_LIMIT_BYTES:
+        missing.append(
+            "MEDIA_MAX_BURST_BYTES is above what fits in one Gemini request as base64 (about 15 MB): "
+            "bursts with that much media will be refused by Gemini"
+        )
     if not settings.redis_enabled:
         missing.append("CACHE_REDIS_ENABLED=false: in-process debounce only (one process, nothing survives a restart)")
     return missing

@@ -5,7 +5,8 @@ AssistantError
 ├── PayloadError      parser: the body cannot be read at all
 ├── AuthError         webhook: missing or wrong credentials
 ├── AIServiceError    ai_service: Gemini failed, empty or blocked (.transient)
-└── SendError         sender: gateway refused or unreachable (.status_code, .transient)
+├── SendError         sender: gateway refused or unreachable (.status_code, .transient)
+└── MediaError        gateways: a media item could not be fetched or is not acceptable (.problem)
 """
 
 from __future__ import annotations
@@ -42,3 +43,12 @@ class SendError(AssistantError):
         super().__init__(message)
         self.status_code = status_code
         self.transient = transient
+
+
+class MediaError(AssistantError):
+    """A media item the worker cannot give to Gemini. `problem` says why, in one word the reply can use:
+    "too_large", "unsupported" (type not allowed) or "unreadable" (fetch failed, expired, bad data)."""
+
+    def __init__(self, message: str, *, problem: str = "unreadable") -> None:
+        super().__init__(message)
+        self.problem = problem

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote, unquote
 
 from logs import mask_phone
@@ -32,14 +33,61 @@ class ChatRef:
         return f"{self.gateway}:{self.instance}:{mask_phone(self.chat_id)}"
 
 
+# Media Gemini reads from inline bytes; other kinds are described in words ("[vídeo recebido]").
+READABLE_MEDIA_KINDS = frozenset({"audio", "image", "document"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaRef:
+    """A media item of a message: what it is, and how the worker can fetch its bytes later.
+
+    `source` is the gateway's own fetch reference (Evolution: the message record without thumbnails; Meta: the
+    media id; Twilio: the media URL); it is small and goes into the buffer. `inline` is base64 the gateway
+    already put in the webhook (Evolution with webhook base64 on); the buffer keeps it apart from the message.
+    """
+
+    kind: str  # audio | image | document | video | sticker | location | contact
+    mime: str = ""
+    size: int = 0  # bytes as declared by the gateway, 0 when unknown
+    seconds: int = 0  # audio/video duration when declared
+    voice: bool = False  # a voice note (WhatsApp "ptt") rather than an audio file
+    file_name: str = ""
+    detail: str = ""  # words for kinds Gemini gets as text (a location's name and address, a contact's name)
+    source: dict[str, Any] = field(default_factory=dict)
+    inline: str = field(default="", repr=False)
+
+    @property
+    def readable(self) -> bool:
+        """True for kinds whose bytes go to Gemini."""
+        return self.kind in READABLE_MEDIA_KINDS
+
+    def to_json(self) -> dict[str, Any]:
+        """The compact form stored with the buffered message (without `inline`)."""
+        data: dict[str, Any] = {"kind": self.kind}
+        for name in ("mime", "size", "seconds", "voice", "file_name", "detail", "source"):
+            value = getattr(self, name)
+            if value:
+                data[name] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> MediaRef | None:
+        if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+            return None
+        names = ("mime", "size", "seconds", "voice", "file_name", "detail", "source")
+        return cls(kind=data["kind"], **{name: data[name] for name in names if name in data})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IncomingMessage:
-    """One customer message, normalized from any gateway's payload."""
+    """One customer message, normalized from any gateway's payload. A media message has `media`, and its
+    caption (possibly empty) as `text`."""
 
     chat: ChatRef
     message_id: str
     text: str
-    kind: str = "text"  # text | image | video | document | button_reply | list_reply
+    kind: str = "text"  # text | button_reply | list_reply | audio | image | document | video | sticker | ...
+    media: MediaRef | None = None
     phone_jid: str | None = None  # the sender's phone JID when the gateway tells it (LID chats)
     push_name: str = ""
     timestamp: int = 0  # the gateway's timestamp, seconds since the epoch (0 when unknown)

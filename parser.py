@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from errors import PayloadError
-from models import ChatRef, IgnoredEvent, IncomingMessage
+from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef
 
 GATEWAY = "evolution"
 MESSAGE_EVENT = "messages.upsert"
@@ -24,8 +24,24 @@ _WRAPPERS = (
     "viewOnceMessageV2Extension",
     "documentWithCaptionMessage",
 )
-_CAPTIONED_MEDIA = {"imageMessage": "image", "videoMessage": "video", "documentMessage": "document"}
-_OTHER_MEDIA = ("audioMessage", "stickerMessage", "ptvMessage")
+# WhatsApp media message field -> our media kind. Captions of image/video/document become the message text.
+_MEDIA_FIELDS = {
+    "audioMessage": "audio",
+    "imageMessage": "image",
+    "documentMessage": "document",
+    "videoMessage": "video",
+    "ptvMessage": "video",  # round video note
+    "stickerMessage": "sticker",
+    "locationMessage": "location",
+    "liveLocationMessage": "location",
+    "contactMessage": "contact",
+    "contactsArrayMessage": "contact",
+}
+MEDIA_KINDS = frozenset(_MEDIA_FIELDS.values())
+# Fields of a media message the gateway needs to download it again (Baileys' downloadMediaMessage); thumbnails
+# and quoted context are left out so the reference kept in the buffer stays small.
+_MEDIA_FIELDS_DROPPED = frozenset({"jpegThumbnail", "contextInfo", "thumbnailDirectPath", "thumbnailSha256"})
+_MAX_REFERENCE_FIELD_CHARS = 1024
 _IGNORED_TYPES = {
     "reactionMessage": "reaction",
     "protocolMessage": "protocol",  # deletes ("revoke") and edits
@@ -128,13 +144,15 @@ def message_from_baileys(data: Any, *, gateway: str, instance: str, accept_group
     if kind in _IGNORED_KINDS:
         return IgnoredEvent(reason=kind, message_id=message_id, chat=chat)
     text = (text or "").strip()
-    if not text:
+    media = baileys_media(data) if kind in MEDIA_KINDS else None
+    if not text and media is None:
         return IgnoredEvent(reason="empty", message_id=message_id, chat=chat)
     return IncomingMessage(
         chat=chat,
         message_id=message_id,
         text=text[:max_chars],
         kind=kind,
+        media=media,
         phone_jid=phone_jid(key, data),
         push_name=str(data.get("pushName") or ""),
         timestamp=_timestamp(data.get("messageTimestamp")),
@@ -175,7 +193,7 @@ def phone_jid(key: dict[str, Any], data: dict[str, Any]) -> str | None:
     return None
 
 
-_IGNORED_KINDS = frozenset(set(_IGNORED_TYPES.values()) | {"media", "unsupported"})
+_IGNORED_KINDS = frozenset(set(_IGNORED_TYPES.values()) | {"unsupported"})
 
 
 def unwrap(message: dict[str, Any]) -> dict[str, Any]:
@@ -201,21 +219,64 @@ def extract_content(message: Any) -> tuple[str, str | None]:
     extended = message.get("extendedTextMessage")
     if isinstance(extended, dict) and isinstance(extended.get("text"), str):
         return "text", extended["text"]
-    for field_name, kind in _CAPTIONED_MEDIA.items():
+    for field_name, kind in _MEDIA_FIELDS.items():
         media = message.get(field_name)
         if isinstance(media, dict):
             caption = media.get("caption")
-            return (kind, caption) if isinstance(caption, str) and caption.strip() else ("media", None)
+            return kind, caption if isinstance(caption, str) else ""
     reply = _reply_text(message)
     if reply is not None:
         return reply
     for field_name, reason in _IGNORED_TYPES.items():
         if field_name in message:
             return reason, None
-    if any(field_name in message for field_name in _OTHER_MEDIA):
-        return "media", None
     content = [k for k in message if k not in {"messageContextInfo", "base64", "senderKeyDistributionMessage"}]
     return ("unsupported", None) if content else ("empty", None)
+
+
+def baileys_media(data: dict[str, Any]) -> MediaRef | None:
+    """The media of a Baileys message record, with the reference a gateway needs to download it again
+    (`{"key": ..., "message": {"audioMessage": {...}}}`) and any base64 the webhook already carried."""
+    outer = data.get("message")
+    if not isinstance(outer, dict):
+        return None
+    message = unwrap(outer)
+    field_name = next((name for name in _MEDIA_FIELDS if isinstance(message.get(name), dict)), None)
+    if field_name is None:
+        return None
+    kind, media = _MEDIA_FIELDS[field_name], message[field_name]
+    inline = outer.get("base64") if isinstance(outer.get("base64"), str) else ""
+    trimmed = {
+        name: value
+        for name, value in media.items()
+        if name not in _MEDIA_FIELDS_DROPPED and len(str(value)) <= _MAX_REFERENCE_FIELD_CHARS
+    }
+    readable = kind in READABLE_MEDIA_KINDS
+    return MediaRef(
+        kind=kind,
+        mime=str(media.get("mimetype") or ""),
+        size=_int(media.get("fileLength")) or (len(inline) * 3 // 4 if inline else 0),
+        seconds=_int(media.get("seconds")),
+        voice=media.get("ptt") is True,
+        file_name=str(media.get("fileName") or media.get("title") or "")[:200] if kind == "document" else "",
+        detail=_media_detail(kind, media),
+        source={"key": data.get("key"), "message": {field_name: trimmed}} if readable else {},
+        inline=inline if readable else "",
+    )
+
+
+def _media_detail(kind: str, media: dict[str, Any]) -> str:
+    """Words for media Gemini gets as text: a location's name and address, a shared contact's name."""
+    if kind == "location":
+        parts = [media.get("name"), media.get("address")]
+        if not any(parts) and media.get("degreesLatitude") is not None:
+            parts = [f"{media.get('degreesLatitude')}, {media.get('degreesLongitude')}"]
+        return ", ".join(str(p) for p in parts if p)[:300]
+    if kind == "contact":
+        names = [media.get("displayName")]
+        names += [c.get("displayName") for c in media.get("contacts") or [] if isinstance(c, dict)]
+        return ", ".join(str(n) for n in names if n)[:300]
+    return ""
 
 
 def _reply_text(message: dict[str, Any]) -> tuple[str, str] | None:
@@ -247,6 +308,11 @@ def _reply_text(message: dict[str, Any]) -> tuple[str, str] | None:
 
 def _timestamp(value: Any) -> int:
     """Evolution sends seconds as an int, a string, or a protobuf Long ({"low": ..., "high": ...})."""
+    return _int(value)
+
+
+def _int(value: Any) -> int:
+    """An int from a number, a numeric string or a protobuf Long; 0 when it is none of these."""
     if isinstance(value, dict):  # Long.js: two signed 32-bit halves
         try:
             return (int(value.get("high") or 0) << 32) + (int(value.get("low") or 0) & 0xFFFFFFFF)

@@ -31,12 +31,18 @@ class RedisKeys:
         return f"{self.prefix}:chat:{chat}:batch"
 
     def meta(self, chat: str) -> str:
-        """HASH first_at, deadline (pending burst); token, attempts, reply (claimed batch). Deleted when idle."""
+        """HASH first_at, deadline (pending burst); token, attempts, reply, turns (claimed batch). Deleted when
+        idle."""
         return f"{self.prefix}:chat:{chat}:meta"
 
     def seen(self, chat: str, message_id: str) -> str:
         """STRING marker of a message id already accepted; TTL = DEDUP_TTL_SECONDS."""
         return f"{self.prefix}:seen:{chat}:{message_id}"
+
+    def media(self, chat: str, message_id: str) -> str:
+        """STRING base64 of a media item the webhook carried (Evolution webhook base64), until the burst's reply
+        is stored; TTL = DEDUP_TTL_SECONDS as a safety net."""
+        return f"{self.prefix}:media:{chat}:{message_id}"
 
     def history(self, chat: str) -> str:
         """LIST of JSON turns, newest last; capped to HISTORY_MAX_TURNS; TTL = HISTORY_TTL_SECONDS."""

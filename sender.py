@@ -62,6 +62,14 @@ def evolution_send_url(evolution_api: str, instance: str) -> str:
     return f"{evolution_api.rstrip('/')}/message/sendText/{quote(instance, safe='')}"
 
 
+def evolution_server_url(evolution_api: str) -> str:
+    """The server's base URL, whether EVOLUTION_API is the base URL or one instance's full sendText URL."""
+    path = urlsplit(evolution_api).path
+    if "/message/sendText/" in path:
+        return evolution_api[: evolution_api.index("/message/sendText/")]
+    return evolution_api.rstrip("/")
+
+
 def evolution_body(number: str, text: str, *, version: int, delay_ms: int) -> dict[str, Any]:
     """sendText body: v2 takes `text` at the top level; v1.8 takes `textMessage.text` and `options`."""
     if version == 1:

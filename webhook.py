@@ -93,6 +93,7 @@ def build_components(
         max_wait_seconds=settings.debounce_max_wait_seconds,
         dedup_ttl_seconds=settings.dedup_ttl_seconds,
         lease_seconds=settings.lease_seconds,
+        media_max_bytes=settings.media_max_bytes,
     )
     history = History(link, keys, max_turns=settings.history_max_turns, ttl_seconds=settings.history_ttl_seconds)
     counters = Counters()
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     settings = settings or load_settings()
     setup_logging(settings.log_level)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = settings.webhook_body_limit
 
     parts = build_components(settings)
     link, buffer, counters, gateways, worker = parts.link, parts.buffer, parts.counters, parts.gateways, parts.worker

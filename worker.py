@@ -1,4 +1,5 @@
-"""The background worker: claim due chats -> prompt -> reply -> send -> ack -> history. Handles no HTTP.
+"""The background worker: claim due chats -> media -> prompt -> reply -> send -> history -> ack. Handles no
+HTTP itself (media downloads and sends go through the chat's gateway).
 
 One daemon thread per serving process runs `run_forever`; each claimed chat is processed on a small
 thread pool so replies go out concurrently. Claims are leased: the loop renews the leases of the chats it
@@ -7,17 +8,19 @@ is working on, so a chat returns to the queue only when its process died or hung
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ai_service import AIService
+from ai_service import AIService, Generated
 from buffer import Buffer, Claim
 from config import Settings
 from counters import Counters
 from errors import AIServiceError, SendError
+from media import BurstPart, MediaLimits, MediaLoader, failed_notice, parts_of, user_record
 from memory import History, Turn
 from sender import TextSender, split_text
 
@@ -49,6 +52,16 @@ class Worker:
         self.senders = senders
         self.counters = counters
         self.clock = clock
+        self.media = MediaLoader(
+            MediaLimits(
+                max_bytes=settings.media_max_bytes,
+                max_burst_bytes=settings.media_max_burst_bytes,
+                allowed_types=settings.media_allowed_types,
+            ),
+            blob_of=buffer.media_blob,
+            fetchers=senders,
+            counters=counters,
+        )
         self._stop = threading.Event()
         self._slot_free = threading.Event()  # set when a reply finishes or on stop
         self._thread: threading.Thread | None = None
@@ -153,48 +166,93 @@ class Worker:
     # ----- one chat --------------------------------------------------------------------------------
 
     def process(self, claim: Claim) -> None:
-        """Answer one claimed burst: reuse a stored reply or ask Gemini, fence, send, ack, remember."""
+        """Answer one claimed burst: reuse a stored reply or fetch its media and ask Gemini, fence, send,
+        remember, ack."""
         chat = claim.chat
-        user_text = claim.text
-        if not user_text:
+        parts = parts_of(claim)
+        if not parts:
             self.buffer.ack(claim)
             return
-        reply, from_fallback = claim.reply, claim.reply == self.settings.fallback_reply
-        if not reply:
-            if self._is_a_loop(claim):
-                self.buffer.ack(claim)
-                self.history.append(chat, [Turn(role="user", text=user_text, at=self.clock())])
+        if claim.reply:
+            reply, turns = claim.reply, self._stored_turns(claim, parts)
+            owned = self.buffer.renew(claim, now=self.clock())  # fence: still ours, right before sending
+        else:
+            composed = self._compose_new(claim, parts)
+            if composed is None:
                 return
-            self._mark_read(claim)
-            reply, from_fallback = self._compose(claim, user_text)
-            if not reply:  # FALLBACK_REPLY is empty: the owner chose silence over an apology
-                self.buffer.ack(claim)
-                self.history.append(chat, [Turn(role="user", text=user_text, at=self.clock())])
-                log.error("no reply sent chat=%s: gemini failed and FALLBACK_REPLY is empty", chat.label)
-                return
-        # Fence: store the reply with the batch and check we still own it, right before sending.
-        if not self.buffer.renew(claim, now=self.clock(), reply=reply):
+            reply, turns = composed
+            # Fence: store the reply and its history turns with the batch, and check we still own it.
+            owned = self.buffer.renew(claim, now=self.clock(), reply=reply, turns=encode_turns(turns))
+            if owned:
+                self._forget_media(claim)
+        if not owned:
             log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
             return
         if not self._send(claim, reply):
             return
         # History before ack: once acked, the chat's next burst may be claimed at once and must see this turn.
-        turns = [Turn(role="user", text=user_text, at=self.clock())]
-        if not from_fallback:
-            turns.append(Turn(role="model", text=reply, at=self.clock()))
         self.history.append(chat, turns)
         if not self.buffer.ack(claim):
             self.counters.add("late_acks")
             log.warning("reply sent but lease had expired chat=%s: it may be answered twice", chat.label)
         self.counters.add("replies_sent")
         log.info(
-            "reply sent chat=%s messages=%d attempt=%d chars=%d fallback=%s",
+            "reply sent chat=%s messages=%d media=%d attempt=%d chars=%d fallback=%s",
             chat.label,
             len(claim.messages),
+            sum(1 for p in parts if p.media is not None),
             claim.attempts,
             len(reply),
-            from_fallback,
+            len(turns) == 1,
         )
+
+    def _compose_new(self, claim: Claim, parts: list[BurstPart]) -> tuple[str, list[Turn]] | None:
+        """(reply, history turns) for a burst without a stored reply; None when it is settled without one
+        (loop guard, or Gemini failed and FALLBACK_REPLY is empty)."""
+        chat = claim.chat
+        if self._is_a_loop(claim):
+            self.buffer.ack(claim)
+            self.history.append(chat, [Turn(role="user", text=user_record(parts), at=self.clock())])
+            return None
+        self._mark_read(claim)
+        parts = self.media.load(claim, parts)
+        generated = self._ask_gemini(claim, parts)
+        if generated is None:
+            if not self.settings.fallback_reply:  # the owner chose silence over an apology
+                self.buffer.ack(claim)
+                self.history.append(chat, [Turn(role="user", text=user_record(parts), at=self.clock())])
+                log.error("no reply sent chat=%s: gemini failed and FALLBACK_REPLY is empty", chat.label)
+                return None
+            # The fallback is not a model turn: the unanswered burst joins the next prompt instead.
+            return self.settings.fallback_reply, [Turn(role="user", text=user_record(parts), at=self.clock())]
+        reply = generated.reply
+        notice = failed_notice(parts, self.settings.media_failed_notice)
+        if notice:
+            reply = f"{reply}\n\n{notice}"
+        now = self.clock()
+        return reply, [
+            Turn(role="user", text=user_record(parts, generated.transcripts), at=now),
+            Turn(role="model", text=reply, at=now),
+        ]
+
+    def _stored_turns(self, claim: Claim, parts: list[BurstPart]) -> list[Turn]:
+        """The history turns stored with an earlier attempt's reply (or, for a reply stored by an older version
+        without them, the burst's text and the reply)."""
+        try:
+            return [Turn(**turn) for turn in json.loads(claim.turns)]
+        except (ValueError, TypeError):
+            now = self.clock()
+            turns = [Turn(role="user", text=user_record(parts), at=now)]
+            if claim.reply != self.settings.fallback_reply:
+                turns.append(Turn(role="model", text=claim.reply, at=now))
+            return turns
+
+    def _forget_media(self, claim: Claim) -> None:
+        """The reply is stored with the batch, so the media base64 kept for it is not needed again."""
+        try:
+            self.buffer.drop_media(claim)
+        except Exception as exc:  # best effort: the keys expire on their own
+            log.info("could not drop media of chat=%s now: %s", claim.chat.label, exc.__class__.__name__)
 
     def _is_a_loop(self, claim: Claim) -> bool:
         """True when this chat already got MAX_REPLIES_PER_HOUR replies: most likely another bot answering
@@ -212,16 +270,16 @@ class Worker:
         if mark_read is not None and claim.messages:
             mark_read(claim.chat, str(claim.messages[-1].get("id", "")))
 
-    def _compose(self, claim: Claim, user_text: str) -> tuple[str, bool]:
-        """(reply, from_fallback): Gemini's answer, or FALLBACK_REPLY when Gemini keeps failing."""
+    def _ask_gemini(self, claim: Claim, parts: list[BurstPart]) -> Generated | None:
+        """Gemini's reply (and media transcripts), or None when Gemini keeps failing."""
         history = self.history.recent(claim.chat)
         try:
-            return self.ai.generate_reply(history, user_text), False
+            return self.ai.generate(history, parts)
         except AIServiceError as exc:
             self.counters.add("ai_failures")
             self.counters.add("fallbacks")
             log.error("gemini failed chat=%s: %s; sending FALLBACK_REPLY", claim.chat.label, exc)
-            return self.settings.fallback_reply, True
+            return None
 
     def _send(self, claim: Claim, reply: str) -> bool:
         """Send through the chat's own gateway, in parts if the reply exceeds its limit; on failure retry
@@ -265,3 +323,7 @@ class Worker:
                     exc,
                 )
             return False
+
+
+def encode_turns(turns: list[Turn]) -> str:
+    return json.dumps([{"role": t.role, "text": t.text, "at": t.at} for t in turns], ensure_ascii=False)

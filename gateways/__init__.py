@@ -3,6 +3,7 @@
     verify(request)   -> None or AuthError        (signature / token of an inbound webhook)
     parse(request)    -> [IncomingMessage | IgnoredEvent]
     send_text(chat, text) -> gateway message id or SendError
+    fetch_media(chat, media, max_bytes) -> (bytes, mime) or MediaError   (run by the worker, never the webhook)
     respond(parsed)   -> the HTTP answer the gateway expects (JSON, or TwiML for Twilio)
 
 The pipeline (webhook routes, buffer, worker) knows a chat's gateway only through `ChatRef.gateway` and this
@@ -21,7 +22,12 @@ from gateways.twilio import TwilioGateway
 
 def build_gateways(settings: Settings) -> dict[str, Gateway]:
     """Gateway name -> adapter, for every gateway whose required variables are set (Evolution always)."""
-    common = {"timeout_seconds": settings.send_timeout_seconds, "max_retries": settings.send_max_retries}
+    common = {
+        "timeout_seconds": settings.send_timeout_seconds,
+        "max_retries": settings.send_max_retries,
+        "media_attempts": settings.media_fetch_attempts,
+        "media_timeout_seconds": settings.media_fetch_timeout_seconds,
+    }
     gateways: dict[str, Gateway] = {"evolution": EvolutionGateway(settings)}
     if settings.meta_enabled:
         gateways["meta"] = MetaGateway(

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from models import ChatRef, IgnoredEvent, IncomingMessage
+from models import ChatRef, IgnoredEvent, IncomingMessage, MediaRef
 
 Parsed = IncomingMessage | IgnoredEvent
 
@@ -66,4 +66,9 @@ class Gateway(Protocol):
 
     def mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Best effort read receipt for the burst's last message (a no-op where not configured)."""
+        ...
+
+    def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
+        """(bytes, mime type) of a media item from its `source`, at most `max_bytes`. Called by the worker,
+        never in a webhook request. Raises MediaError."""
         ...

@@ -1,15 +1,21 @@
-"""Evolution API: webhook payloads via `parser.parse_evolution`, replies via `sender.EvolutionSender`.
+"""Evolution API: webhook payloads via `parser.parse_evolution`, replies via `sender.EvolutionSender`, media
+via `POST /chat/getBase64FromMediaMessage/{instance}`.
 
 Evolution signs nothing: its webhook is protected by WEBHOOK_TOKEN or WEBHOOK_JWT_SECRET, checked by the route.
 """
 
 from __future__ import annotations
 
+import json
+from urllib.parse import quote
+
 from config import Settings
+from errors import MediaError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
-from models import ChatRef
+from gateways.downloads import base64_limit, decode_base64, download_session, fetch_bytes
+from models import ChatRef, MediaRef
 from parser import GATEWAY, load_body, parse_evolution
-from sender import EvolutionSender
+from sender import EvolutionSender, evolution_server_url
 
 NAME = GATEWAY
 MAX_TEXT_CHARS = 4096
@@ -23,7 +29,9 @@ class EvolutionGateway:
     uses_shared_token = True
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.sender = EvolutionSender(settings)
+        self.media_session = download_session(settings.media_fetch_attempts)
 
     def verify(self, request: InboundRequest) -> None:
         """Evolution signs nothing; the route checks WEBHOOK_TOKEN / WEBHOOK_JWT_SECRET."""
@@ -44,3 +52,30 @@ class EvolutionGateway:
 
     def mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Not used for Evolution (its instance setting `read_messages` does it)."""
+
+    def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
+        """Ask Evolution to download and decrypt the media, passing the webhook's message record (key and
+        media fields) so it works even when Evolution does not keep messages in its database."""
+        if not self.settings.evolution_api:
+            raise MediaError("EVOLUTION_API is not set")
+        if not media.source.get("key") or not media.source.get("message"):
+            raise MediaError("no media reference kept for this message")
+        url = f"{evolution_server_url(self.settings.evolution_api)}/chat/getBase64FromMediaMessage/"
+        body, _ = fetch_bytes(
+            self.media_session,
+            "POST",
+            url + quote(chat.instance, safe=""),
+            what="evolution getBase64FromMediaMessage",
+            max_bytes=base64_limit(max_bytes),
+            timeout=self.settings.media_fetch_timeout_seconds,
+            json={"message": media.source, "convertToMp4": False},
+            headers={"apikey": self.settings.authentication_api_key},
+        )
+        try:
+            answer = json.loads(body)
+        except ValueError as exc:
+            raise MediaError("evolution getBase64FromMediaMessage answered something other than JSON") from exc
+        if not isinstance(answer, dict):
+            raise MediaError("evolution getBase64FromMediaMessage answered an unexpected shape")
+        data = decode_base64(answer.get("base64"), what="evolution media", max_bytes=max_bytes)
+        return data, str(answer.get("mimetype") or media.mime)

@@ -1,5 +1,7 @@
-"""Mega API: parse its Baileys-like webhook (`instance_key`, `key`, `message`, `messageType`) and send with
-`POST {base}/rest/sendMessage/{instance}/text`. Mega signs nothing: its webhook is protected by WEBHOOK_TOKEN.
+"""Mega API: parse its Baileys-like webhook (`instance_key`, `key`, `message`, `messageType`), send with
+`POST {base}/rest/sendMessage/{instance}/text`, and download media with
+`POST {base}/rest/instance/downloadMediaMessage/{instance}`. Mega signs nothing: its webhook is protected by
+WEBHOOK_TOKEN.
 
 A chat is (mega, instance key, key.remoteJid as received). Message content is read by the same extractors as
 Evolution's, since both carry WhatsApp's own message object.
@@ -12,9 +14,10 @@ from typing import Any
 
 import requests
 
-from errors import PayloadError
+from errors import MediaError, PayloadError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
-from models import ChatRef, IgnoredEvent
+from gateways.downloads import base64_limit, decode_base64, download_session, fetch_bytes
+from models import ChatRef, IgnoredEvent, MediaRef
 from parser import message_from_baileys
 from sender import key_id_or_raise, post_or_raise, retrying_session
 
@@ -61,8 +64,12 @@ class MegaGateway:
         token: str,
         timeout_seconds: float = 15.0,
         max_retries: int = 3,
+        media_attempts: int = 3,
+        media_timeout_seconds: float = 30.0,
         session: requests.Session | None = None,
     ) -> None:
+        self.media_session = download_session(media_attempts)
+        self.media_timeout_seconds = media_timeout_seconds
         self.base_url = base_url.rstrip("/")
         self.instance_id = instance_id
         self.token = token
@@ -98,3 +105,26 @@ class MegaGateway:
 
     def mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Not used for Mega."""
+
+    def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
+        """Mega decrypts the media from the fields of the WhatsApp message and answers its base64 as `data`."""
+        fields = next(iter((media.source.get("message") or {}).values()), None)
+        if not isinstance(fields, dict) or not fields.get("mediaKey"):
+            raise MediaError("no media reference kept for this message")
+        keys = {name: fields.get(name) for name in ("mediaKey", "directPath", "url", "mimetype")}
+        body, _ = fetch_bytes(
+            self.media_session,
+            "POST",
+            f"{self.base_url}/rest/instance/downloadMediaMessage/{self.instance_id or chat.instance}",
+            what="mega downloadMediaMessage",
+            max_bytes=base64_limit(max_bytes),
+            timeout=self.media_timeout_seconds,
+            json={"messageKeys": {**keys, "messageType": media.kind}},
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        try:
+            answer = json.loads(body)
+        except ValueError as exc:
+            raise MediaError("mega downloadMediaMessage answered something other than JSON") from exc
+        encoded = answer.get("data") if isinstance(answer, dict) else None
+        return decode_base64(encoded, what="mega media", max_bytes=max_bytes), media.mime

@@ -1,5 +1,6 @@
 """Meta WhatsApp Cloud API: verify handshake and X-Hub-Signature-256, parse `entry[].changes[].value`, send
-with the Graph API.
+with the Graph API, and download media (media id -> `GET /{id}` for a short-lived URL -> bytes, both with the
+access token).
 
 A chat is (meta, phone_number_id, customer wa_id); replies go out from the phone number id the message came
 in on. Graph errors are translated with their meaning and retried only where retrying can help.
@@ -15,9 +16,10 @@ from typing import Any
 
 import requests
 
-from errors import AuthError, PayloadError, SendError
+from errors import AuthError, MediaError, PayloadError, SendError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
-from models import ChatRef, IgnoredEvent, IncomingMessage
+from gateways.downloads import download_session, fetch_bytes
+from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef
 from sender import post_or_raise, retrying_session
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 NAME = "meta"
 MAX_TEXT_CHARS = 4096
 MEDIA_TYPES = frozenset({"image", "video", "document", "audio", "sticker"})
+MEDIA_INFO_MAX_BYTES = 64 * 1024  # the JSON that `GET /{media id}` answers
 
 # Graph error codes worth a name in the logs; `transient` says whether a later retry can succeed.
 GRAPH_ERRORS: dict[int, tuple[str, bool]] = {
@@ -110,7 +113,8 @@ def _parse_message(message: dict[str, Any], phone_number_id: str, names: dict[st
     if text is None:
         return IgnoredEvent(reason=kind, message_id=message_id, chat=chat)
     text = text.strip()
-    if not text:
+    media = _media(kind, message)
+    if not text and media is None:
         return IgnoredEvent(reason="empty", message_id=message_id, chat=chat)
     try:
         timestamp = int(message.get("timestamp") or 0)
@@ -121,6 +125,7 @@ def _parse_message(message: dict[str, Any], phone_number_id: str, names: dict[st
         message_id=message_id,
         text=text[:max_chars],
         kind=kind,
+        media=media,
         phone_jid=f"{sender}@s.whatsapp.net",
         push_name=names.get(sender, ""),
         timestamp=timestamp,
@@ -141,15 +146,42 @@ def _content(message: dict[str, Any]) -> tuple[str, str | None]:
         return "unsupported", None
     if kind == "button":  # quick reply of a template
         return "button_reply", str(body.get("text") or body.get("payload") or "")
-    if kind in {"image", "video", "document"} and body.get("caption"):
-        return kind, str(body["caption"])
     if kind in MEDIA_TYPES:
-        return "media", None
+        return kind, str(body.get("caption") or "")
+    if kind == "location":
+        return "location", ""
+    if kind == "contacts":
+        return "contact", ""
     if kind == "reaction":
         return "reaction", None
-    if kind in {"system", "unsupported", "request_welcome", "order", "location", "contacts"}:
-        return kind if kind in {"system", "unsupported"} else "unsupported", None
+    if kind == "system":
+        return "system", None
     return "unsupported", None
+
+
+def _media(kind: str, message: dict[str, Any]) -> MediaRef | None:
+    """The media of a Cloud API message: the media id to fetch later, or words for locations and contacts."""
+    if kind == "location" and isinstance(message.get("location"), dict):
+        place = message["location"]
+        words = [place.get("name"), place.get("address")]
+        if not any(words):
+            words = [f"{place.get('latitude')}, {place.get('longitude')}"]
+        return MediaRef(kind="location", detail=", ".join(str(w) for w in words if w)[:300])
+    if kind == "contact":
+        names = [(c.get("name") or {}).get("formatted_name") for c in _dicts(message.get("contacts"))]
+        return MediaRef(kind="contact", detail=", ".join(str(n) for n in names if n)[:300])
+    body = message.get(kind)
+    if kind not in MEDIA_TYPES or not isinstance(body, dict):
+        return None
+    media_id = str(body.get("id") or "")
+    readable = kind in READABLE_MEDIA_KINDS and bool(media_id)
+    return MediaRef(
+        kind=kind,
+        mime=str(body.get("mime_type") or ""),
+        voice=body.get("voice") is True,
+        file_name=str(body.get("filename") or "")[:200],
+        source={"id": media_id} if readable else {},
+    )
 
 
 class MetaGateway:
@@ -171,8 +203,12 @@ class MetaGateway:
         mark_as_read: bool = False,
         timeout_seconds: float = 15.0,
         max_retries: int = 3,
+        media_attempts: int = 3,
+        media_timeout_seconds: float = 30.0,
         session: requests.Session | None = None,
     ) -> None:
+        self.media_session = download_session(media_attempts)
+        self.media_timeout_seconds = media_timeout_seconds
         self.app_secret = app_secret
         self.verify_token = verify_token
         self.access_token = access_token
@@ -222,6 +258,42 @@ class MetaGateway:
             self._post(chat, {"messaging_product": "whatsapp", "status": "read", "message_id": message_id})
         except SendError as exc:
             log.info("mark-as-read failed chat=%s: %s", chat.label, exc)
+
+    def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
+        """Media id -> its URL, mime type and size (Graph) -> the bytes, both calls with the access token."""
+        media_id = str(media.source.get("id") or "")
+        if not media_id:
+            raise MediaError("no media id kept for this message")
+        auth = {"Authorization": f"Bearer {self.access_token}"}
+        body, _ = fetch_bytes(
+            self.media_session,
+            "GET",
+            f"{self.graph_url}/{self.api_version}/{media_id}",
+            what="graph media info",
+            max_bytes=MEDIA_INFO_MAX_BYTES,
+            timeout=self.media_timeout_seconds,
+            headers=auth,
+        )
+        try:
+            info = json.loads(body)
+        except ValueError as exc:
+            raise MediaError("graph media info is not JSON") from exc
+        url = info.get("url") if isinstance(info, dict) else None
+        if not isinstance(url, str) or not url:
+            raise MediaError("graph media info has no url")
+        size = str(info.get("file_size") or "")
+        if size.isdigit() and int(size) > max_bytes:
+            raise MediaError(f"graph media is {size} bytes, over the {max_bytes} limit", problem="too_large")
+        data, content_type = fetch_bytes(
+            self.media_session,
+            "GET",
+            url,
+            what="graph media download",
+            max_bytes=max_bytes,
+            timeout=self.media_timeout_seconds,
+            headers=auth,
+        )
+        return data, str(info.get("mime_type") or media.mime or content_type)
 
     def _post(self, chat: ChatRef, body: dict[str, Any]) -> Any:
         response = post_or_raise(

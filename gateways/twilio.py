@@ -1,5 +1,5 @@
-"""Twilio (WhatsApp): validate X-Twilio-Signature, parse the form-encoded webhook, answer empty TwiML, and send
-with the Messages API.
+"""Twilio (WhatsApp): validate X-Twilio-Signature, parse the form-encoded webhook, answer empty TwiML, send
+with the Messages API, and download media from `MediaUrl0` with the account's basic auth.
 
 A chat is (twilio, the business number `To`, the customer's `From`), both as `whatsapp:+55...`. Signature:
 base64(HMAC-SHA1(auth token, public URL + each POST field name and value, sorted by name)), Twilio's
@@ -16,9 +16,10 @@ from typing import Any
 
 import requests
 
-from errors import AuthError, PayloadError, SendError
+from errors import AuthError, MediaError, PayloadError, SendError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
-from models import ChatRef, IgnoredEvent, IncomingMessage
+from gateways.downloads import download_session, fetch_bytes
+from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef
 from sender import post_or_raise, retrying_session
 
 NAME = "twilio"
@@ -55,30 +56,46 @@ def parse_twilio(form: Mapping[str, str], *, max_text_chars: int = 4000) -> list
     chat = ChatRef(gateway=NAME, instance=business, chat_id=sender)
     text = (form.get("ButtonText") or form.get("Body") or "").strip()
     kind = "button_reply" if form.get("ButtonText") else "text"
-    try:
-        num_media = int(form.get("NumMedia") or 0)
-    except ValueError:
-        num_media = 0
-    if not text:
-        reason = "media" if num_media else "empty"
-        return [IgnoredEvent(reason=reason, message_id=message_id, chat=chat)]
-    if num_media:
-        kind = _media_kind(form.get("MediaContentType0", ""))
+    media = _media(form)
+    if media is not None:
+        kind = media.kind
+    if not text and media is None:
+        return [IgnoredEvent(reason="empty", message_id=message_id, chat=chat)]
     return [
         IncomingMessage(
             chat=chat,
             message_id=message_id,
             text=text[:max_text_chars],
             kind=kind,
+            media=media,
             phone_jid=f"{form['WaId']}@s.whatsapp.net" if form.get("WaId") else None,
             push_name=form.get("ProfileName", ""),
         )
     ]
 
 
+def _media(form: Mapping[str, str]) -> MediaRef | None:
+    """The message's media: `MediaUrl0` (a WhatsApp message carries one item), or a shared location."""
+    try:
+        num_media = int(form.get("NumMedia") or 0)
+    except ValueError:
+        num_media = 0
+    url = form.get("MediaUrl0", "")
+    if num_media and url:
+        mime = form.get("MediaContentType0", "")
+        kind = _media_kind(mime)
+        return MediaRef(kind=kind, mime=mime, source={"url": url} if kind in READABLE_MEDIA_KINDS else {})
+    if form.get("Latitude") and form.get("Longitude"):
+        words = [form.get("Label"), form.get("Address")]
+        if not any(words):
+            words = [f"{form['Latitude']}, {form['Longitude']}"]
+        return MediaRef(kind="location", detail=", ".join(w for w in words if w)[:300])
+    return None
+
+
 def _media_kind(content_type: str) -> str:
     major = content_type.split("/", 1)[0]
-    return {"image": "image", "video": "video"}.get(major, "document")
+    return {"image": "image", "video": "video", "audio": "audio"}.get(major, "document")
 
 
 class TwilioGateway:
@@ -98,8 +115,12 @@ class TwilioGateway:
         api_url: str = "https://api.twilio.com",
         timeout_seconds: float = 15.0,
         max_retries: int = 3,
+        media_attempts: int = 3,
+        media_timeout_seconds: float = 30.0,
         session: requests.Session | None = None,
     ) -> None:
+        self.media_session = download_session(media_attempts)
+        self.media_timeout_seconds = media_timeout_seconds
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.whatsapp_from = whatsapp_from
@@ -159,3 +180,20 @@ class TwilioGateway:
 
     def mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Twilio has no read receipts for WhatsApp through the Messages API."""
+
+    def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
+        """`MediaUrl0` with basic auth; Twilio redirects to a signed storage URL (requests drops the
+        credentials when the host changes)."""
+        url = str(media.source.get("url") or "")
+        if not url:
+            raise MediaError("no media URL kept for this message")
+        data, content_type = fetch_bytes(
+            self.media_session,
+            "GET",
+            url,
+            what="twilio media",
+            max_bytes=max_bytes,
+            timeout=self.media_timeout_seconds,
+            auth=(self.account_sid, self.auth_token),
+        )
+        return data, media.mime or content_type

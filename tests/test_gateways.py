@@ -19,7 +19,7 @@ from gateways.base import InboundRequest
 from gateways.mega import MegaGateway, parse_mega
 from gateways.meta import MetaGateway, parse_meta, signature_is_valid, verify_handshake
 from gateways.twilio import TwilioGateway, parse_twilio
-from models import ChatRef, IgnoredEvent, IncomingMessage
+from models import ChatRef, IgnoredEvent, IncomingMessage, MediaRef
 from sender import split_text
 from tests.conftest import RedisServer, make_settings
 from tests.fakes import Canned, FakeServer, Recorded
@@ -152,11 +152,53 @@ def test_meta_replies_and_captions_have_text(
 
 
 @pytest.mark.parametrize(
+    ("kind", "content", "expected"),
+    [
+        (
+            "audio",
+            {"mime_type": "audio/ogg; codecs=opus", "sha256": "x", "id": "m3", "voice": True},
+            MediaRef(kind="audio", mime="audio/ogg; codecs=opus", voice=True, source={"id": "m3"}),
+        ),
+        (
+            "image",
+            {"mime_type": "image/jpeg", "sha256": "x", "id": "m4"},
+            MediaRef(kind="image", mime="image/jpeg", source={"id": "m4"}),
+        ),
+        (
+            "document",
+            {"mime_type": "application/pdf", "id": "m6", "filename": "cardapio.pdf"},
+            MediaRef(kind="document", mime="application/pdf", file_name="cardapio.pdf", source={"id": "m6"}),
+        ),
+        # described in words, never downloaded
+        (
+            "sticker",
+            {"mime_type": "image/webp", "id": "m5", "animated": False},
+            MediaRef(kind="sticker", mime="image/webp"),
+        ),
+        ("video", {"mime_type": "video/mp4", "id": "m7"}, MediaRef(kind="video", mime="video/mp4")),
+        (
+            "location",
+            {"latitude": -23.56, "longitude": -46.65, "name": "Loja Centro", "address": "Rua A, 10"},
+            MediaRef(kind="location", detail="Loja Centro, Rua A, 10"),
+        ),
+    ],
+)
+def test_meta_media_messages_keep_what_the_worker_needs(kind: str, content: dict[str, Any], expected: MediaRef) -> None:
+    (message,) = parse_meta(meta_body(meta_message(kind, content)))
+    assert isinstance(message, IncomingMessage)
+    assert (message.kind, message.text, message.media) == (expected.kind, "", expected)
+
+
+def test_meta_shared_contacts_are_described() -> None:
+    (message,) = parse_meta(
+        meta_body({**meta_message("contacts", {}), "contacts": [{"name": {"formatted_name": "Zé"}}]})
+    )
+    assert isinstance(message, IncomingMessage) and message.media == MediaRef(kind="contact", detail="Zé")
+
+
+@pytest.mark.parametrize(
     ("kind", "content", "reason"),
     [
-        ("audio", {"mime_type": "audio/ogg; codecs=opus", "sha256": "x", "id": "m3", "voice": True}, "media"),
-        ("image", {"mime_type": "image/jpeg", "sha256": "x", "id": "m4"}, "media"),
-        ("sticker", {"mime_type": "image/webp", "sha256": "x", "id": "m5", "animated": False}, "media"),
         ("reaction", {"message_id": "wamid.ABC", "emoji": "👍"}, "reaction"),
         ("unsupported", {}, "unsupported"),
         ("text", {"body": "   "}, "empty"),
@@ -341,9 +383,17 @@ def test_twilio_button_media_and_status_callbacks() -> None:
     (button,) = parse_twilio(twilio_form(ButtonText="Sim, quero", ButtonPayload="SIM", Body="Sim, quero"))
     assert isinstance(button, IncomingMessage) and button.kind == "button_reply"
     media = twilio_form(Body="", NumMedia="1", MediaContentType0="audio/ogg", MediaUrl0="https://api.twilio.com/x")
-    assert [e.reason for e in parse_twilio(media)] == ["media"]  # type: ignore[union-attr]
-    (caption,) = parse_twilio(twilio_form(Body="Esse aqui", NumMedia="1", MediaContentType0="image/jpeg"))
-    assert isinstance(caption, IncomingMessage) and caption.kind == "image"
+    (audio,) = parse_twilio(media)
+    assert isinstance(audio, IncomingMessage) and (audio.kind, audio.text) == ("audio", "")
+    assert audio.media == MediaRef(kind="audio", mime="audio/ogg", source={"url": "https://api.twilio.com/x"})
+    with_caption = twilio_form(Body="Esse aqui", NumMedia="1", MediaContentType0="image/jpeg", MediaUrl0="https://m/1")
+    (caption,) = parse_twilio(with_caption)
+    assert isinstance(caption, IncomingMessage) and (caption.kind, caption.text) == ("image", "Esse aqui")
+    place = twilio_form(Body="", Latitude="-23.5", Longitude="-46.6", Address="Av. Paulista, 1000")
+    (location,) = parse_twilio(place)
+    assert isinstance(location, IncomingMessage) and location.media == MediaRef(
+        kind="location", detail="Av. Paulista, 1000"
+    )
     status = {"MessageSid": "SM2", "MessageStatus": "delivered", "From": TWILIO_FROM, "To": f"whatsapp:+{CUSTOMER}"}
     assert parse_twilio(status) == [IgnoredEvent(reason="status:delivered", message_id="SM2")]
     sms = twilio_form(From=f"+{CUSTOMER}")
@@ -414,8 +464,11 @@ def test_mega_text_and_ignored_shapes() -> None:
         messageType="audioMessage", message={"audioMessage": {"mimetype": "audio/ogg; codecs=opus", "ptt": True}}
     )
     ack = {"instance_key": "megastart-TESTE01", "messageType": "message.ack", "id": "X3"}
-    reasons = [e.reason for e in parse_mega([from_me, group, audio, ack])]  # type: ignore[union-attr]
-    assert reasons == ["from_me", "group", "media", "event:message.ack"]
+    first, second, voice, fourth = parse_mega([from_me, group, audio, ack])
+    reasons = [e.reason for e in (first, second, fourth)]  # type: ignore[union-attr]
+    assert reasons == ["from_me", "group", "event:message.ack"]
+    assert isinstance(voice, IncomingMessage) and voice.media is not None
+    assert (voice.kind, voice.media.voice, voice.media.mime) == ("audio", True, "audio/ogg; codecs=opus")
     (accepted,) = parse_mega(group, accept_groups=True)
     assert isinstance(accepted, IncomingMessage)
 

@@ -7,6 +7,7 @@ whole dataclasses, so every field (chat id, instance, id, kind, text, phone_jid,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from errors import PayloadError
-from models import ChatRef, IgnoredEvent, IncomingMessage
+from models import ChatRef, IgnoredEvent, IncomingMessage, MediaRef
 from parser import extract_content, load_body, normalize_event_name, parse_evolution
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "evolution"
@@ -205,6 +206,43 @@ CASES: dict[str, list[IncomingMessage | IgnoredEvent]] = {
             timestamp=1763646700,
         )
     ],
+    # --- media without a caption: answered, the media itself goes to the worker ------------------------
+    "messages_upsert_v2_image_no_caption.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3A6A5B4C3D2E1F0A9B8C",
+            "",
+            kind="image",
+            phone_jid=FERNANDA,
+            push_name="Fernanda Costa",
+            timestamp=1763646500,
+        )
+    ],
+    "messages_upsert_v2_audio_ptt.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3A9D8E7F6A5B4C3D2E1F",
+            "",
+            kind="audio",
+            phone_jid=FERNANDA,
+            push_name="Fernanda Costa",
+            timestamp=1763646800,
+        )
+    ],
+    "messages_upsert_v2_sticker.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3AAE9F8A7B6C5D4E3F2A",
+            "",
+            kind="sticker",
+            phone_jid=FERNANDA,
+            push_name="Fernanda Costa",
+            timestamp=1763646900,
+        )
+    ],
     # --- button and list replies ------------------------------------------------------------------
     "messages_upsert_v1_buttons_response.json": [
         incoming(
@@ -292,9 +330,6 @@ CASES: dict[str, list[IncomingMessage | IgnoredEvent]] = {
     "messages_upsert_v2_newsletter.json": [
         ignored("newsletter", "120363287654321098@newsletter", SP, "3A1562F5E4D3C2B1A0F9")
     ],
-    "messages_upsert_v2_image_no_caption.json": [ignored("media", FERNANDA, SP, "3A6A5B4C3D2E1F0A9B8C")],
-    "messages_upsert_v2_audio_ptt.json": [ignored("media", FERNANDA, SP, "3A9D8E7F6A5B4C3D2E1F")],
-    "messages_upsert_v2_sticker.json": [ignored("media", FERNANDA, SP, "3AAE9F8A7B6C5D4E3F2A")],
     "messages_upsert_v2_reaction.json": [ignored("reaction", FERNANDA, SP, "3ABF0A9B8C7D6E5F4A3B")],
     "messages_upsert_v2_revoke.json": [ignored("protocol", FERNANDA, SP, "3AC01B0A9C8D7E6F5A4B")],
     "messages_upsert_v2_edited_message.json": [ignored("protocol", FERNANDA, SP, "3AD12C1B0A9D8E7F6A5B")],
@@ -346,7 +381,103 @@ def test_every_fixture_has_a_row_and_every_row_a_fixture() -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_fixture_parses_to_expected(name: str) -> None:
-    assert parse_file(name) == CASES[name]
+    # Media references are checked field by field in MEDIA_CASES below.
+    assert [strip_media(item) for item in parse_file(name)] == CASES[name]
+
+
+def strip_media(item: IncomingMessage | IgnoredEvent) -> IncomingMessage | IgnoredEvent:
+    return dataclasses.replace(item, media=None) if isinstance(item, IncomingMessage) else item
+
+
+# file -> (kind, caption text, mime, size, seconds, voice, file_name, inline base64 kept, message field of the source)
+MEDIA_CASES: dict[str, tuple[str, str, str, int, int, bool, str, bool, str | None]] = {
+    "messages_upsert_v1_image_base64.json": (
+        "image",
+        "Tem esse tênis no tamanho 38?",
+        "image/jpeg",
+        48213,
+        0,
+        False,
+        "",
+        True,
+        "imageMessage",
+    ),
+    "messages_upsert_v1_video_base64.json": (
+        "video",
+        "Olha o defeito que apareceu na peça",
+        "video/mp4",
+        48213,
+        12,
+        False,
+        "",
+        False,
+        None,
+    ),
+    "messages_upsert_v2_view_once_image.json": (
+        "image",
+        "Esse é o modelo que eu quero",
+        "image/jpeg",
+        48213,
+        0,
+        False,
+        "",
+        False,
+        "imageMessage",
+    ),
+    "messages_upsert_v2_document_with_caption.json": (
+        "document",
+        "Segue o orçamento assinado",
+        "application/pdf",
+        48213,
+        0,
+        False,
+        "orcamento-assinado.pdf",
+        False,
+        "documentMessage",
+    ),
+    "messages_upsert_v2_image_no_caption.json": ("image", "", "image/jpeg", 48213, 0, False, "", False, "imageMessage"),
+    "messages_upsert_v2_audio_ptt.json": (
+        "audio",
+        "",
+        "audio/ogg; codecs=opus",
+        48213,
+        7,
+        True,
+        "",
+        False,
+        "audioMessage",
+    ),
+    "messages_upsert_v2_sticker.json": ("sticker", "", "image/webp", 48213, 0, False, "", False, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MEDIA_CASES))
+def test_media_fixture_keeps_a_small_reference(name: str) -> None:
+    kind, text, mime, size, seconds, voice, file_name, has_inline, source_field = MEDIA_CASES[name]
+    result = only(parse_file(name))
+    assert isinstance(result, IncomingMessage) and result.media is not None
+    media = result.media
+    assert (result.kind, result.text, media.kind) == (kind, text, kind)
+    assert (media.mime, media.size, media.seconds, media.voice, media.file_name) == (
+        mime,
+        size,
+        seconds,
+        voice,
+        file_name,
+    )
+    raw = load(name)["data"]
+    assert media.inline == (raw["message"]["base64"] if has_inline else "")
+    if source_field is None:  # described in words, never fetched
+        assert media.source == {}
+        return
+    assert media.source["key"] == raw["key"]
+    (field_name,) = media.source["message"]
+    fields = media.source["message"][field_name]
+    assert field_name == source_field
+    # what Evolution needs to download it again stays; thumbnails and base64 do not go into the buffer
+    assert {"url", "mediaKey", "directPath", "mimetype"} <= set(fields)
+    assert "jpegThumbnail" not in fields and "base64" not in json.dumps(media.source)
+    assert MediaRef.from_json(json.loads(json.dumps(media.to_json()))) == dataclasses.replace(media, inline="")
 
 
 @pytest.mark.parametrize("name", sorted(GROUP_FILES))
@@ -652,10 +783,11 @@ def test_lid_sender_pn_at_data_level_is_used() -> None:
         ({"templateButtonReplyMessage": {"selectedId": "tpl_1"}}, ("button_reply", "tpl_1")),
         ({"interactiveResponseMessage": {"body": {"text": "Confirmar pedido"}}}, ("button_reply", "Confirmar pedido")),
         ({"ephemeralMessage": {"message": {"viewOnceMessage": {"message": {"conversation": "oi"}}}}}, ("text", "oi")),
-        ({"videoMessage": {"caption": "   "}}, ("media", None)),
-        ({"documentMessage": {"fileName": "nota.pdf"}}, ("media", None)),
-        ({"ptvMessage": {"seconds": 5}}, ("media", None)),
-        ({"locationMessage": {"degreesLatitude": -23.55}}, ("unsupported", None)),
+        ({"videoMessage": {"caption": "   "}}, ("video", "   ")),
+        ({"documentMessage": {"fileName": "nota.pdf"}}, ("document", "")),
+        ({"ptvMessage": {"seconds": 5}}, ("video", "")),
+        ({"locationMessage": {"degreesLatitude": -23.55}}, ("location", "")),
+        ({"lottieStickerMessage": {}}, ("unsupported", None)),
         ({"pollCreationMessageV3": {"name": "Qual sabor?"}}, ("poll", None)),
         ({"messageContextInfo": {}, "senderKeyDistributionMessage": {}}, ("empty", None)),
         ({}, ("empty", None)),
@@ -672,6 +804,7 @@ def test_lid_sender_pn_at_data_level_is_used() -> None:
         "document_no_caption",
         "ptv",
         "location",
+        "unknown_type",
         "poll_creation",
         "only_metadata",
         "empty_dict",
@@ -681,3 +814,57 @@ def test_lid_sender_pn_at_data_level_is_used() -> None:
 )
 def test_extract_content(message: Any, expected: tuple[str, str | None]) -> None:
     assert extract_content(message) == expected
+
+
+# --- media described in words -----------------------------------------------------------------------------
+
+
+def media_event(message: dict[str, Any]) -> dict[str, Any]:
+    event = v2_text_event()
+    event["data"]["message"] = message
+    return event
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "detail"),
+    [
+        (
+            {"locationMessage": {"degreesLatitude": -23.5613, "degreesLongitude": -46.6565, "name": "Loja Paulista"}},
+            "location",
+            "Loja Paulista",
+        ),
+        (
+            {"locationMessage": {"degreesLatitude": -23.5613, "degreesLongitude": -46.6565}},
+            "location",
+            "-23.5613, -46.6565",
+        ),
+        ({"contactMessage": {"displayName": "Carlos Entregas", "vcard": "BEGIN:VCARD"}}, "contact", "Carlos Entregas"),
+        (
+            {"contactsArrayMessage": {"contacts": [{"displayName": "Ana"}, {"displayName": "Beto"}]}},
+            "contact",
+            "Ana, Beto",
+        ),
+        ({"ptvMessage": {"seconds": 9, "mimetype": "video/mp4"}}, "video", ""),
+    ],
+    ids=["location_named", "location_coordinates", "contact", "contacts_array", "round_video"],
+)
+def test_media_without_bytes_for_gemini_is_described(message: dict[str, Any], kind: str, detail: str) -> None:
+    result = only(parse_evolution(media_event(message)))
+    assert isinstance(result, IncomingMessage) and result.media is not None
+    assert (result.kind, result.text, result.media.kind, result.media.detail) == (kind, "", kind, detail)
+    assert not result.media.readable and result.media.source == {}
+
+
+def test_base64_of_a_described_kind_is_not_kept() -> None:
+    """A video's base64 (webhook base64 on) is never given to Gemini, so it is not carried into the buffer."""
+    event = media_event({"videoMessage": {"mimetype": "video/mp4", "seconds": 3}, "base64": "AAAAGGZ0eXA="})
+    result = only(parse_evolution(event))
+    assert isinstance(result, IncomingMessage) and result.media is not None
+    assert (result.media.kind, result.media.inline) == ("video", "")
+
+
+def test_size_falls_back_to_the_inline_base64_length() -> None:
+    event = media_event({"audioMessage": {"mimetype": "audio/ogg; codecs=opus", "ptt": True}, "base64": "QUJDRA=="})
+    result = only(parse_evolution(event))
+    assert isinstance(result, IncomingMessage) and result.media is not None
+    assert (result.media.size, result.media.inline, result.media.voice) == (6, "QUJDRA==", True)
