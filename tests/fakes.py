@@ -7,6 +7,7 @@ clients (google-genai via GEMINI_BASE_URL, requests via EVOLUTION_API) at `.url`
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -54,17 +55,26 @@ class FakeServer:
             disable_nagle_algorithm = True  # headers and body go out in two writes; don't wait for the ACK
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                self._handle("POST")
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._handle("GET")
+
+            def _handle(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 recorded = Recorded(
-                    "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                    method, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
                 )
                 status, answer, delay = fake._answer(recorded)
                 if delay:
                     time.sleep(delay)
-                data = json.dumps(answer).encode()
+                # bytes are served as a file (media downloads), anything else as JSON
+                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header(
+                    "Content-Type", "application/octet-stream" if isinstance(answer, bytes) else "application/json"
+                )
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -86,6 +96,8 @@ class FakeServer:
             self.requests.append(recorded)
             canned = self.script.popleft() if self.script else Canned()
         body = canned.body if canned.body is not None else self.default_answer(recorded)
+        if isinstance(body, Canned):  # a default answer with its own status
+            return body.status, body.body, canned.delay or self.delay
         return canned.status, body, canned.delay or self.delay
 
     def default_answer(self, recorded: Recorded) -> Any:
@@ -140,17 +152,31 @@ class FakeGemini(FakeServer):
         if self.reply_for is not None:
             return gemini_answer(self.reply_for(recorded))
         contents = recorded.json.get("contents", [])
-        last = contents[-1]["parts"][-1]["text"] if contents else ""
-        return gemini_answer(f"Resposta: {last}")
+        texts = [part["text"] for part in contents[-1]["parts"] if "text" in part] if contents else []
+        return gemini_answer(f"Resposta: {texts[-1] if texts else ''}")
 
     def prompts(self) -> list[dict[str, Any]]:
         return [r.json for r in self.received() if ":generateContent" in r.path]
 
 
 class FakeEvolution(FakeServer):
-    """sendText: answers 201-like JSON with a fresh message id, as Evolution does."""
+    """sendText: answers 201-like JSON with a fresh message id, as Evolution does. getBase64FromMediaMessage:
+    answers the base64 of `media[key id]` (set by the test), or Evolution's 400 shape for an unknown id."""
+
+    media: dict[str, tuple[bytes, str]]
 
     def default_answer(self, recorded: Recorded) -> Any:
+        if "/chat/getBase64FromMediaMessage/" in recorded.path:
+            message_id = recorded.json.get("message", {}).get("key", {}).get("id", "")
+            if message_id not in getattr(self, "media", {}):
+                return Canned(400, {"status": 400, "error": "Bad Request", "response": {"message": ["not found"]}})
+            data, mime = self.media[message_id]
+            return {
+                "mediaType": "audioMessage",
+                "fileName": "",
+                "mimetype": mime,
+                "base64": base64.b64encode(data).decode(),
+            }
         body = recorded.json
         return {
             "key": {"remoteJid": body.get("number"), "fromMe": True, "id": f"FAKE{len(self.requests):06d}"},
@@ -161,3 +187,6 @@ class FakeEvolution(FakeServer):
 
     def sends(self) -> list[Recorded]:
         return [r for r in self.received() if "/message/sendText/" in r.path]
+
+    def media_requests(self) -> list[Recorded]:
+        return [r for r in self.received() if "/chat/getBase64FromMediaMessage/" in r.path]
