@@ -50,6 +50,7 @@ DEFAULT_MEDIA_ALLOWED_TYPES = (
 )
 MIB = 1024 * 1024
 GEMINI_INLINE_LIMIT_BYTES = 20 * 1000 * 1000  # per request, base64 included
+WEBHOOK_ENVELOPE_BYTES = 256 * 1024  # a media webhook's JSON around the base64 (key, fields, jpegThumbnail)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,8 +144,9 @@ class Settings:
 
     @property
     def webhook_body_limit(self) -> int:
-        """MAX_BODY_BYTES, or more: a webhook carrying a MEDIA_MAX_BYTES item as base64 must fit."""
-        return max(self.max_body_bytes, -(-self.media_max_bytes * 4 // 3) + MIB)
+        """MAX_BODY_BYTES, or more: a webhook carrying a MEDIA_MAX_BYTES item as base64 (plus its JSON envelope,
+        thumbnails included) must fit."""
+        return max(self.max_body_bytes, -(-self.media_max_bytes * 4 // 3) + WEBHOOK_ENVELOPE_BYTES)
 
     @property
     def gemini_configured(self) -> bool:

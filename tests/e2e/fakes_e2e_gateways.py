@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 import requests
 
-from tests.fakes import FakeServer, Recorded
+from tests.fakes import Canned, FakeServer, Recorded
 
 # ----- configuration the server under test gets -----------------------------------------------------------
 
@@ -62,15 +62,24 @@ class _GatewayFake(FakeServer):
             self.requests.append(recorded)
             canned = self.script.popleft() if self.script else None
         if canned is None:
-            return self.default_status, self.default_answer(recorded), self.delay
+            answer = self.default_answer(recorded)
+            if isinstance(answer, Canned):
+                return answer.status, answer.body, self.delay
+            return self.default_status, answer, self.delay
         body = canned.body if canned.body is not None else self.default_answer(recorded)
         return canned.status, body, canned.delay or self.delay
 
 
 class FakeGraph(_GatewayFake):
-    """Graph API `POST /{version}/{phone_number_id}/messages`: texts and read receipts."""
+    """Graph API `POST /{version}/{phone_number_id}/messages`: texts and read receipts; and media downloads:
+    `GET /{version}/{media id}` answers the media's info with a URL on this fake, `GET /files/{id}` its bytes
+    (set `media[id] = (bytes, mime)`)."""
+
+    media: dict[str, tuple[bytes, str]]
 
     def default_answer(self, recorded: Recorded) -> Any:
+        if recorded.method == "GET":
+            return self._media_answer(recorded.path.split("?", 1)[0])
         body = recorded.json
         if body.get("status") == "read":
             return {"success": True}
@@ -81,8 +90,28 @@ class FakeGraph(_GatewayFake):
             "messages": [{"id": f"wamid.HBgN{uuid.uuid4().hex.upper()}"}],
         }
 
+    def _media_answer(self, path: str) -> Any:
+        media = getattr(self, "media", {})
+        media_id = path.rsplit("/", 1)[-1]
+        if media_id not in media:
+            return Canned(404, graph_error(100, "Unsupported get request."))
+        data, mime = media[media_id]
+        if path.startswith("/files/"):
+            return data
+        return {
+            "messaging_product": "whatsapp",
+            "url": f"{self.url}/files/{media_id}?ext=1763900000&hash=ATt-e2e",
+            "mime_type": mime,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "file_size": len(data),
+            "id": media_id,
+        }
+
+    def media_requests(self) -> list[Recorded]:
+        return [r for r in self.received() if r.method == "GET"]
+
     def texts(self) -> list[Recorded]:
-        return [r for r in self.received() if r.json.get("type") == "text"]
+        return [r for r in self.received() if r.method == "POST" and r.json.get("type") == "text"]
 
     def read_receipts(self) -> list[Recorded]:
         return [r for r in self.received() if r.json.get("status") == "read"]
@@ -105,8 +134,12 @@ class FakeTwilio(_GatewayFake):
     """Twilio `POST /2010-04-01/Accounts/{sid}/Messages.json` (form-encoded), answering 201 + a queued message."""
 
     default_status = 201
+    media: dict[str, bytes]  # path -> bytes served on GET (MediaUrl0)
 
     def default_answer(self, recorded: Recorded) -> Any:
+        if recorded.method == "GET":
+            data = getattr(self, "media", {}).get(recorded.path)
+            return Canned(404, twilio_error(20404, "not found", 404)) if data is None else data
         form = form_of(recorded)
         sid = "SM" + uuid.uuid4().hex
         return {
