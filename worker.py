@@ -203,7 +203,7 @@ class Worker:
             sum(1 for p in parts if p.media is not None),
             claim.attempts,
             len(reply),
-            len(turns) == 1,
+            not any(turn.role == "model" for turn in turns),  # FALLBACK_REPLY is never a model turn
         )
 
     def _compose_new(self, claim: Claim, parts: list[BurstPart]) -> tuple[str, list[Turn]] | None:
