@@ -499,8 +499,13 @@ class Buffer:
         return self._store(claim).renew(claim, lease_until=retry_at, reply=reply)
 
     def media_blob(self, claim: Claim, message_id: str) -> str | None:
-        """The base64 the webhook carried for a message of this batch, if it was kept and has not expired."""
-        return self._store(claim).media_blob(claim, message_id)
+        """The base64 the webhook carried for a message of this batch, if it was kept and has not expired, and
+        None while Redis is unreachable (the worker then asks the gateway for the media instead)."""
+        try:
+            return self._store(claim).media_blob(claim, message_id)
+        except UNAVAILABLE as exc:
+            self.link.mark_down(exc)
+            return None
 
     def drop_media(self, claim: Claim) -> None:
         """Forget the batch's media base64 once the reply is stored with the batch (it is not needed again)."""

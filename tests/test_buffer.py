@@ -7,6 +7,8 @@ separate worker processes would.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import threading
 import time
@@ -17,7 +19,7 @@ import pytest
 import redis
 
 from buffer import CLAIM_LUA, Buffer, Claim, LocalStore, RedisStore
-from models import ChatRef, IncomingMessage
+from models import ChatRef, IncomingMessage, MediaRef
 from redis_keys import RedisKeys
 from redis_link import RedisLink
 from tests.conftest import RedisServer, free_port
@@ -226,6 +228,57 @@ def test_a_reply_stored_for_one_batch_does_not_leak_into_the_next(buffers: Buffe
     assert buffer.ack(first)
     (second,) = buffer.claim_due(now=T0 + 11 + DEBOUNCE, limit=10)
     assert (ids(second), second.reply, second.attempts) == (["MSG2"], "", 1)
+
+
+def test_turns_stored_with_a_reply_come_back_on_re_claim_and_not_in_the_next_batch(buffers: BufferFactory) -> None:
+    buffer, peer = buffers(), buffers()
+    buffer.append(message(1), now=T0)
+    (first,) = buffer.claim_due(now=T0 + DEBOUNCE, limit=10)
+    turns = '[{"role": "user", "text": "[áudio] oi", "at": 1.0}]'
+    assert buffer.renew(first, now=T0 + DEBOUNCE, reply="Olá!", turns=turns)
+    assert buffer.release(first, retry_at=T0 + DEBOUNCE + 1, reply="parte que falta")  # keeps the turns
+    (again,) = peer.claim_due(now=T0 + DEBOUNCE + 1, limit=10)
+    assert (again.reply, again.turns) == ("parte que falta", turns)
+    buffer.append(message(2), now=T0 + DEBOUNCE + 2)
+    assert peer.ack(again)
+    (second,) = peer.claim_due(now=T0 + 2 * DEBOUNCE + 2, limit=10)
+    assert (second.reply, second.turns) == ("", "")
+
+
+def media_message(n: int, blob: str) -> IncomingMessage:
+    media = MediaRef(kind="audio", mime="audio/ogg", size=len(blob) * 3 // 4, inline=blob, source={"key": {"id": n}})
+    return dataclasses.replace(message(n, " "), text="", kind="audio", media=media)
+
+
+def test_media_base64_is_kept_beside_the_message_until_dropped(buffers: BufferFactory) -> None:
+    buffer = buffers(media_max_bytes=100)
+    blob = base64.b64encode(b"OggS fake voice").decode()
+    buffer.append(media_message(1, blob), now=T0)
+    buffer.append(media_message(2, base64.b64encode(b"x" * 101).decode()), now=T0)  # over the limit: not kept
+    assert not buffer.append(media_message(1, "Zm9v"), now=T0).accepted  # a redelivery changes nothing
+    (claim,) = buffer.claim_due(now=T0 + DEBOUNCE, limit=10)
+    assert [(m["id"], m.get("blob"), m["media"]["kind"]) for m in claim.messages] == [
+        ("MSG1", 1, "audio"),
+        ("MSG2", None, "audio"),
+    ]
+    assert all("inline" not in m["media"] for m in claim.messages)
+    assert (buffer.media_blob(claim, "MSG1"), buffer.media_blob(claim, "MSG2")) == (blob, None)
+    buffer.drop_media(claim)
+    assert buffer.media_blob(claim, "MSG1") is None
+    assert buffer.ack(claim)
+
+
+def test_media_base64_goes_with_the_batch_on_ack(buffers: BufferFactory) -> None:
+    """Dropped at the latest with the batch on the local store; on Redis it expires with DEDUP_TTL."""
+    buffer = buffers(media_max_bytes=100)
+    buffer.append(media_message(1, "T2dnUw=="), now=T0)
+    (claim,) = buffer.claim_due(now=T0 + DEBOUNCE, limit=10)
+    assert buffer.ack(claim)
+    if buffers.store == "local":  # type: ignore[attr-defined]
+        assert buffer.media_blob(claim, "MSG1") is None
+    else:
+        assert buffer.redis is not None
+        assert 0 < buffer.redis.client.ttl(KEYS.media(claim.chat.key, "MSG1")) <= DEDUP_TTL
 
 
 def test_release_returns_the_batch_at_retry_at_with_its_reply(buffers: BufferFactory) -> None:
