@@ -176,7 +176,8 @@ class AIService:
             )
         except genai_errors.APIError as exc:
             transient = exc.code in RETRY_STATUS_CODES
-            raise AIServiceError(f"gemini answered {exc.code} {exc.status or ''}".strip(), transient=transient) from exc
+            message = f"gemini answered {exc.code} {exc.status or ''}".strip()
+            raise AIServiceError(message, transient=transient, status_code=exc.code) from exc
         except httpx2.HTTPError as exc:
             raise AIServiceError(f"gemini unreachable: {exc.__class__.__name__}") from exc
         except ValueError as exc:  # a body the SDK cannot read

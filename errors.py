@@ -29,11 +29,12 @@ class AuthError(AssistantError):
 
 
 class AIServiceError(AssistantError):
-    """Gemini did not produce a usable reply."""
+    """Gemini did not produce a usable reply (`status_code`: Gemini's HTTP status, when it answered one)."""
 
-    def __init__(self, message: str, *, transient: bool = True) -> None:
+    def __init__(self, message: str, *, transient: bool = True, status_code: int | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.status_code = status_code
 
 
 class SendError(AssistantError):

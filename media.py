@@ -97,6 +97,11 @@ def parts_of(claim: Claim) -> list[BurstPart]:
     return parts
 
 
+def drop_bytes(part: BurstPart) -> BurstPart:
+    """The part without its bytes, as an item that could not be read (Gemini refused it)."""
+    return replace(part, data=None, problem="unreadable") if part.readable else part
+
+
 def user_record(parts: list[BurstPart], transcripts: dict[int, str] | None = None) -> str:
     """The customer's turn as the history keeps it: texts, and each media item in words (with the transcript
     or description Gemini gave, keyed by the item's number in the prompt)."""
@@ -194,6 +199,9 @@ class MediaLoader:
         except MediaError as exc:
             log.info("media fetch failed chat=%s msg=%s: %s", claim.chat.label, part.message_id, exc)
             return replace(part, problem=exc.problem)
+        except Exception:  # a bug in one download must cost that item, never the burst (it would retry forever)
+            log.exception("media fetch crashed chat=%s msg=%s", claim.chat.label, part.message_id)
+            return replace(part, problem="unreadable")
         mime = mime or media.mime
         if not self.limits.allows(mime):
             return replace(part, problem="unsupported")

@@ -20,7 +20,7 @@ from buffer import Buffer, Claim
 from config import Settings
 from counters import Counters
 from errors import AIServiceError, SendError
-from media import BurstPart, MediaLimits, MediaLoader, failed_notice, parts_of, user_record
+from media import BurstPart, MediaLimits, MediaLoader, drop_bytes, failed_notice, parts_of, user_record
 from memory import History, Turn
 from sender import TextSender, split_text
 
@@ -215,8 +215,7 @@ class Worker:
             self.history.append(chat, [Turn(role="user", text=user_record(parts), at=self.clock())])
             return None
         self._mark_read(claim)
-        parts = self.media.load(claim, parts)
-        generated = self._ask_gemini(claim, parts)
+        generated, parts = self._ask_gemini(claim, self.media.load(claim, parts))
         if generated is None:
             if not self.settings.fallback_reply:  # the owner chose silence over an apology
                 self.buffer.ack(claim)
@@ -270,16 +269,24 @@ class Worker:
         if mark_read is not None and claim.messages:
             mark_read(claim.chat, str(claim.messages[-1].get("id", "")))
 
-    def _ask_gemini(self, claim: Claim, parts: list[BurstPart]) -> Generated | None:
-        """Gemini's reply (and media transcripts), or None when Gemini keeps failing."""
+    def _ask_gemini(self, claim: Claim, parts: list[BurstPart]) -> tuple[Generated | None, list[BurstPart]]:
+        """(Gemini's reply and media transcripts, or None when Gemini keeps failing; the parts it was given).
+
+        When Gemini refuses a burst's media (400: a corrupt voice note, say), it is asked once more with the media
+        as words, so one bad item costs the customer that item, not the whole answer.
+        """
         history = self.history.recent(claim.chat)
         try:
-            return self.ai.generate(history, parts)
+            return self.ai.generate(history, parts), parts
         except AIServiceError as exc:
+            if exc.status_code == 400 and any(part.readable for part in parts):
+                self.counters.add("media_refused")
+                log.warning("gemini refused the media of chat=%s (%s); asking again without it", claim.chat.label, exc)
+                return self._ask_gemini(claim, [drop_bytes(part) for part in parts])
             self.counters.add("ai_failures")
             self.counters.add("fallbacks")
             log.error("gemini failed chat=%s: %s; sending FALLBACK_REPLY", claim.chat.label, exc)
-            return None
+            return None, parts
 
     def _send(self, claim: Claim, reply: str) -> bool:
         """Send through the chat's own gateway, in parts if the reply exceeds its limit; on failure retry

@@ -472,3 +472,35 @@ def test_history_keeps_media_as_text(app: Callable[..., App]) -> None:
     assert [c["role"] for c in second["contents"]] == ["user", "model", "user"]
     assert second["contents"][0]["parts"] == [{"text": "[mensagem de voz] Quero dois cafés"}]
     assert inline_parts(second) == []
+
+
+def test_gemini_refusing_the_media_is_asked_again_without_it(app: Callable[..., App]) -> None:
+    """A corrupt voice note makes Gemini answer 400 for the whole request: the text still gets its answer."""
+    a = app()
+    a.gemini.queue(Canned(400, gemini_error(400, "INVALID_ARGUMENT")))
+    a.gemini.reply_for = lambda recorded: "Temos sim, a pronta entrega."
+    a.post(text_event(msg_id(), "Tem pronta entrega?"), audio_event(msg_id(), data=b"OggS-corrompido", inline=True))
+    a.answer()
+    first, second = a.gemini.prompts()
+    assert inline_parts(first) == [(OPUS, b"OggS-corrompido")]
+    assert inline_parts(second) == []
+    assert texts_of(second) == ["Tem pronta entrega?\n[mensagem de voz que não pôde ser ouvida]"]
+    assert a.sent() == ["Temos sim, a pronta entrega.\n\nNão consegui abrir o áudio. Pode reenviar?"]
+    assert a.parts.counters.snapshot().get("fallbacks") is None
+
+
+def test_a_crashing_download_costs_the_item_not_the_burst(app: Callable[..., App]) -> None:
+    class Broken:
+        def send_text(self, chat: ChatRef, text: str) -> str:
+            return a.parts.gateways["evolution"].send_text(chat, text)
+
+        def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
+            raise KeyError("a bug in an adapter")
+
+    a = app()
+    a.gemini.reply_for = lambda recorded: "Oi!"
+    a.post(text_event(msg_id(), "Oi"), audio_event(msg_id(), inline=False))
+    a.parts.worker.senders = {"evolution": Broken()}  # type: ignore[dict-item]
+    a.parts.worker.media.fetchers = a.parts.worker.senders
+    a.answer()
+    assert a.sent() == ["Oi!\n\nNão consegui abrir o áudio. Pode reenviar?"]
