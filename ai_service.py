@@ -1,5 +1,8 @@
 """One Gemini call: the chat's history plus the new burst -> one reply text. Knows nothing about WhatsApp.
 
+The system instruction is built per call: the persona, then the grounding rule and the knowledge that
+knowledge.py selected for this burst.
+
 Retries with exponential backoff on 408/429/5xx and transport errors are the SDK's own (HttpRetryOptions);
 whatever still fails is raised as AIServiceError for the worker to decide (fallback reply).
 """
@@ -15,6 +18,7 @@ from google.genai import types
 
 from config import Settings
 from errors import AIServiceError
+from knowledge import KnowledgeBase
 from memory import Turn
 
 log = logging.getLogger(__name__)
@@ -42,11 +46,22 @@ def build_prompt(history: list[Turn], user_text: str) -> list[types.Content]:
     return contents
 
 
+def system_instruction(settings: Settings, knowledge_block: str = "") -> types.Content:
+    """The persona (SYSTEM_PROMPT, naming BUSINESS_NAME) as the first part; the grounding rule with the knowledge
+    for this burst (see knowledge.py) as the second, when a knowledge base is configured."""
+    persona = settings.system_prompt
+    if settings.business_name:
+        persona += f"\n\nA empresa se chama {settings.business_name}."
+    parts = [types.Part(text=persona)] + ([types.Part(text=knowledge_block)] if knowledge_block else [])
+    return types.Content(parts=parts)
+
+
 class AIService:
     """A configured google-genai client; `generate_reply` is the only call the worker makes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, knowledge: KnowledgeBase | None = None) -> None:
         self.settings = settings
+        self.knowledge = knowledge
         self.configured = settings.gemini_configured
         self._client: genai.Client | None = None
         if self.configured:
@@ -73,11 +88,13 @@ class AIService:
         """
         if self._client is None:
             raise AIServiceError("GEMINI_API_KEY is not set", transient=False)
+        knowledge_block = self.knowledge.context_for(history, user_text) if self.knowledge is not None else ""
+        instruction = system_instruction(self.settings, knowledge_block)
         try:
             response = self._client.models.generate_content(
                 model=self.settings.gemini_model,
                 contents=build_prompt(history, user_text),
-                config=types.GenerateContentConfig(system_instruction=self.settings.system_prompt),
+                config=types.GenerateContentConfig(system_instruction=instruction),
             )
         except genai_errors.APIError as exc:
             transient = exc.code in RETRY_STATUS_CODES
