@@ -55,7 +55,8 @@ HEADER_EMPTY = "BASE DE CONHECIMENTO: vazia."
 CHAT_FILLERS = (
     "oi ola ei opa bom boa dia tarde noite tudo bem blz beleza obrigado obrigada obg vlw valeu favor "
     "vc vcs voce voces pra pro pras pros pq porque tb tbm tmb td q ne ai la aqui entao ok okay "
-    "queria quero gostaria saber pode poderia consegue sim nao moco moca senhor senhora gente"
+    "queria quero gostaria saber pode poderia consegue sim nao moco moca senhor senhora gente quanto quanta "
+    "quantos quantas"
 )
 
 
@@ -203,7 +204,7 @@ def _visible_files(directory: Path) -> list[Path]:
             for name in sorted(files)
             if not name.startswith(".") and name.lower().endswith(KNOWLEDGE_SUFFIXES)
         ]
-    return found
+    return sorted(found, key=lambda path: path.relative_to(directory).as_posix())
 
 
 def fingerprint(directory: Path) -> dict[str, tuple[int, int, int]]:
