@@ -63,10 +63,15 @@ CHAT_FILLERS = (
 # ----- normalisation ----------------------------------------------------------------------------------------
 
 
+_COMBINING_MARKS = re.compile(r"[\u0300-\u036f]+")
+
+
 def fold(text: str) -> str:
     """Lower case without accents: "Preço ÚNICO" -> "preco unico" (customers often type without them)."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    lowered = text.casefold()
+    if lowered.isascii():
+        return lowered
+    return _COMBINING_MARKS.sub("", unicodedata.normalize("NFKD", lowered))
 
 
 _WORD = re.compile(r"[a-z0-9]+")

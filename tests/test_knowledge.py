@@ -439,3 +439,15 @@ def test_searches_during_reloads_never_fail(kb_dir: Path) -> None:
         thread.join(5)
     assert errors == []
     assert len(kb.snapshot.files) == 33
+
+
+# ----- the example folder in the repository -----------------------------------------------------------------
+
+
+def test_the_example_folder_loads_cleanly_and_answers_its_own_questions() -> None:
+    kb = KnowledgeBase(str(Path(__file__).resolve().parent.parent / "examples" / "knowledge"), whole_max_chars=0)
+    snapshot = kb.reload()
+    assert len(snapshot.files) == 5 and snapshot.problems == ()
+    assert sources(kb, "qnto fica o banho pra cachorro grande?", 1) == ["produtos/banho-e-tosa.md"]
+    assert sources(kb, "racao pra gato castrado", 1) == ["produtos/racoes.md"]
+    assert sources(kb, "abre sabado?", 1) == ["horarios-e-endereco.md"]
