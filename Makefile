@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench redis-server clean
+.PHONY: run test lint bench bench-knowledge redis-server clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: $(VENV)/.installed redis-server
 
 bench: $(VENV)/.installed redis-server
 	$(PY) bench/run.py
+
+bench-knowledge: $(VENV)/.installed
+	$(PY) bench/retrieval.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

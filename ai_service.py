@@ -1,5 +1,8 @@
 """One Gemini call: the chat's history plus the new burst -> one reply text. Knows nothing about WhatsApp.
 
+The system instruction is built per call: the persona, then the grounding rule and the knowledge that
+knowledge.py selected for this burst.
+
 A burst with media (voice notes, images, PDFs) goes as one user turn whose parts keep the burst's order: text,
 a label such as `[mídia 1: mensagem de voz, 7 s]`, then the item's bytes as an inline part with its mime type.
 Gemini then answers JSON (response schema) with the reply and, per numbered item, a transcript or short
@@ -22,6 +25,7 @@ from google.genai import types
 
 from config import Settings
 from errors import AIServiceError
+from knowledge import KnowledgeBase
 from media import BurstPart
 from memory import Turn
 
@@ -116,11 +120,22 @@ def read_media_answer(text: str) -> Generated:
     return Generated(data["reply"].strip(), transcripts)
 
 
+def system_instruction(settings: Settings, knowledge_block: str = "") -> types.Content:
+    """The persona (SYSTEM_PROMPT, naming BUSINESS_NAME) as the first part; the grounding rule with the knowledge
+    for this burst (see knowledge.py) as the second, when a knowledge base is configured."""
+    persona = settings.system_prompt
+    if settings.business_name:
+        persona += f"\n\nA empresa se chama {settings.business_name}."
+    parts = [types.Part(text=persona)] + ([types.Part(text=knowledge_block)] if knowledge_block else [])
+    return types.Content(parts=parts)
+
+
 class AIService:
     """A configured google-genai client; `generate_reply` is the only call the worker makes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, knowledge: KnowledgeBase | None = None) -> None:
         self.settings = settings
+        self.knowledge = knowledge
         self.configured = settings.gemini_configured
         self._client: genai.Client | None = None
         if self.configured:
@@ -145,7 +160,8 @@ class AIService:
         Raises:
             AIServiceError: not configured, every attempt failed, or the answer was empty or blocked.
         """
-        config = types.GenerateContentConfig(system_instruction=self.settings.system_prompt)
+        instruction = self._instruction(history, user_text)
+        config = types.GenerateContentConfig(system_instruction=instruction)
         return self._generate(build_prompt(history, user_text), config)
 
     def generate(self, history: list[Turn], burst: list[BurstPart]) -> Generated:
@@ -154,11 +170,14 @@ class AIService:
         Raises:
             AIServiceError: as `generate_reply`.
         """
+        # The burst in words (texts, captions, media labels) is what the knowledge base is searched with.
+        text = "\n".join(filter(None, (item.describe() for item in burst)))
         if not any(item.readable for item in burst):
-            text = "\n".join(filter(None, (item.describe() for item in burst)))
             return Generated(self.generate_reply(history, text))
+        instruction = self._instruction(history, text)
+        instruction.parts = [*(instruction.parts or []), types.Part(text=MEDIA_INSTRUCTION)]
         config = types.GenerateContentConfig(
-            system_instruction=f"{self.settings.system_prompt}\n\n{MEDIA_INSTRUCTION}",
+            system_instruction=instruction,
             response_mime_type="application/json",
             response_schema=MEDIA_REPLY_SCHEMA,
         )
@@ -166,6 +185,11 @@ class AIService:
         if not generated.reply:
             raise AIServiceError("gemini returned an empty reply in its JSON answer", transient=False)
         return generated
+
+    def _instruction(self, history: list[Turn], burst_text: str) -> types.Content:
+        """Persona, then the grounding rule with the knowledge retrieved for this burst (when configured)."""
+        knowledge_block = self.knowledge.context_for(history, burst_text) if self.knowledge is not None else ""
+        return system_instruction(self.settings, knowledge_block)
 
     def _generate(self, contents: list[types.Content], config: types.GenerateContentConfig) -> str:
         if self._client is None:

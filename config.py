@@ -113,6 +113,15 @@ class Settings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     fallback_reply: str = DEFAULT_FALLBACK_REPLY
 
+    # Knowledge base and persona (knowledge.py)
+    business_name: str = ""  # named to Gemini beside the persona; empty = not named
+    knowledge_dir: str = ""  # folder of .txt/.md files; empty = no knowledge base
+    rag_top_k: int = 4  # chunks put into the prompt per burst (retrieval mode)
+    rag_whole_max_chars: int = 30_000  # a knowledge base up to this size goes whole into the prompt; 0 = never
+    rag_auto_reload: bool = True  # reload when files are added, changed or removed
+    rag_watch_interval: float = 5.0  # seconds between looks at the folder (and at the reload signal)
+    admin_token: str = field(default="", repr=False)  # bearer token of the admin endpoints; empty = disabled
+
     # Debounce and delivery
     debounce_seconds: float = 120.0
     debounce_max_wait_seconds: float = 600.0
@@ -280,6 +289,13 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "GEMINI_RETRY_INITIAL_SECONDS": ("gemini_retry_initial_seconds", _positive(float)),
     "SYSTEM_PROMPT": ("system_prompt", str),
     "FALLBACK_REPLY": ("fallback_reply", str),
+    "BUSINESS_NAME": ("business_name", _strip),
+    "KNOWLEDGE_DIR": ("knowledge_dir", _strip),
+    "RAG_TOP_K": ("rag_top_k", _positive(int)),
+    "RAG_WHOLE_MAX_CHARS": ("rag_whole_max_chars", _non_negative(int)),
+    "RAG_AUTO_RELOAD": ("rag_auto_reload", _to_bool),
+    "RAG_WATCH_INTERVAL": ("rag_watch_interval", _positive(float)),
+    "ADMIN_TOKEN": ("admin_token", _strip),
     "DEBOUNCE_SECONDS": ("debounce_seconds", _non_negative(float)),
     "DEBOUNCE_MAX_WAIT_SECONDS": ("debounce_max_wait_seconds", _non_negative(float)),
     "DEDUP_TTL_SECONDS": ("dedup_ttl_seconds", _positive(int)),
@@ -302,6 +318,8 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
 }
 # Read by load_settings() itself: its content replaces SYSTEM_PROMPT.
 SYSTEM_PROMPT_FILE = "SYSTEM_PROMPT_FILE"
+# Other names accepted for a variable (ALIAS -> NAME); setting both to different values is an error.
+ENV_ALIASES: dict[str, str] = {"RAG_DIR": "KNOWLEDGE_DIR"}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -324,6 +342,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
             values[attr] = convert(raw)
         except ValueError as exc:
             problems.append(f"{name}: {exc}")
+    problems += _read_aliases(environ, values)
     prompt_file = environ.get(SYSTEM_PROMPT_FILE, "").strip()
     if prompt_file:
         try:
@@ -340,6 +359,27 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return Settings(**values)
+
+
+def _read_aliases(environ: Mapping[str, str], values: dict[str, Any]) -> list[str]:
+    """Fill `values` from ENV_ALIASES where the main name is unset; returns the conflicts found."""
+    problems = []
+    for alias, name in ENV_ALIASES.items():
+        raw = environ.get(alias, "")
+        if not raw.strip():
+            continue
+        attr, convert = ENV_VARIABLES[name]
+        try:
+            value = convert(raw)
+        except ValueError as exc:
+            problems.append(f"{alias}: {exc}")
+            continue
+        if environ.get(name, "").strip():
+            if values.get(attr) != value:
+                problems.append(f"{alias}: is another name for {name}, which is set to something else; set one")
+            continue
+        values[attr] = value
+    return problems
 
 
 def missing_for_production(settings: Settings) -> list[str]:
@@ -377,4 +417,6 @@ def missing_for_production(settings: Settings) -> list[str]:
         )
     if not settings.redis_enabled:
         missing.append("CACHE_REDIS_ENABLED=false: in-process debounce only (one process, nothing survives a restart)")
+    if settings.knowledge_dir and not Path(settings.knowledge_dir).is_dir():
+        missing.append(f"KNOWLEDGE_DIR={settings.knowledge_dir!r} is not a folder: no knowledge until it exists")
     return missing

@@ -56,6 +56,11 @@ class RedisKeys:
         """LIST of JSON bursts that could not be answered; capped (LTRIM) to the newest 1000, no TTL."""
         return f"{self.prefix}:dead"
 
+    def knowledge_generation(self) -> str:
+        """STRING counter bumped by POST /reload-context; every process reloads its knowledge when it moves.
+        No TTL: a few bytes that must outlive any process."""
+        return f"{self.prefix}:knowledge:generation"
+
     def stats(self) -> str:
         """HASH of counters shared by every process (received, duplicates, replies_sent, ...). No TTL."""
         return f"{self.prefix}:stats"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import hmac
 import logging
+import os
 import signal
 import sys
 import time
@@ -30,6 +31,7 @@ from errors import AuthError, ConfigError, PayloadError
 from gateways import build_gateways
 from gateways.base import Gateway, InboundRequest
 from gateways.meta import MetaGateway, verify_handshake
+from knowledge import KnowledgeBase, ReloadSignal, Watcher
 from logs import setup_logging
 from memory import History
 from models import IgnoredEvent, IncomingMessage
@@ -41,6 +43,7 @@ from worker import Worker
 log = logging.getLogger(__name__)
 
 JWT_LEEWAY_SECONDS = 30
+MAX_PREVIEW_CHARS = 1_000_000
 
 
 def is_authorized(settings: Settings, authorization: str, query_token: str) -> bool:
@@ -78,6 +81,8 @@ class Components:
     counters: Counters
     gateways: dict[str, Gateway]
     worker: Worker
+    knowledge: KnowledgeBase
+    watcher: Watcher
 
 
 def build_components(
@@ -98,17 +103,35 @@ def build_components(
     history = History(link, keys, max_turns=settings.history_max_turns, ttl_seconds=settings.history_ttl_seconds)
     counters = Counters()
     gateways = build_gateways(settings)
+    knowledge = KnowledgeBase(
+        settings.knowledge_dir, top_k=settings.rag_top_k, whole_max_chars=settings.rag_whole_max_chars
+    )
+    knowledge.reload()
+    watcher = Watcher(
+        knowledge,
+        interval_seconds=settings.rag_watch_interval,
+        watch_files=settings.rag_auto_reload,
+        signal=ReloadSignal(link, keys.knowledge_generation()) if link.enabled else None,
+    )
     worker = Worker(
         settings,
         buffer=buffer,
         history=history,
-        ai=AIService(settings),
+        ai=AIService(settings, knowledge),
         senders=senders if senders is not None else gateways,  # type: ignore[arg-type] (a Gateway is a TextSender)
         counters=counters,
         clock=clock,
     )
     return Components(
-        link=link, keys=keys, buffer=buffer, history=history, counters=counters, gateways=gateways, worker=worker
+        link=link,
+        keys=keys,
+        buffer=buffer,
+        history=history,
+        counters=counters,
+        gateways=gateways,
+        worker=worker,
+        knowledge=knowledge,
+        watcher=watcher,
     )
 
 
@@ -121,6 +144,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
 
     parts = build_components(settings)
     link, buffer, counters, gateways, worker = parts.link, parts.buffer, parts.counters, parts.gateways, parts.worker
+    knowledge, watcher = parts.knowledge, parts.watcher
     app.extensions["assistant"] = parts
 
     @app.post("/webhook")
@@ -219,6 +243,63 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
             return {"status": "ignored", "reason": ",".join(dict.fromkeys(reasons)) or "no_message"}, 200
         return {"status": "buffered", "buffered": buffered, "duplicates": duplicates, "ignored": len(reasons)}, 200
 
+    def admin_refusal() -> tuple[Response, int] | None:
+        """None when the request carries ADMIN_TOKEN as a bearer token; else the 404 (disabled) or 401 to send."""
+        if not settings.admin_token:
+            return jsonify(error="not found", detail="admin endpoints are disabled: ADMIN_TOKEN is not set"), 404
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        reason = ""
+        if not token:
+            reason = "missing bearer token: send Authorization: Bearer <ADMIN_TOKEN>"
+        elif not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+            reason = "invalid admin token"
+        if not reason:
+            return None
+        counters.add("admin_auth_failures")
+        log.warning("admin request refused path=%s: %s", request.path, reason.split(":")[0])
+        response = jsonify(error="unauthorized", reason=reason)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response, 401
+
+    @app.post("/reload-context")
+    def reload_context() -> tuple[Response, int]:
+        refusal = admin_refusal()
+        if refusal is not None:
+            return refusal
+        if not knowledge.configured:
+            return jsonify(error="no knowledge base", detail="KNOWLEDGE_DIR is not set"), 409
+        everywhere = watcher.reload_everywhere()
+        summary = knowledge.summary(0)
+        del summary["preview"]
+        return jsonify(status="reloaded", pid=os.getpid(), all_processes=everywhere, **summary), 200
+
+    @app.get("/context/preview")
+    def context_preview() -> tuple[Response, int]:
+        refusal = admin_refusal()
+        if refusal is not None:
+            return refusal
+        try:
+            n = int(request.args.get("n", "1000"))
+        except ValueError:
+            return jsonify(error="bad request", detail="n must be a whole number of characters"), 400
+        if not 0 <= n <= MAX_PREVIEW_CHARS:
+            return jsonify(error="bad request", detail=f"n must be between 0 and {MAX_PREVIEW_CHARS}"), 400
+        body: dict[str, Any] = {"pid": os.getpid(), **knowledge.summary(n)}
+        query = request.args.get("q", "")[: settings.max_message_chars]
+        if query.strip():  # what retrieval would put into the prompt for this question
+            body["query"] = query
+            body["hits"] = [
+                {
+                    "source": hit.chunk.source,
+                    "heading": hit.chunk.heading,
+                    "score": round(hit.score, 3),
+                    "text": hit.chunk.text,
+                }
+                for hit in knowledge.search(query)
+            ]
+        return jsonify(body), 200
+
     @app.get("/health")
     def health() -> tuple[Response, int]:
         redis_state = "disabled"
@@ -231,6 +312,12 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
             "gateway": "configured" if settings.gateway_configured else "missing EVOLUTION_API",
             "gateways": sorted(gateways),
             "worker": worker_state(),
+            "knowledge": {
+                "mode": knowledge.mode,
+                "files": len(knowledge.snapshot.files),
+                "chunks": len(knowledge.snapshot.chunks),
+                "problems": len(knowledge.snapshot.problems),
+            },
             **buffer.counts(),
             "counters": counters.snapshot(),
         }
@@ -257,6 +344,10 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     if settings.worker_enabled if start_worker is None else start_worker:
         worker.start()
         atexit.register(worker.stop)  # gunicorn workers leave through sys.exit on SIGTERM
+    if knowledge.configured and (settings.rag_auto_reload or watcher.signal is not None):
+        # In every process, worker or not, so that what /context/preview shows is what replies use.
+        watcher.start()
+        atexit.register(watcher.stop)
     for problem in missing_for_production(settings):
         log.warning("%s", problem)
     return app

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ai_service import AIService, build_prompt
+from config import DEFAULT_SYSTEM_PROMPT
 from errors import AIServiceError
+from knowledge import GROUNDING_RULE, HEADER_NOTHING_FOUND, HEADER_RETRIEVED, HEADER_WHOLE, KnowledgeBase
 from memory import Turn
 from tests.conftest import make_settings
 from tests.fakes import Canned, FakeGemini, gemini_answer, gemini_error
+
+KNOWLEDGE = Path(__file__).resolve().parent / "fixtures" / "knowledge"
 
 
 def service(fake: FakeGemini, **overrides: object) -> AIService:
@@ -97,3 +103,52 @@ def test_missing_key_is_reported_without_a_call(fake_gemini: FakeGemini) -> None
 def test_answer_text_is_stripped(fake_gemini: FakeGemini) -> None:
     fake_gemini.queue(Canned(200, gemini_answer("  Olá, tudo bem?  \n")))
     assert service(fake_gemini).generate_reply([], "Oi") == "Olá, tudo bem?"
+
+
+# ----- persona and knowledge in the system instruction ------------------------------------------------------
+
+
+def system_parts(fake: FakeGemini) -> list[str]:
+    (request,) = fake.received()
+    return [part["text"] for part in request.json["systemInstruction"]["parts"]]
+
+
+def knowledge_base(**options: int) -> KnowledgeBase:
+    kb = KnowledgeBase(str(KNOWLEDGE), **options)
+    kb.reload()
+    return kb
+
+
+def test_prompt_holds_the_retrieved_chunk_and_the_grounding_rule(fake_gemini: FakeGemini) -> None:
+    settings = make_settings(gemini_base_url=fake_gemini.url, business_name="Doceria Flor de Canela")
+    ai = AIService(settings, knowledge_base(top_k=3, whole_max_chars=0))
+    history = [Turn(role="user", text="Oi"), Turn(role="model", text="Olá! Como posso ajudar?")]
+    assert ai.generate_reply(history, "qnto custa o bolo de cenoura??") == "Resposta: qnto custa o bolo de cenoura??"
+    persona, knowledge = system_parts(fake_gemini)
+    assert persona == DEFAULT_SYSTEM_PROMPT + "\n\nA empresa se chama Doceria Flor de Canela."
+    assert knowledge.startswith(f"{GROUNDING_RULE}\n\n{HEADER_RETRIEVED}\n\n--- fonte: produtos/bolos.md | Bolos > ")
+    assert "Bolo de cenoura com cobertura de chocolate: R$ 48,00" in knowledge
+    assert knowledge.count("--- fonte: ") == 3
+    contents = fake_gemini.received()[0].json["contents"]
+    assert [c["role"] for c in contents] == ["user", "model", "user"]  # the conversation itself is unchanged
+
+
+def test_small_knowledge_base_goes_whole_with_the_persona_of_the_owner(fake_gemini: FakeGemini) -> None:
+    settings = make_settings(gemini_base_url=fake_gemini.url, system_prompt="Você é a Lurdes, da doceria.")
+    AIService(settings, knowledge_base(whole_max_chars=30_000)).generate_reply([], "qual a senha do wifi?")
+    persona, knowledge = system_parts(fake_gemini)
+    assert persona == "Você é a Lurdes, da doceria."
+    assert knowledge.startswith(f"{GROUNDING_RULE}\n\n{HEADER_WHOLE}")
+    assert "--- fonte: trabalhe-conosco.txt ---" in knowledge and "--- fonte: produtos/tortas.md ---" in knowledge
+
+
+def test_unanswerable_question_gets_the_rule_and_no_chunk(fake_gemini: FakeGemini) -> None:
+    ai = AIService(make_settings(gemini_base_url=fake_gemini.url), knowledge_base(whole_max_chars=0))
+    ai.generate_reply([], "qual a senha do wifi?")
+    assert system_parts(fake_gemini)[1] == f"{GROUNDING_RULE}\n\n{HEADER_NOTHING_FOUND}"
+
+
+def test_without_a_knowledge_dir_the_instruction_is_the_persona_alone(fake_gemini: FakeGemini) -> None:
+    ai = AIService(make_settings(gemini_base_url=fake_gemini.url), KnowledgeBase(""))
+    ai.generate_reply([], "quanto custa o bolo?")
+    assert system_parts(fake_gemini) == [DEFAULT_SYSTEM_PROMPT]

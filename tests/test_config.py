@@ -14,6 +14,7 @@ import config
 from config import (
     DEFAULT_FALLBACK_REPLY,
     DEFAULT_SYSTEM_PROMPT,
+    ENV_ALIASES,
     ENV_VARIABLES,
     SYSTEM_PROMPT_FILE,
     Settings,
@@ -30,7 +31,7 @@ _ENV_LINE = re.compile(r"^(?:#\s*)?([A-Z][A-Z0-9_]*)=", re.MULTILINE)
 
 
 def config_names() -> set[str]:
-    return set(ENV_VARIABLES) | {SYSTEM_PROMPT_FILE}
+    return set(ENV_VARIABLES) | {SYSTEM_PROMPT_FILE} | set(ENV_ALIASES)
 
 
 # --- defaults ---------------------------------------------------------------------------------------------
@@ -178,6 +179,51 @@ def test_system_prompt_from_environment() -> None:
     )
 
 
+def test_knowledge_variables() -> None:
+    settings = load_settings(
+        {
+            "BUSINESS_NAME": " Doceria Flor de Canela ",
+            "KNOWLEDGE_DIR": "/srv/conhecimento",
+            "RAG_TOP_K": "6",
+            "RAG_WHOLE_MAX_CHARS": "0",
+            "RAG_AUTO_RELOAD": "false",
+            "RAG_WATCH_INTERVAL": "0.5",
+            "ADMIN_TOKEN": " segredo-admin ",
+        }
+    )
+    assert settings.business_name == "Doceria Flor de Canela"
+    assert (settings.knowledge_dir, settings.rag_top_k, settings.rag_whole_max_chars) == ("/srv/conhecimento", 6, 0)
+    assert (settings.rag_auto_reload, settings.rag_watch_interval) == (False, 0.5)
+    assert settings.admin_token == "segredo-admin"
+    assert "segredo-admin" not in repr(settings)
+
+
+def test_knowledge_defaults() -> None:
+    settings = load_settings({})
+    assert (settings.knowledge_dir, settings.business_name, settings.admin_token) == ("", "", "")
+    assert (settings.rag_top_k, settings.rag_whole_max_chars) == (4, 30_000)
+    assert (settings.rag_auto_reload, settings.rag_watch_interval) == (True, 5.0)
+
+
+def test_rag_dir_is_an_alias_of_knowledge_dir() -> None:
+    assert load_settings({"RAG_DIR": " ./conhecimento "}).knowledge_dir == "./conhecimento"
+    same = load_settings({"RAG_DIR": "./conhecimento", "KNOWLEDGE_DIR": "./conhecimento"})
+    assert same.knowledge_dir == "./conhecimento"
+    assert load_settings({"RAG_DIR": "  ", "KNOWLEDGE_DIR": "./base"}).knowledge_dir == "./base"
+
+
+def test_rag_dir_and_knowledge_dir_that_disagree_are_reported() -> None:
+    with pytest.raises(ConfigError, match="RAG_DIR: .*KNOWLEDGE_DIR"):
+        load_settings({"RAG_DIR": "./a", "KNOWLEDGE_DIR": "./b"})
+
+
+def test_missing_knowledge_dir_is_a_start_up_warning(tmp_path: Path) -> None:
+    missing = config.missing_for_production(load_settings({"KNOWLEDGE_DIR": str(tmp_path / "nao-existe")}))
+    assert any("KNOWLEDGE_DIR" in line for line in missing)
+    present = config.missing_for_production(load_settings({"KNOWLEDGE_DIR": str(tmp_path)}))
+    assert not any("KNOWLEDGE_DIR" in line for line in present)
+
+
 # --- invalid values ---------------------------------------------------------------------------------------
 
 
@@ -207,6 +253,12 @@ def test_system_prompt_from_environment() -> None:
         ("EVOLUTION_API_VERSION", "2.3"),
         ("LEASE_SECONDS", "0"),
         ("WORKER_CONCURRENCY", "0"),
+        ("RAG_TOP_K", "0"),
+        ("RAG_TOP_K", "tres"),
+        ("RAG_WHOLE_MAX_CHARS", "-1"),
+        ("RAG_AUTO_RELOAD", "sempre"),
+        ("RAG_WATCH_INTERVAL", "0"),
+        ("RAG_WATCH_INTERVAL", "nan"),
     ],
 )
 def test_invalid_value_raises_config_error_naming_the_variable(name: str, raw: str) -> None:

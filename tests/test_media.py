@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,7 +207,8 @@ def test_text_voice_note_and_photo_with_webhook_base64_reach_gemini_in_order(app
     ]
     config = prompt["generationConfig"]
     assert config["responseMimeType"] == "application/json"
-    assert "transcrição" in prompt["systemInstruction"]["parts"][0]["text"]
+    instruction = [part["text"] for part in prompt["systemInstruction"]["parts"]]
+    assert instruction[0] == a.settings.system_prompt and "transcrição" in instruction[-1]
 
     assert a.evolution.media_requests() == []  # the webhook already carried the bytes
     assert a.sent() == ["Oi Joana! O tênis azul custa R$ 199."]
@@ -504,3 +506,21 @@ def test_a_crashing_download_costs_the_item_not_the_burst(app: Callable[..., App
     a.parts.worker.media.fetchers = a.parts.worker.senders
     a.answer()
     assert a.sent() == ["Oi!\n\nNão consegui abrir o áudio. Pode reenviar?"]
+
+
+def test_a_media_burst_is_grounded_in_the_knowledge_base_too(app: Callable[..., App]) -> None:
+    """The caption and the media labels search the knowledge base; the media instruction comes after it."""
+    knowledge = str(Path(__file__).parent / "fixtures" / "knowledge")
+    a = app(knowledge_dir=knowledge, rag_whole_max_chars=0)
+    a.gemini.reply_for = transcribing("Foto de um bolo de cenoura", reply="O bolo de cenoura custa R$ 48,00.")
+    a.post(image_event(msg_id(), inline=True, caption="quanto custa esse bolo de cenoura?"))
+    a.answer()
+    (prompt,) = a.gemini.prompts()
+    persona, knowledge_block, media_rule = [part["text"] for part in prompt["systemInstruction"]["parts"]]
+    assert persona == a.settings.system_prompt
+    assert "produtos/bolos.md" in knowledge_block and "Bolo de cenoura com cobertura de chocolate: R$ 48,00" in (
+        knowledge_block
+    )
+    assert "transcrição" in media_rule
+    assert inline_parts(prompt) == [("image/png", PHOTO)]
+    assert a.sent() == ["O bolo de cenoura custa R$ 48,00."]

@@ -20,7 +20,7 @@ import pytest
 import redis
 import requests
 
-from config import ENV_VARIABLES, SYSTEM_PROMPT_FILE
+from config import ENV_ALIASES, ENV_VARIABLES, SYSTEM_PROMPT_FILE
 from tests.conftest import ROOT, RedisServer, free_port
 from tests.fakes import FakeEvolution, FakeGemini
 
@@ -291,7 +291,7 @@ class Harness:
     def env(self, port: int, overrides: dict[str, Any]) -> dict[str, str]:
         """A clean environment: every variable the service reads is set here (empty = its default)."""
         env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES and not k.startswith("GUNICORN")}
-        env.update({name: "" for name in ENV_VARIABLES})
+        env.update({name: "" for name in [*ENV_VARIABLES, *ENV_ALIASES]})
         env[SYSTEM_PROMPT_FILE] = ""
         env.update(
             {
