@@ -34,15 +34,22 @@ class TextSender(Protocol):
         ...
 
 
-def retrying_session(retries: int, backoff_seconds: float = 0.5) -> requests.Session:
-    """A Session that retries connection errors and 5xx answers (POST included), never read timeouts,
-    since a request that timed out while reading may already have been delivered."""
+def retrying_session(
+    retries: int,
+    backoff_seconds: float = 0.5,
+    *,
+    retry_read_timeouts: bool = False,
+    status_codes: tuple[int, ...] = RETRY_STATUS_CODES,
+) -> requests.Session:
+    """A Session that retries connection errors and `status_codes` answers (POST included). Read timeouts are
+    retried only with `retry_read_timeouts`, for idempotent calls: a send that timed out while reading may
+    already have been delivered."""
     retry = Retry(
         total=retries,
         connect=retries,
-        read=0,
+        read=retries if retry_read_timeouts else 0,
         status=retries,
-        status_forcelist=RETRY_STATUS_CODES,
+        status_forcelist=status_codes,
         allowed_methods=None,
         backoff_factor=backoff_seconds,
         raise_on_status=False,

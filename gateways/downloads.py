@@ -11,10 +11,9 @@ import binascii
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from errors import MediaError
+from sender import retrying_session
 
 RETRY_STATUS_CODES = (429, 500, 502, 503, 504)
 CHUNK_BYTES = 64 * 1024
@@ -22,24 +21,11 @@ CHUNK_BYTES = 64 * 1024
 
 def download_session(attempts: int, backoff_seconds: float = 0.25) -> requests.Session:
     """A Session that tries each request `attempts` times on connection errors, read timeouts and 429/5xx.
-    Unlike sending, fetching media is idempotent, so a read timeout is retried too."""
-    retries = max(attempts - 1, 0)
-    retry = Retry(
-        total=retries,
-        connect=retries,
-        read=retries,
-        status=retries,
-        status_forcelist=RETRY_STATUS_CODES,
-        allowed_methods=None,  # the Evolution and Mega download calls are POSTs with no side effect
-        backoff_factor=backoff_seconds,
-        raise_on_status=False,
-        respect_retry_after_header=True,
+    Unlike sending, fetching media is idempotent (the Evolution and Mega download calls are POSTs with no side
+    effect), so a read timeout is retried too."""
+    return retrying_session(
+        max(attempts - 1, 0), backoff_seconds, retry_read_timeouts=True, status_codes=RETRY_STATUS_CODES
     )
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=16)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
 
 
 def fetch_bytes(
