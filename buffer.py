@@ -394,8 +394,7 @@ class LocalStore:
 
     def drop_media(self, claim: Claim, message_ids: list[str]) -> None:
         with self._lock:
-            for message_id in message_ids:
-                self._blobs.pop(f"{claim.chat.key}:{message_id}", None)
+            self._drop_blobs(claim.chat.key, message_ids)
 
     def ack(self, claim: Claim, *, dead_letter: str = "") -> bool:
         with self._lock:
@@ -404,15 +403,16 @@ class LocalStore:
                 return False
             if dead_letter:
                 self._dead = [dead_letter, *self._dead[: DEAD_LETTERS_KEPT - 1]]
-            self._drop_blobs(claim.chat.key, chat.batch)
+            self._drop_blobs(claim.chat.key, [str(json.loads(item).get("id")) for item in chat.batch])
             chat.batch, chat.token, chat.lease_until, chat.reply, chat.turns, chat.attempts = [], "", None, "", "", 0
             if not chat.pending:
                 del self._chats[claim.chat.key]
             return True
 
-    def _drop_blobs(self, chat_key: str, batch: list[str]) -> None:
-        for item in batch:
-            self._blobs.pop(f"{chat_key}:{json.loads(item).get('id')}", None)
+    def _drop_blobs(self, chat_key: str, message_ids: list[str]) -> None:
+        """Caller holds the lock. Blobs have no TTL here, so every finished batch drops its own."""
+        for message_id in message_ids:
+            self._blobs.pop(f"{chat_key}:{message_id}", None)
 
     def count_reply(self, chat: ChatRef, now: float) -> int:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
@@ -35,6 +36,19 @@ class ChatRef:
 
 # Media Gemini reads from inline bytes; other kinds are described in words ("[vídeo recebido]").
 READABLE_MEDIA_KINDS = frozenset({"audio", "image", "document"})
+DETAIL_MAX_CHARS = 300
+
+
+def words_detail(words: Iterable[Any]) -> str:
+    """A `MediaRef.detail` from the non-empty words given (a shared contact's names, say)."""
+    return ", ".join(str(word) for word in words if word)[:DETAIL_MAX_CHARS]
+
+
+def location_detail(name: Any, address: Any, latitude: Any, longitude: Any) -> str:
+    """A shared location in words: its name and address, else its coordinates."""
+    if not (name or address) and latitude is not None:
+        return words_detail([f"{latitude}, {longitude}"])
+    return words_detail([name, address])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

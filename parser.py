@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from errors import PayloadError
-from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef
+from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail, words_detail
 
 GATEWAY = "evolution"
 MESSAGE_EVENT = "messages.upsert"
@@ -268,14 +268,13 @@ def baileys_media(data: dict[str, Any]) -> MediaRef | None:
 def _media_detail(kind: str, media: dict[str, Any]) -> str:
     """Words for media Gemini gets as text: a location's name and address, a shared contact's name."""
     if kind == "location":
-        parts = [media.get("name"), media.get("address")]
-        if not any(parts) and media.get("degreesLatitude") is not None:
-            parts = [f"{media.get('degreesLatitude')}, {media.get('degreesLongitude')}"]
-        return ", ".join(str(p) for p in parts if p)[:300]
+        return location_detail(
+            media.get("name"), media.get("address"), media.get("degreesLatitude"), media.get("degreesLongitude")
+        )
     if kind == "contact":
         names = [media.get("displayName")]
         names += [c.get("displayName") for c in media.get("contacts") or [] if isinstance(c, dict)]
-        return ", ".join(str(n) for n in names if n)[:300]
+        return words_detail(names)
     return ""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
 import requests
@@ -58,6 +59,28 @@ def fetch_bytes(
         except requests.RequestException as exc:
             raise MediaError(f"{what} interrupted: {exc.__class__.__name__}") from exc
         return bytes(body), response.headers.get("Content-Type", "")
+
+
+def fetch_json(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    max_bytes: int,
+    timeout: float,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The JSON object a request answers (a media's info, or its base64), reading at most `max_bytes`.
+    Raises MediaError."""
+    body, _ = fetch_bytes(session, method, url, what=what, max_bytes=max_bytes, timeout=timeout, **kwargs)
+    try:
+        answer = json.loads(body)
+    except ValueError as exc:
+        raise MediaError(f"{what} answered something other than JSON") from exc
+    if not isinstance(answer, dict):
+        raise MediaError(f"{what} answered an unexpected shape")
+    return answer
 
 
 def base64_limit(max_bytes: int) -> int:

@@ -6,13 +6,12 @@ Evolution signs nothing: its webhook is protected by WEBHOOK_TOKEN or WEBHOOK_JW
 
 from __future__ import annotations
 
-import json
 from urllib.parse import quote
 
 from config import Settings
 from errors import MediaError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
-from gateways.downloads import base64_limit, decode_base64, download_session, fetch_bytes
+from gateways.downloads import base64_limit, decode_base64, download_session, fetch_json
 from models import ChatRef, MediaRef
 from parser import GATEWAY, load_body, parse_evolution
 from sender import EvolutionSender, evolution_server_url
@@ -61,7 +60,7 @@ class EvolutionGateway:
         if not media.source.get("key") or not media.source.get("message"):
             raise MediaError("no media reference kept for this message")
         url = f"{evolution_server_url(self.settings.evolution_api)}/chat/getBase64FromMediaMessage/"
-        body, _ = fetch_bytes(
+        answer = fetch_json(
             self.media_session,
             "POST",
             url + quote(chat.instance, safe=""),
@@ -71,11 +70,5 @@ class EvolutionGateway:
             json={"message": media.source, "convertToMp4": False},
             headers={"apikey": self.settings.authentication_api_key},
         )
-        try:
-            answer = json.loads(body)
-        except ValueError as exc:
-            raise MediaError("evolution getBase64FromMediaMessage answered something other than JSON") from exc
-        if not isinstance(answer, dict):
-            raise MediaError("evolution getBase64FromMediaMessage answered an unexpected shape")
         data = decode_base64(answer.get("base64"), what="evolution media", max_bytes=max_bytes)
         return data, str(answer.get("mimetype") or media.mime)

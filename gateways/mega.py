@@ -16,7 +16,7 @@ import requests
 
 from errors import MediaError, PayloadError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
-from gateways.downloads import base64_limit, decode_base64, download_session, fetch_bytes
+from gateways.downloads import base64_limit, decode_base64, download_session, fetch_json
 from models import ChatRef, IgnoredEvent, MediaRef
 from parser import message_from_baileys
 from sender import key_id_or_raise, post_or_raise, retrying_session
@@ -112,7 +112,7 @@ class MegaGateway:
         if not isinstance(fields, dict) or not fields.get("mediaKey"):
             raise MediaError("no media reference kept for this message")
         keys = {name: fields.get(name) for name in ("mediaKey", "directPath", "url", "mimetype")}
-        body, _ = fetch_bytes(
+        answer = fetch_json(
             self.media_session,
             "POST",
             f"{self.base_url}/rest/instance/downloadMediaMessage/{self.instance_id or chat.instance}",
@@ -122,9 +122,4 @@ class MegaGateway:
             json={"messageKeys": {**keys, "messageType": media.kind}},
             headers={"Authorization": f"Bearer {self.token}"},
         )
-        try:
-            answer = json.loads(body)
-        except ValueError as exc:
-            raise MediaError("mega downloadMediaMessage answered something other than JSON") from exc
-        encoded = answer.get("data") if isinstance(answer, dict) else None
-        return decode_base64(encoded, what="mega media", max_bytes=max_bytes), media.mime
+        return decode_base64(answer.get("data"), what="mega media", max_bytes=max_bytes), media.mime

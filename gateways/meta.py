@@ -18,8 +18,8 @@ import requests
 
 from errors import AuthError, MediaError, PayloadError, SendError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
-from gateways.downloads import download_session, fetch_bytes
-from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef
+from gateways.downloads import download_session, fetch_bytes, fetch_json
+from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail, words_detail
 from sender import post_or_raise, retrying_session
 
 log = logging.getLogger(__name__)
@@ -163,13 +163,11 @@ def _media(kind: str, message: dict[str, Any]) -> MediaRef | None:
     """The media of a Cloud API message: the media id to fetch later, or words for locations and contacts."""
     if kind == "location" and isinstance(message.get("location"), dict):
         place = message["location"]
-        words = [place.get("name"), place.get("address")]
-        if not any(words):
-            words = [f"{place.get('latitude')}, {place.get('longitude')}"]
-        return MediaRef(kind="location", detail=", ".join(str(w) for w in words if w)[:300])
+        detail = location_detail(place.get("name"), place.get("address"), place.get("latitude"), place.get("longitude"))
+        return MediaRef(kind="location", detail=detail)
     if kind == "contact":
         names = [(c.get("name") or {}).get("formatted_name") for c in _dicts(message.get("contacts"))]
-        return MediaRef(kind="contact", detail=", ".join(str(n) for n in names if n)[:300])
+        return MediaRef(kind="contact", detail=words_detail(names))
     body = message.get(kind)
     if kind not in MEDIA_TYPES or not isinstance(body, dict):
         return None
@@ -265,7 +263,7 @@ class MetaGateway:
         if not media_id:
             raise MediaError("no media id kept for this message")
         auth = {"Authorization": f"Bearer {self.access_token}"}
-        body, _ = fetch_bytes(
+        info = fetch_json(
             self.media_session,
             "GET",
             f"{self.graph_url}/{self.api_version}/{media_id}",
@@ -274,11 +272,7 @@ class MetaGateway:
             timeout=self.media_timeout_seconds,
             headers=auth,
         )
-        try:
-            info = json.loads(body)
-        except ValueError as exc:
-            raise MediaError("graph media info is not JSON") from exc
-        url = info.get("url") if isinstance(info, dict) else None
+        url = info.get("url")
         if not isinstance(url, str) or not url:
             raise MediaError("graph media info has no url")
         size = str(info.get("file_size") or "")

@@ -19,7 +19,7 @@ import requests
 from errors import AuthError, MediaError, PayloadError, SendError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer
 from gateways.downloads import download_session, fetch_bytes
-from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef
+from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail
 from sender import post_or_raise, retrying_session
 
 NAME = "twilio"
@@ -86,10 +86,8 @@ def _media(form: Mapping[str, str]) -> MediaRef | None:
         kind = _media_kind(mime)
         return MediaRef(kind=kind, mime=mime, source={"url": url} if kind in READABLE_MEDIA_KINDS else {})
     if form.get("Latitude") and form.get("Longitude"):
-        words = [form.get("Label"), form.get("Address")]
-        if not any(words):
-            words = [f"{form['Latitude']}, {form['Longitude']}"]
-        return MediaRef(kind="location", detail=", ".join(w for w in words if w)[:300])
+        detail = location_detail(form.get("Label"), form.get("Address"), form["Latitude"], form["Longitude"])
+        return MediaRef(kind="location", detail=detail)
     return None
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from errors import MediaError
-from gateways.downloads import decode_base64, download_session, fetch_bytes
+from gateways.downloads import decode_base64, download_session, fetch_bytes, fetch_json
 from gateways.mega import MegaGateway
 from gateways.meta import MetaGateway
 from gateways.twilio import TwilioGateway
@@ -145,6 +145,20 @@ def test_unreachable_host_is_unreadable_not_a_crash() -> None:
     with pytest.raises(MediaError) as caught:
         fetch_bytes(download_session(2, 0.01), "GET", "http://127.0.0.1:9/x", what="t", max_bytes=100, timeout=1)
     assert caught.value.problem == "unreadable"
+
+
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b'["not", "an", "object"]'], ids=["html", "list"])
+def test_fetch_json_refuses_an_answer_that_is_not_a_json_object(host: FakeMediaHost, body: bytes) -> None:
+    host.files["/files/ANSWER"] = (body, "text/html")
+    with pytest.raises(MediaError) as caught:
+        fetch_json(download_session(1), "GET", f"{host.url}/files/ANSWER", what="t", max_bytes=1000, timeout=5)
+    assert caught.value.problem == "unreadable"
+
+
+def test_fetch_json_reads_a_json_object(host: FakeMediaHost) -> None:
+    host.files["/files/ANSWER"] = (b'{"base64": "AAEC", "mimetype": "image/png"}', "application/json")
+    answer = fetch_json(download_session(1), "GET", f"{host.url}/files/ANSWER", what="t", max_bytes=1000, timeout=5)
+    assert answer == {"base64": "AAEC", "mimetype": "image/png"}
 
 
 @pytest.mark.parametrize(
