@@ -151,9 +151,6 @@ class AIService:
             )
             self._client = genai.Client(api_key=settings.gemini_api_key, http_options=http_options)
 
-    def build_prompt(self, history: list[Turn], user_text: str) -> list[types.Content]:
-        return build_prompt(history, user_text)
-
     def generate_reply(self, history: list[Turn], user_text: str) -> str:
         """Ask Gemini for one reply to a text burst.
 

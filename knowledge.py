@@ -106,6 +106,11 @@ def tokenize(text: str) -> list[str]:
 # ----- files and chunks -------------------------------------------------------------------------------------
 
 
+def labelled(source: str, text: str) -> str:
+    """Knowledge as Gemini sees it: where it comes from on a label line, then the text."""
+    return f"--- fonte: {source} ---\n{text}"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Chunk:
     """One searchable piece of a file, with the headings it sits under."""
@@ -116,8 +121,7 @@ class Chunk:
 
     def render(self) -> str:
         """The chunk as Gemini sees it: its file (and headings) on a label line, then the text."""
-        label = f"{self.source} | {self.heading}" if self.heading else self.source
-        return f"--- fonte: {label} ---\n{self.text}"
+        return labelled(f"{self.source} | {self.heading}" if self.heading else self.source, self.text)
 
     def index_text(self) -> str:
         """What BM25 indexes: file and folder names and headings count as words of the chunk."""
@@ -357,7 +361,7 @@ class Snapshot:
 
     def whole_text(self) -> str:
         """Every file, labelled with its name: the knowledge block of a small base, and the preview."""
-        return "\n\n".join(f"--- fonte: {f.path} ---\n{f.text}" for f in self.files if f.text)
+        return "\n\n".join(labelled(f.path, f.text) for f in self.files if f.text)
 
 
 class KnowledgeBase:

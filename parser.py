@@ -155,7 +155,7 @@ def message_from_baileys(data: Any, *, gateway: str, instance: str, accept_group
         media=media,
         phone_jid=phone_jid(key, data),
         push_name=str(data.get("pushName") or ""),
-        timestamp=_timestamp(data.get("messageTimestamp")),
+        timestamp=_int(data.get("messageTimestamp")),
     )
 
 
@@ -305,13 +305,9 @@ def _reply_text(message: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _timestamp(value: Any) -> int:
-    """Evolution sends seconds as an int, a string, or a protobuf Long ({"low": ..., "high": ...})."""
-    return _int(value)
-
-
 def _int(value: Any) -> int:
-    """An int from a number, a numeric string or a protobuf Long; 0 when it is none of these."""
+    """An int from a number, a numeric string or a protobuf Long; 0 when it is none of these. Evolution sends
+    timestamps and media sizes in all three shapes."""
     if isinstance(value, dict):  # Long.js: two signed 32-bit halves
         try:
             return (int(value.get("high") or 0) << 32) + (int(value.get("low") or 0) & 0xFFFFFFFF)
