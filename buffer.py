@@ -17,16 +17,18 @@ import random
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
 from models import ChatRef, IncomingMessage
 from redis_keys import RedisKeys
-from redis_link import UNAVAILABLE, RedisLink
+from redis_link import RedisLink
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEAD_LETTERS_KEPT = 1000
 REPLY_WINDOW_SECONDS = 3600
@@ -457,6 +459,13 @@ class Buffer:
         self.lease_seconds = lease_seconds
         self.media_max_bytes = media_max_bytes
 
+    def _shared(self, on_redis: Callable[[RedisStore], T], fallback: Callable[[], T]) -> T:
+        """`on_redis(the Redis store)` while Redis answers, else `fallback()` (see RedisLink.run)."""
+        store = self.redis
+        if store is None:
+            return fallback()
+        return self.link.run(lambda _: on_redis(store), fallback)
+
     def _store(self, claim: Claim) -> RedisStore | LocalStore:
         return self.redis if claim.store == "redis" and self.redis is not None else self.local
 
@@ -469,24 +478,15 @@ class Buffer:
             "dedup_ttl": self.dedup_ttl_seconds,
             "blob": inline_blob(message, self.media_max_bytes),
         }
-        if self.redis is not None and self.link.available():
-            try:
-                result = self.redis.append(message, **params)
-                self.link.mark_up()
-                return result
-            except UNAVAILABLE as exc:
-                self.link.mark_down(exc)
-        return self.local.append(message, **params)
+        return self._shared(lambda store: store.append(message, **params), lambda: self.local.append(message, **params))
 
     def claim_due(self, *, now: float, limit: int) -> list[Claim]:
         """Due batches from the local store first (they exist only here), then from Redis."""
         claims = self.local.claim_due(now=now, limit=limit, lease_seconds=self.lease_seconds)
-        if self.redis is not None and self.link.available() and len(claims) < limit:
-            try:
-                claims += self.redis.claim_due(now=now, limit=limit - len(claims), lease_seconds=self.lease_seconds)
-                self.link.mark_up()
-            except UNAVAILABLE as exc:
-                self.link.mark_down(exc)
+        if len(claims) < limit:
+            left = limit - len(claims)
+            lease = self.lease_seconds
+            claims += self._shared(lambda store: store.claim_due(now=now, limit=left, lease_seconds=lease), list)
         return claims
 
     def renew(self, claim: Claim, *, now: float, reply: str = "", turns: str = "") -> bool:
@@ -501,11 +501,9 @@ class Buffer:
     def media_blob(self, claim: Claim, message_id: str) -> str | None:
         """The base64 the webhook carried for a message of this batch, if it was kept and has not expired, and
         None while Redis is unreachable (the worker then asks the gateway for the media instead)."""
-        try:
-            return self._store(claim).media_blob(claim, message_id)
-        except UNAVAILABLE as exc:
-            self.link.mark_down(exc)
-            return None
+        if claim.store != "redis":
+            return self.local.media_blob(claim, message_id)
+        return self._shared(lambda store: store.media_blob(claim, message_id), lambda: None)
 
     def drop_media(self, claim: Claim) -> None:
         """Forget the batch's media base64 once the reply is stored with the batch (it is not needed again)."""
@@ -530,20 +528,12 @@ class Buffer:
 
     def counts(self) -> dict[str, int]:
         totals = self.local.counts()
-        if self.redis is not None and self.link.available():
-            try:
-                for name, value in self.redis.counts().items():
-                    totals[name] += value
-            except UNAVAILABLE as exc:
-                self.link.mark_down(exc)
+        for name, value in self._shared(lambda store: store.counts(), dict).items():
+            totals[name] += value
         return totals
 
     def next_deadline(self) -> float | None:
         times = [self.local.next_deadline()]
-        if self.redis is not None and self.link.available():
-            try:
-                times.append(self.redis.next_deadline())
-            except UNAVAILABLE as exc:
-                self.link.mark_down(exc)
+        times.append(self._shared(lambda store: store.next_deadline(), lambda: None))
         known = [t for t in times if t is not None]
         return min(known) if known else None

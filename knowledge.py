@@ -25,7 +25,7 @@ import Stemmer
 from bm25s.stopwords import STOPWORDS_PORTUGUESE
 
 from memory import Turn
-from redis_link import UNAVAILABLE, RedisLink
+from redis_link import RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -494,24 +494,11 @@ class ReloadSignal:
 
     def current(self) -> str | None:
         """The counter's value ("" before the first bump), or None when Redis cannot be asked now."""
-        if self.link.client is None or not self.link.available():
-            return None
-        try:
-            value = self.link.client.get(self.key)
-        except UNAVAILABLE as exc:
-            self.link.mark_down(exc)
-            return None
-        return str(value or "")
+        return self.link.run(lambda client: str(client.get(self.key) or ""), lambda: None)
 
     def bump(self) -> str | None:
         """Tell every process to reload; returns the new value, or None when Redis cannot be reached."""
-        if self.link.client is None or not self.link.available():
-            return None
-        try:
-            return str(self.link.client.incr(self.key))
-        except UNAVAILABLE as exc:
-            self.link.mark_down(exc)
-            return None
+        return self.link.run(lambda client: str(client.incr(self.key)), lambda: None)
 
 
 class Watcher:

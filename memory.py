@@ -12,9 +12,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import redis
+
 from models import ChatRef
 from redis_keys import RedisKeys
-from redis_link import UNAVAILABLE, RedisLink
+from redis_link import RedisLink
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,13 +44,13 @@ class History:
         """The last `max_turns` turns, oldest first."""
         if self.max_turns == 0:
             return []
-        if self.link.client is not None and self.link.available():
-            try:
-                raw = self.link.client.lrange(self.keys.history(chat.key), -self.max_turns, -1)
-                self.link.mark_up()
-                return [Turn(**json.loads(item)) for item in raw]
-            except UNAVAILABLE as exc:
-                self.link.mark_down(exc)
+        key = self.keys.history(chat.key)
+        return self.link.run(
+            lambda client: [Turn(**json.loads(item)) for item in client.lrange(key, -self.max_turns, -1)],
+            lambda: self._recent_local(chat),
+        )
+
+    def _recent_local(self, chat: ChatRef) -> list[Turn]:
         with self._lock:
             written_at, turns = self._local.get(chat.key, (0.0, []))
             if time.monotonic() - written_at > self.ttl_seconds:
@@ -59,20 +61,17 @@ class History:
         """Add turns, trim to `max_turns`, and push the expiry forward, as one MULTI."""
         if self.max_turns == 0 or not turns:
             return
-        if self.link.client is not None and self.link.available():
-            key = self.keys.history(chat.key)
-            encoded = [json.dumps({"role": t.role, "text": t.text, "at": t.at}, ensure_ascii=False) for t in turns]
-            try:
-                with self.link.client.pipeline(transaction=True) as pipe:
-                    pipe.rpush(key, *encoded)
-                    pipe.ltrim(key, -self.max_turns, -1)
-                    pipe.expire(key, self.ttl_seconds)
-                    pipe.execute()
-                self.link.mark_up()
-                return
-            except UNAVAILABLE as exc:
-                self.link.mark_down(exc)
-        self._append_local(chat, turns)
+        key = self.keys.history(chat.key)
+        encoded = [json.dumps({"role": t.role, "text": t.text, "at": t.at}, ensure_ascii=False) for t in turns]
+
+        def on_redis(client: redis.Redis) -> None:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, *encoded)
+                pipe.ltrim(key, -self.max_turns, -1)
+                pipe.expire(key, self.ttl_seconds)
+                pipe.execute()
+
+        self.link.run(on_redis, lambda: self._append_local(chat, turns))
 
     def _append_local(self, chat: ChatRef, turns: list[Turn]) -> None:
         with self._lock:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 
@@ -16,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # Errors that mean "Redis is not reachable", as opposed to a bug in a command.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
+
+T = TypeVar("T")
 
 
 class RedisLink:
@@ -54,6 +58,20 @@ class RedisLink:
                 if self._was_down:
                     log.warning("redis reachable again, back on the shared buffer")
                 self._was_down = False
+
+    def run(self, on_redis: Callable[[redis.Redis], T], fallback: Callable[[], T]) -> T:
+        """`on_redis(client)` when Redis is enabled and not cooling down, else (or when the call finds Redis
+        unreachable) `fallback()`. The one place that turns a failed call into "Redis is down" and a good one
+        into "Redis is back"; errors other than unavailability (a bug in a command) propagate."""
+        if self.client is not None and self.available():
+            try:
+                result = on_redis(self.client)
+            except UNAVAILABLE as exc:
+                self.mark_down(exc)
+            else:
+                self.mark_up()
+                return result
+        return fallback()
 
     def is_down(self) -> bool:
         return self._was_down
