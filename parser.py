@@ -2,7 +2,9 @@
 the message records Mega API shares with them. Pure: no I/O, no settings.
 
 `parse_evolution(body)` accepts one event, a list of events, or a JSON string holding either, and returns
-one `IncomingMessage` or `IgnoredEvent` per message found. Raw dicts never leave this module.
+one `IncomingMessage` or `IgnoredEvent` per message found. Raw dicts never leave this module. Messages the
+business side sent in a 1:1 chat (`key.fromMe`, and every `send.message` event) come out with `from_me=True`;
+telling the assistant's own echoes from a human's messages is left to the pipeline.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage,
 
 GATEWAY = "evolution"
 MESSAGE_EVENT = "messages.upsert"
+SEND_EVENT = "send.message"  # every message that goes out from the instance, whoever sent it
 
 # Containers whose `.message` holds the real content.
 _WRAPPERS = (
@@ -86,7 +89,8 @@ def parse_evolution(
 
     Args:
         payload: the decoded body (see `load_body`).
-        event_hint: the event from the URL (`/webhook/messages-upsert`) when the body has none.
+        event_hint: the event from the URL (`/webhook/messages-upsert`, `/webhook/send-message`) when the
+            body has none.
         accept_groups: when False, group chats (@g.us) are ignored with reason "group".
         max_text_chars: texts are cut to this length.
     """
@@ -102,7 +106,7 @@ def parse_evolution(
 
 def _parse_event(event: dict[str, Any], event_hint: str, accept_groups: bool, max_chars: int) -> list[Parsed]:
     name = normalize_event_name(str(event.get("event") or event_hint or ""))
-    if name != MESSAGE_EVENT:
+    if name not in (MESSAGE_EVENT, SEND_EVENT):
         return [IgnoredEvent(reason=f"event:{name or 'missing'}")]
     instance = _instance_name(event)
     data = event.get("data")
@@ -114,7 +118,14 @@ def _parse_event(event: dict[str, Any], event_hint: str, accept_groups: bool, ma
     else:
         items = [data]
     return [
-        message_from_baileys(item, gateway=GATEWAY, instance=instance, accept_groups=accept_groups, max_chars=max_chars)
+        message_from_baileys(
+            item,
+            gateway=GATEWAY,
+            instance=instance,
+            accept_groups=accept_groups,
+            max_chars=max_chars,
+            sent=name == SEND_EVENT,
+        )
         for item in items
     ]
 
@@ -126,9 +137,15 @@ def _instance_name(event: dict[str, Any]) -> str:
     return str(instance or "default")
 
 
-def message_from_baileys(data: Any, *, gateway: str, instance: str, accept_groups: bool, max_chars: int) -> Parsed:
+def message_from_baileys(
+    data: Any, *, gateway: str, instance: str, accept_groups: bool, max_chars: int, sent: bool = False
+) -> Parsed:
     """One Baileys-shaped message record (`key`, `message`, `pushName`, `messageTimestamp`), as Evolution's
-    `data` and Mega's webhook body carry it, normalized or set aside with a reason."""
+    `data` and Mega's webhook body carry it, normalized or set aside with a reason.
+
+    A record with `key.fromMe`, or any record when `sent` (Evolution's send.message), is the business side
+    writing: in a 1:1 chat it comes out with `from_me=True`, anywhere else it is ignored as "from_me".
+    """
     if not isinstance(data, dict) or not isinstance(data.get("key"), dict):
         return IgnoredEvent(reason="no_message_key")
     key = data["key"]
@@ -137,7 +154,8 @@ def message_from_baileys(data: Any, *, gateway: str, instance: str, accept_group
     if not jid or not message_id:
         return IgnoredEvent(reason="no_message_key", message_id=message_id)
     chat = ChatRef(gateway=gateway, instance=instance, chat_id=jid)
-    reason = _ignore_reason_for_sender(key, jid, accept_groups)
+    from_me = sent or is_from_me(key)
+    reason = _ignore_reason_for_sender(jid, from_me, accept_groups)
     if reason:
         return IgnoredEvent(reason=reason, message_id=message_id, chat=chat)
     kind, text = extract_content(data.get("message"))
@@ -153,14 +171,17 @@ def message_from_baileys(data: Any, *, gateway: str, instance: str, accept_group
         text=text[:max_chars],
         kind=kind,
         media=media,
-        phone_jid=phone_jid(key, data),
-        push_name=str(data.get("pushName") or ""),
+        phone_jid=phone_jid(key, data, from_me=from_me),
+        # On the business side's messages pushName is the business's own name, not the customer's.
+        push_name="" if from_me else str(data.get("pushName") or ""),
         timestamp=_int(data.get("messageTimestamp")),
+        from_me=from_me,
     )
 
 
-def _ignore_reason_for_sender(key: dict[str, Any], jid: str, accept_groups: bool) -> str:
-    if is_from_me(key):
+def _ignore_reason_for_sender(jid: str, from_me: bool, accept_groups: bool) -> str:
+    # The business side writing in a group, a status or a channel says nothing about a customer's chat.
+    if from_me and not is_direct(jid):
         return "from_me"
     if jid == "status@broadcast" or jid.endswith("@broadcast"):
         return "status_broadcast"
@@ -180,11 +201,19 @@ def is_group(jid: str) -> bool:
     return jid.endswith("@g.us")
 
 
-def phone_jid(key: dict[str, Any], data: dict[str, Any]) -> str | None:
-    """The sender's phone JID when known: the chat itself, or the alternates Evolution adds for @lid."""
+def is_direct(jid: str) -> bool:
+    """A 1:1 chat with a person, addressed by phone or by LID."""
+    return jid.endswith(("@s.whatsapp.net", "@lid"))
+
+
+def phone_jid(key: dict[str, Any], data: dict[str, Any], *, from_me: bool = False) -> str | None:
+    """The customer's phone JID when known: the chat itself, or the alternates Evolution adds for @lid. On a
+    customer's message that is the sender; on the business side's (`from_me`) it is the recipient."""
     jid = str(key.get("remoteJid") or "")
     if is_group(jid):
         candidates = [key.get("participantAlt"), key.get("participant"), data.get("participant")]
+    elif from_me:  # senderPn names the sender, which is the business itself here
+        candidates = [jid, key.get("remoteJidAlt")]
     else:
         candidates = [jid, key.get("remoteJidAlt"), key.get("senderPn"), data.get("senderPn")]
     for candidate in candidates:

@@ -7,6 +7,7 @@ sender with urllib3 Retry on connection errors and 5xx; failures are raised as S
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -29,8 +30,10 @@ class TextSender(Protocol):
     """What the worker needs from a gateway: send one text to a chat. Gateways (see `gateways/`) also declare
     `max_text_chars` and `mark_read`, which the worker uses when present."""
 
-    def send_text(self, chat: ChatRef, text: str) -> str:
-        """Send and return the gateway's message id ('' when it gives none). Raises SendError."""
+    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
+        """Send one text; first show "typing…" for about `typing_ms` where the gateway can (0 = none beyond the
+        gateway's own defaults). `reply_to` is the id of the customer's last message (Meta needs it for its
+        typing indicator). Returns the gateway's message id ('' when none). Raises SendError."""
         ...
 
 
@@ -78,7 +81,8 @@ def evolution_server_url(evolution_api: str) -> str:
 
 
 def evolution_body(number: str, text: str, *, version: int, delay_ms: int) -> dict[str, Any]:
-    """sendText body: v2 takes `text` at the top level; v1.8 takes `textMessage.text` and `options`."""
+    """sendText body: v2 takes `text` at the top level; v1.8 takes `textMessage.text` and `options`. A
+    `delay_ms` ("typing…" before the send) is v2's `delay` and v1's `options.delay`; 0 leaves it out."""
     if version == 1:
         body: dict[str, Any] = {"number": number, "textMessage": {"text": text}}
         if delay_ms:
@@ -97,18 +101,16 @@ class EvolutionSender:
         self.settings = settings
         self.session = session or retrying_session(settings.send_max_retries)
 
-    def send_text(self, chat: ChatRef, text: str) -> str:
+    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
+        """Send one text; Evolution shows "typing…" for `typing_ms`, else for SEND_DELAY_MS, before it sends.
+        `reply_to` is not needed here."""
         if not self.settings.evolution_api:
             raise SendError("EVOLUTION_API is not set", transient=True)
         url = evolution_send_url(self.settings.evolution_api, chat.instance)
-        body = evolution_body(
-            chat.chat_id,
-            text,
-            version=self.settings.evolution_api_version,
-            delay_ms=self.settings.send_delay_ms,
-        )
+        delay_ms = typing_ms if typing_ms > 0 else self.settings.send_delay_ms
+        body = evolution_body(chat.chat_id, text, version=self.settings.evolution_api_version, delay_ms=delay_ms)
         # The typing delay is spent by Evolution before it answers, so the read timeout must cover it.
-        read_timeout = self.settings.send_timeout_seconds + self.settings.send_delay_ms / 1000
+        read_timeout = self.settings.send_timeout_seconds + delay_ms / 1000
         response = post_or_raise(
             self.session,
             url,
@@ -170,3 +172,12 @@ def _boundary(window: str, limit: int) -> int:
         if cut > floor:
             return min(cut, limit)
     return limit
+
+
+def reply_parts(reply: str, *, max_parts: int, limit: int) -> list[str]:
+    """A reply as several messages, the way a person writes (SPLIT_MESSAGES): one per paragraph (blank lines
+    between), at most `max_parts` (the last carries the rest), each still cut to the gateway's `limit`."""
+    paragraphs = [p.strip() for p in re.split(r"\n[ \t]*\n", reply.strip()) if p.strip()]
+    if len(paragraphs) > max_parts:
+        paragraphs = [*paragraphs[: max_parts - 1], "\n\n".join(paragraphs[max_parts - 1 :])]
+    return [piece for paragraph in paragraphs for piece in split_text(paragraph, limit)]

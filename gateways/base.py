@@ -1,4 +1,5 @@
-"""The interface every gateway adapter implements, and the request/response values it works on.
+"""The interface every gateway adapter implements, the request/response values it works on, and the typing
+pause adapters share.
 
 Adapters never see Flask: the webhook turns a request into an `InboundRequest` and the adapter's
 `WebhookAnswer` back into a response, so adapters stay testable with plain values.
@@ -6,6 +7,7 @@ Adapters never see Flask: the webhook turns a request into an `InboundRequest` a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,8 +58,11 @@ class Gateway(Protocol):
         """Normalized messages and ignored events in the request. Raises PayloadError if unreadable."""
         ...
 
-    def send_text(self, chat: ChatRef, text: str) -> str:
-        """Send one text (within max_text_chars); return the gateway's message id. Raises SendError."""
+    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
+        """Send one text (within max_text_chars); first show "typing…" for about `typing_ms` where the gateway
+        can (0 = none beyond the gateway's own defaults). `reply_to` is the id of the customer's last message
+        (Meta needs it for its typing indicator). Returns the gateway's message id ('' when none). Raises
+        SendError."""
         ...
 
     def answer(self, summary: dict[str, object]) -> WebhookAnswer | None:
@@ -72,3 +77,10 @@ class Gateway(Protocol):
         """(bytes, mime type) of a media item from its `source`, at most `max_bytes`. Called by the worker,
         never in a webhook request. Raises MediaError."""
         ...
+
+
+def typing_pause(typing_ms: int) -> None:
+    """Wait `typing_ms` before a send, so a reply in parts does not arrive all at once. Blocks the caller (the
+    worker), never a webhook request."""
+    if typing_ms > 0:
+        time.sleep(typing_ms / 1000)

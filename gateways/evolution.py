@@ -46,8 +46,8 @@ class EvolutionGateway:
     def answer(self, summary: dict[str, object]) -> WebhookAnswer | None:
         return None
 
-    def send_text(self, chat: ChatRef, text: str) -> str:
-        return self.sender.send_text(chat, text)
+    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
+        return self.sender.send_text(chat, text, typing_ms=typing_ms, reply_to=reply_to)
 
     def mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Not used for Evolution (its instance setting `read_messages` does it)."""

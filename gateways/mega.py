@@ -4,7 +4,8 @@
 WEBHOOK_TOKEN.
 
 A chat is (mega, instance key, key.remoteJid as received). Message content is read by the same extractors as
-Evolution's, since both carry WhatsApp's own message object.
+Evolution's, since both carry WhatsApp's own message object; as there, what the business side sent in a 1:1
+chat (`key.fromMe`) comes out with `from_me=True`. Mega has no typing indicator: a typing time is a plain wait.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import requests
 
 from errors import MediaError, PayloadError
-from gateways.base import InboundRequest, Parsed, WebhookAnswer
+from gateways.base import InboundRequest, Parsed, WebhookAnswer, typing_pause
 from gateways.downloads import base64_limit, decode_base64, download_session, fetch_json
 from models import ChatRef, IgnoredEvent, MediaRef
 from parser import message_from_baileys
@@ -89,7 +90,9 @@ class MegaGateway:
     def answer(self, summary: dict[str, object]) -> WebhookAnswer | None:
         return None
 
-    def send_text(self, chat: ChatRef, text: str) -> str:
+    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
+        """Send one text after waiting `typing_ms` (Mega has no typing indicator); `reply_to` is unused."""
+        typing_pause(typing_ms)
         instance = self.instance_id or chat.instance
         url = f"{self.base_url}/rest/sendMessage/{instance}/text"
         response = post_or_raise(

@@ -1,9 +1,11 @@
 """Meta WhatsApp Cloud API: verify handshake and X-Hub-Signature-256, parse `entry[].changes[].value`, send
-with the Graph API, and download media (media id -> `GET /{id}` for a short-lived URL -> bytes, both with the
-access token).
+with the Graph API (after a typing indicator when asked), and download media (media id -> `GET /{id}` for a
+short-lived URL -> bytes, both with the access token).
 
 A chat is (meta, phone_number_id, customer wa_id); replies go out from the phone number id the message came
-in on. Graph errors are translated with their meaning and retried only where retrying can help.
+in on. The `smb_message_echoes` field (what the business typed in the WhatsApp Business app beside the Cloud
+API) comes out as messages with `from_me=True`. Graph errors are translated with their meaning and retried
+only where retrying can help.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import requests
 
 from errors import AuthError, MediaError, PayloadError, SendError
-from gateways.base import InboundRequest, Parsed, WebhookAnswer
+from gateways.base import InboundRequest, Parsed, WebhookAnswer, typing_pause
 from gateways.downloads import download_session, fetch_bytes, fetch_json
 from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail, words_detail
 from sender import post_or_raise, retrying_session
@@ -28,6 +30,8 @@ NAME = "meta"
 MAX_TEXT_CHARS = 4096
 MEDIA_TYPES = frozenset({"image", "video", "document", "audio", "sticker"})
 MEDIA_INFO_MAX_BYTES = 64 * 1024  # the JSON that `GET /{media id}` answers
+MESSAGES_FIELD = "messages"
+ECHOES_FIELD = "smb_message_echoes"  # messages the business sent from the WhatsApp Business app
 
 # Graph error codes worth a name in the logs; `transient` says whether a later retry can succeed.
 GRAPH_ERRORS: dict[int, tuple[str, bool]] = {
@@ -74,10 +78,13 @@ def parse_meta(payload: Any, *, max_text_chars: int = 4000) -> list[Parsed]:
             if not isinstance(value, dict):
                 results.append(IgnoredEvent(reason="no_value"))
                 continue
-            if change.get("field", "messages") != "messages":
-                results.append(IgnoredEvent(reason=f"field:{change.get('field')}"))
-                continue
-            results.extend(_parse_value(value, max_text_chars))
+            field_name = change.get("field", MESSAGES_FIELD)
+            if field_name == MESSAGES_FIELD:
+                results.extend(_parse_value(value, max_text_chars))
+            elif field_name == ECHOES_FIELD:
+                results.extend(_parse_echoes(value, max_text_chars))
+            else:
+                results.append(IgnoredEvent(reason=f"field:{field_name}"))
     return results or [IgnoredEvent(reason="no_messages")]
 
 
@@ -85,9 +92,13 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
-def _parse_value(value: dict[str, Any], max_chars: int) -> list[Parsed]:
+def _phone_number_id(value: dict[str, Any]) -> str:
     metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
-    phone_number_id = str(metadata.get("phone_number_id") or "")
+    return str(metadata.get("phone_number_id") or "")
+
+
+def _parse_value(value: dict[str, Any], max_chars: int) -> list[Parsed]:
+    phone_number_id = _phone_number_id(value)
     names = {
         str(c.get("wa_id")): str((c.get("profile") or {}).get("name") or "") for c in _dicts(value.get("contacts"))
     }
@@ -103,12 +114,24 @@ def _parse_value(value: dict[str, Any], max_chars: int) -> list[Parsed]:
     return results
 
 
-def _parse_message(message: dict[str, Any], phone_number_id: str, names: dict[str, str], max_chars: int) -> Parsed:
-    sender = str(message.get("from") or "")
+def _parse_echoes(value: dict[str, Any], max_chars: int) -> list[Parsed]:
+    """The business's own messages in a `smb_message_echoes` value: same shape as inbound messages, with the
+    customer in `to` instead of `from`."""
+    phone_number_id = _phone_number_id(value)
+    echoes = _dicts(value.get("message_echoes"))
+    results: list[Parsed] = [_parse_message(echo, phone_number_id, {}, max_chars, from_me=True) for echo in echoes]
+    return results or [IgnoredEvent(reason="no_messages")]
+
+
+def _parse_message(
+    message: dict[str, Any], phone_number_id: str, names: dict[str, str], max_chars: int, *, from_me: bool = False
+) -> Parsed:
+    """A customer's message, or with `from_me` an echo of the business's own (the customer is then `to`)."""
+    customer = str(message.get("to" if from_me else "from") or "")
     message_id = str(message.get("id") or "")
-    if not sender or not message_id or not phone_number_id:
+    if not customer or not message_id or not phone_number_id:
         return IgnoredEvent(reason="no_message_key", message_id=message_id)
-    chat = ChatRef(gateway=NAME, instance=phone_number_id, chat_id=sender)
+    chat = ChatRef(gateway=NAME, instance=phone_number_id, chat_id=customer)
     kind, text = _content(message)
     if text is None:
         return IgnoredEvent(reason=kind, message_id=message_id, chat=chat)
@@ -126,9 +149,10 @@ def _parse_message(message: dict[str, Any], phone_number_id: str, names: dict[st
         text=text[:max_chars],
         kind=kind,
         media=media,
-        phone_jid=f"{sender}@s.whatsapp.net",
-        push_name=names.get(sender, ""),
+        phone_jid=f"{customer}@s.whatsapp.net",
+        push_name=names.get(customer, ""),
         timestamp=timestamp,
+        from_me=from_me,
     )
 
 
@@ -234,7 +258,13 @@ class MetaGateway:
     def _messages_url(self, phone_number_id: str) -> str:
         return f"{self.graph_url}/{self.api_version}/{phone_number_id or self.phone_number_id}/messages"
 
-    def send_text(self, chat: ChatRef, text: str) -> str:
+    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
+        """Send one text; with `typing_ms`, first show "typing…" on `reply_to` (the customer's last message,
+        which the indicator also marks read) and wait that long. Returns the message id ('' when none)."""
+        if typing_ms > 0 and reply_to:
+            self._show_typing(chat, reply_to)
+        # The indicator stays until our message arrives (or 25 s pass), so this wait is the time it shows.
+        typing_pause(typing_ms)
         body = {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -256,6 +286,19 @@ class MetaGateway:
             self._post(chat, {"messaging_product": "whatsapp", "status": "read", "message_id": message_id})
         except SendError as exc:
             log.info("mark-as-read failed chat=%s: %s", chat.label, exc)
+
+    def _show_typing(self, chat: ChatRef, reply_to: str) -> None:
+        """Best effort: a refused or failed indicator must not cost the customer the reply."""
+        body = {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": reply_to,
+            "typing_indicator": {"type": "text"},
+        }
+        try:
+            self._post(chat, body)
+        except SendError as exc:
+            log.info("typing indicator failed chat=%s: %s", chat.label, exc)
 
     def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
         """Media id -> its URL, mime type and size (Graph) -> the bytes, both calls with the access token."""

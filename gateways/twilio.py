@@ -1,5 +1,6 @@
 """Twilio (WhatsApp): validate X-Twilio-Signature, parse the form-encoded webhook, answer empty TwiML, send
-with the Messages API, and download media from `MediaUrl0` with the account's basic auth.
+with the Messages API (a typing time is a plain wait: no indicator), and download media from `MediaUrl0` with
+the account's basic auth.
 
 A chat is (twilio, the business number `To`, the customer's `From`), both as `whatsapp:+55...`. Signature:
 base64(HMAC-SHA1(auth token, public URL + each POST field name and value, sorted by name)), Twilio's
@@ -17,7 +18,7 @@ from typing import Any
 import requests
 
 from errors import AuthError, MediaError, PayloadError, SendError
-from gateways.base import InboundRequest, Parsed, WebhookAnswer
+from gateways.base import InboundRequest, Parsed, WebhookAnswer, typing_pause
 from gateways.downloads import download_session, fetch_bytes
 from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail
 from sender import post_or_raise, retrying_session
@@ -145,7 +146,9 @@ class TwilioGateway:
         # An empty TwiML answer: Twilio must not send anything itself, the worker replies later.
         return WebhookAnswer(EMPTY_TWIML, 200, "text/xml")
 
-    def send_text(self, chat: ChatRef, text: str) -> str:
+    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
+        """Send one text after waiting `typing_ms` (Twilio has no typing indicator); `reply_to` is unused."""
+        typing_pause(typing_ms)
         url = f"{self.api_url}/2010-04-01/Accounts/{self.account_sid}/Messages.json"
         sender = self.whatsapp_from or chat.instance
         if not sender.startswith("whatsapp:"):

@@ -7,6 +7,8 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -58,6 +60,32 @@ def meta_message(
     kind: str, content: dict[str, Any], msg_id: str = "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFjNFQjA="
 ) -> dict[str, Any]:
     return {"from": CUSTOMER, "id": msg_id, "timestamp": "1763900000", "type": kind, kind: content}
+
+
+def meta_echoes_body(*echoes: dict[str, Any], phone_number_id: str = PHONE_NUMBER_ID) -> dict[str, Any]:
+    """A `smb_message_echoes` change: what the business typed in the WhatsApp Business app."""
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "5511930000000", "phone_number_id": phone_number_id},
+        "message_echoes": list(echoes),
+    }
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1000200030004000", "changes": [{"field": "smb_message_echoes", "value": value}]}],
+    }
+
+
+def meta_echo(
+    kind: str, content: dict[str, Any], msg_id: str = "wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYEkVDSE8="
+) -> dict[str, Any]:
+    return {
+        "from": "5511930000000",
+        "to": CUSTOMER,
+        "id": msg_id,
+        "timestamp": "1763900100",
+        "type": kind,
+        kind: content,
+    }
 
 
 def twilio_form(**overrides: str) -> dict[str, str]:
@@ -210,6 +238,55 @@ def test_meta_non_text_messages_are_ignored_with_a_reason(kind: str, content: di
     assert event.reason == reason
 
 
+def test_meta_customer_messages_are_not_from_me() -> None:
+    (message,) = parse_meta(meta_body(meta_message("text", {"body": "Oi"})))
+    assert isinstance(message, IncomingMessage) and not message.from_me
+
+
+def test_meta_echo_of_a_text_is_the_business_side() -> None:
+    (message,) = parse_meta(meta_echoes_body(meta_echo("text", {"body": "Oi Ana, aqui é a Júlia da loja."})))
+    assert message == IncomingMessage(
+        chat=ChatRef(gateway="meta", instance=PHONE_NUMBER_ID, chat_id=CUSTOMER),
+        message_id="wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYEkVDSE8=",
+        text="Oi Ana, aqui é a Júlia da loja.",
+        kind="text",
+        phone_jid=f"{CUSTOMER}@s.whatsapp.net",
+        timestamp=1763900100,
+        from_me=True,
+    )
+
+
+def test_meta_echo_of_an_image_keeps_its_caption_and_media_id() -> None:
+    image = {"caption": "Segue a foto do modelo", "mime_type": "image/jpeg", "sha256": "x", "id": "m9"}
+    (message,) = parse_meta(meta_echoes_body(meta_echo("image", image)))
+    assert isinstance(message, IncomingMessage) and message.from_me
+    assert (message.chat.chat_id, message.kind, message.text) == (CUSTOMER, "image", "Segue a foto do modelo")
+    assert message.media == MediaRef(kind="image", mime="image/jpeg", source={"id": "m9"})
+
+
+def test_meta_echoes_set_aside_with_a_reason() -> None:
+    reaction = meta_echo("reaction", {"message_id": "wamid.ABC", "emoji": "👍"}, msg_id="wamid.R1")
+    no_to = {**meta_echo("text", {"body": "Oi"}, msg_id="wamid.N1"), "to": ""}
+    no_id = {**meta_echo("text", {"body": "Oi"}), "id": ""}
+    results = parse_meta(meta_echoes_body(reaction, no_to, no_id))
+    assert results == [
+        IgnoredEvent(reason="reaction", message_id="wamid.R1", chat=META_CHAT),
+        IgnoredEvent(reason="no_message_key", message_id="wamid.N1"),
+        IgnoredEvent(reason="no_message_key"),
+    ]
+    without_number = parse_meta(
+        meta_echoes_body(meta_echo("text", {"body": "Oi"}, msg_id="wamid.P1"), phone_number_id="")
+    )
+    assert without_number == [IgnoredEvent(reason="no_message_key", message_id="wamid.P1")]
+    assert parse_meta(meta_echoes_body()) == [IgnoredEvent(reason="no_messages")]
+
+
+def test_meta_other_fields_are_still_ignored() -> None:
+    body = meta_echoes_body(meta_echo("text", {"body": "Oi"}))
+    body["entry"][0]["changes"][0]["field"] = "smb_app_state_sync"
+    assert parse_meta(body) == [IgnoredEvent(reason="field:smb_app_state_sync")]
+
+
 def test_meta_statuses_are_ignored() -> None:
     statuses = [{"id": "wamid.OUT1", "status": "delivered", "timestamp": "1763900001", "recipient_id": CUSTOMER}]
     assert parse_meta(meta_body(statuses=statuses)) == [
@@ -241,6 +318,8 @@ def test_meta_handshake() -> None:
 
 class FakeGraph(FakeServer):
     def default_answer(self, recorded: Recorded) -> Any:
+        if "status" in recorded.json:  # read receipt / typing indicator
+            return {"success": True}
         to = recorded.json.get("to", "")
         return {
             "messaging_product": "whatsapp",
@@ -312,6 +391,59 @@ def test_meta_500_is_retried(graph: FakeGraph) -> None:
     graph.queue(Canned(500, graph_error(131000)))
     assert meta_gateway(graph).send_text(META_CHAT, "Oi") == "wamid.OUT2"
     assert len(graph.received()) == 2
+
+
+TYPING_MS = 150
+TYPING_INDICATOR = {
+    "messaging_product": "whatsapp",
+    "status": "read",
+    "message_id": "wamid.IN1",
+    "typing_indicator": {"type": "text"},
+}
+
+
+def test_meta_typing_indicator_then_the_message_after_typing_ms(graph: FakeGraph) -> None:
+    assert meta_gateway(graph).send_text(META_CHAT, "Oi", typing_ms=TYPING_MS, reply_to="wamid.IN1") == "wamid.OUT2"
+    indicator, message = graph.received()
+    assert indicator.path == message.path == f"/v23.0/{PHONE_NUMBER_ID}/messages"
+    assert indicator.headers["authorization"] == f"Bearer {ACCESS_TOKEN}"
+    assert indicator.json == TYPING_INDICATOR
+    assert message.json["text"] == {"preview_url": False, "body": "Oi"}
+    assert message.at - indicator.at >= TYPING_MS / 1000
+
+
+def test_meta_without_reply_to_only_waits(graph: FakeGraph) -> None:
+    started = time.time()
+    meta_gateway(graph).send_text(META_CHAT, "Oi", typing_ms=TYPING_MS)
+    (message,) = graph.received()
+    assert message.json["type"] == "text"
+    assert message.at - started >= TYPING_MS / 1000
+
+
+def test_meta_no_typing_sends_at_once(graph: FakeGraph) -> None:
+    meta_gateway(graph).send_text(META_CHAT, "Oi", reply_to="wamid.IN1")
+    (message,) = graph.received()
+    assert message.json["type"] == "text"
+
+
+@pytest.mark.parametrize(
+    "refusals",
+    [[Canned(400, graph_error(100))], [Canned(500, graph_error(131000))] * 2],  # 500 is retried once first
+    ids=["400", "500"],
+)
+def test_meta_failed_typing_indicator_does_not_stop_the_send(
+    graph: FakeGraph, refusals: list[Canned], caplog: pytest.LogCaptureFixture
+) -> None:
+    graph.queue(*refusals)
+    with caplog.at_level(logging.INFO, logger="gateways.meta"):
+        message_id = meta_gateway(graph).send_text(META_CHAT, "Oi", typing_ms=TYPING_MS, reply_to="wamid.IN1")
+    *indicators, message = graph.received()
+    assert [r.json for r in indicators] == [TYPING_INDICATOR] * len(refusals)
+    assert message.json["text"]["body"] == "Oi" and message_id == f"wamid.OUT{len(refusals) + 1}"
+    assert message.at - indicators[-1].at >= TYPING_MS / 1000
+    (record,) = [r for r in caplog.records if "typing indicator failed" in r.getMessage()]
+    assert record.levelno == logging.INFO
+    assert "5511*****4321" in record.getMessage() and CUSTOMER not in record.getMessage()
 
 
 def test_meta_mark_read_only_when_enabled(graph: FakeGraph) -> None:
@@ -426,6 +558,16 @@ def test_twilio_send_text(twilio_api: FakeTwilio) -> None:
     )
 
 
+def test_twilio_waits_typing_ms_before_sending(twilio_api: FakeTwilio) -> None:
+    started = time.time()
+    twilio_gateway(twilio_api.url).send_text(TWILIO_CHAT, "Entregamos sim!", typing_ms=TYPING_MS, reply_to="SM1")
+    (request,) = twilio_api.received()
+    assert request.at - started >= TYPING_MS / 1000
+    assert request.body.decode() == urlencode(
+        {"From": TWILIO_FROM, "To": f"whatsapp:+{CUSTOMER}", "Body": "Entregamos sim!"}
+    )
+
+
 def test_twilio_errors(twilio_api: FakeTwilio) -> None:
     twilio_api.queue(Canned(400, {"code": 21211, "message": "Invalid 'To' Phone Number"}), Canned(429, {"code": 20429}))
     with pytest.raises(SendError) as invalid:
@@ -465,12 +607,42 @@ def test_mega_text_and_ignored_shapes() -> None:
     )
     ack = {"instance_key": "megastart-TESTE01", "messageType": "message.ack", "id": "X3"}
     first, second, voice, fourth = parse_mega([from_me, group, audio, ack])
-    reasons = [e.reason for e in (first, second, fourth)]  # type: ignore[union-attr]
-    assert reasons == ["from_me", "group", "event:message.ack"]
+    assert isinstance(first, IncomingMessage) and first.from_me
+    reasons = [e.reason for e in (second, fourth)]  # type: ignore[union-attr]
+    assert reasons == ["group", "event:message.ack"]
     assert isinstance(voice, IncomingMessage) and voice.media is not None
     assert (voice.kind, voice.media.voice, voice.media.mime) == ("audio", True, "audio/ogg; codecs=opus")
+    assert not voice.from_me
     (accepted,) = parse_mega(group, accept_groups=True)
-    assert isinstance(accepted, IncomingMessage)
+    assert isinstance(accepted, IncomingMessage) and not accepted.from_me
+
+
+def test_mega_business_side_messages() -> None:
+    """What the business sent in a 1:1 chat is handed on marked `from_me`; in a group it stays set aside."""
+    typed = mega_body(
+        key={"remoteJid": f"{CUSTOMER}@s.whatsapp.net", "fromMe": True, "id": "3EB0AAAABBBBCCCCDDDD02"},
+        pushName="Loja Mega",
+        message={"conversation": "Bom dia! Hoje abrimos às 9h."},
+    )
+    group = mega_body(key={"remoteJid": "120363000000000001@g.us", "fromMe": True, "id": "X4"})
+    (message,) = parse_mega(typed)
+    assert message == IncomingMessage(
+        chat=ChatRef(gateway="mega", instance="megastart-TESTE01", chat_id=f"{CUSTOMER}@s.whatsapp.net"),
+        message_id="3EB0AAAABBBBCCCCDDDD02",
+        text="Bom dia! Hoje abrimos às 9h.",
+        kind="text",
+        phone_jid=f"{CUSTOMER}@s.whatsapp.net",
+        push_name="",  # the business's own name, not the customer's
+        timestamp=1763900000,
+        from_me=True,
+    )
+    assert parse_mega(group, accept_groups=True) == [
+        IgnoredEvent(
+            reason="from_me",
+            message_id="X4",
+            chat=ChatRef(gateway="mega", instance="megastart-TESTE01", chat_id="120363000000000001@g.us"),
+        )
+    ]
 
 
 class FakeMega(FakeServer):
@@ -487,6 +659,20 @@ def test_mega_send_text() -> None:
         (request,) = fake.received()
         assert request.path == "/rest/sendMessage/megastart-TESTE01/text"
         assert request.headers["authorization"] == "Bearer mega-token"
+        assert request.json == {"messageData": {"to": f"{CUSTOMER}@s.whatsapp.net", "text": "Abrimos às 9h."}}
+    finally:
+        fake.close()
+
+
+def test_mega_waits_typing_ms_before_sending() -> None:
+    fake = FakeMega()
+    try:
+        gateway = MegaGateway(base_url=fake.url, instance_id="megastart-TESTE01", token="mega-token", max_retries=1)
+        chat = ChatRef(gateway="mega", instance="megastart-TESTE01", chat_id=f"{CUSTOMER}@s.whatsapp.net")
+        started = time.time()
+        gateway.send_text(chat, "Abrimos às 9h.", typing_ms=TYPING_MS, reply_to="3EB0IN")
+        (request,) = fake.received()
+        assert request.at - started >= TYPING_MS / 1000
         assert request.json == {"messageData": {"to": f"{CUSTOMER}@s.whatsapp.net", "text": "Abrimos às 9h."}}
     finally:
         fake.close()

@@ -40,6 +40,7 @@ def incoming(
     phone_jid: str | None,
     push_name: str,
     timestamp: int,
+    from_me: bool = False,
 ) -> IncomingMessage:
     return IncomingMessage(
         chat=chat(chat_id, instance),
@@ -49,7 +50,7 @@ def incoming(
         phone_jid=phone_jid,
         push_name=push_name,
         timestamp=timestamp,
-        from_me=False,
+        from_me=from_me,
     )
 
 
@@ -312,9 +313,44 @@ CASES: dict[str, list[IncomingMessage | IgnoredEvent]] = {
             timestamp=1763648300,
         )
     ],
+    # --- the business side writing in a 1:1 chat: handed on, marked; pushName is the business's own ------
+    "messages_upsert_v1_from_me_text.json": [
+        incoming(
+            MARIANA,
+            LOJA,
+            "3EB0F00DBABE0000000001",
+            "Abrimos sim, das 9h às 13h.",
+            phone_jid=MARIANA,
+            push_name="",
+            timestamp=1746191050,
+            from_me=True,
+        )
+    ],
+    "messages_upsert_v2_from_me_text.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3A0E9D8C7B6A59483726",
+            "Claro! Temos horário às 10h ou às 15h.",
+            phone_jid=FERNANDA,
+            push_name="",
+            timestamp=1763646400,
+            from_me=True,
+        )
+    ],
+    "send_message_v2_text.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3EB06A7B8C9D0E1F2A3B4C",
+            "Seu horário está confirmado para amanhã às 10h.",
+            phone_jid=FERNANDA,
+            push_name="",
+            timestamp=1763648100,
+            from_me=True,
+        )
+    ],
     # --- set aside, with the reason -----------------------------------------------------------------
-    "messages_upsert_v1_from_me_text.json": [ignored("from_me", MARIANA, LOJA, "3EB0F00DBABE0000000001")],
-    "messages_upsert_v2_from_me_text.json": [ignored("from_me", FERNANDA, SP, "3A0E9D8C7B6A59483726")],
     "messages_upsert_v1_group_lid_participant.json": [
         ignored("group", "120363025550001111@g.us", LOJA, "0AB1C2D3E4F5A6B7C8D9E0F1A2B3C4D5")
     ],
@@ -337,7 +373,6 @@ CASES: dict[str, list[IncomingMessage | IgnoredEvent]] = {
     "messages_upsert_v2_poll_update.json": [ignored("poll_update", FERNANDA, SP, "3AF34E3D2C1B0A9F8A7B")],
     "messages_upsert_v1_empty_conversation.json": [ignored("empty", MARIANA, LOJA, "3EB0F1F2F3F4F5F6F7F8F9")],
     "messages_update_v2_status_read.json": [IgnoredEvent(reason="event:messages.update")],
-    "send_message_v2_text.json": [IgnoredEvent(reason="event:send.message")],
 }
 
 GROUP_FILES = {
@@ -504,6 +539,216 @@ def only(results: list[IncomingMessage | IgnoredEvent]) -> IncomingMessage | Ign
     return results[0]
 
 
+# --- the business side's messages: fromMe and send.message ------------------------------------------------
+
+
+def business_side(name: str, *, event: str | None = None, **key: Any) -> dict[str, Any]:
+    """A fixture as the business side would have written it: `key.fromMe` true (or as given in `key`), and
+    the event renamed when `event` is given."""
+    body = copy.deepcopy(load(name))
+    body["data"]["key"].update({"fromMe": True, **key})
+    if event is not None:
+        body["event"] = event
+    return body
+
+
+def without_event(body: dict[str, Any]) -> dict[str, Any]:
+    del body["event"]
+    return body
+
+
+def send_message_with_data(data: Any) -> dict[str, Any]:
+    body = copy.deepcopy(load("send_message_v2_text.json"))
+    body["data"] = data
+    return body
+
+
+SENT_BY_API = load("send_message_v2_text.json")["data"]
+SENT_TO_ANOTHER_CHAT = {
+    **copy.deepcopy(SENT_BY_API),
+    "key": {"remoteJid": MARIANA, "fromMe": True, "id": "3EB06A7B8C9D0E1F2A3B5D"},
+    "message": {"conversation": "Pedido saiu para entrega."},
+}
+SENT_BY_API_MESSAGE = incoming(
+    FERNANDA,
+    SP,
+    "3EB06A7B8C9D0E1F2A3B4C",
+    "Seu horário está confirmado para amanhã às 10h.",
+    phone_jid=FERNANDA,
+    push_name="",
+    timestamp=1763648100,
+    from_me=True,
+)
+LID_FROM_ME = incoming(
+    "187654321098765@lid",
+    SP,
+    "3A2673A6F5E4D3C2B1A0",
+    "Olá, vi o anúncio no Instagram",
+    phone_jid="5531987650000@s.whatsapp.net",  # key.remoteJidAlt names the chat, so it is the customer's
+    push_name="",
+    timestamp=1763647700,
+    from_me=True,
+)
+
+# case id -> (payload, parse_evolution options, expected)
+FROM_ME_CASES: dict[str, tuple[Any, dict[str, Any], list[IncomingMessage | IgnoredEvent]]] = {
+    "lid_chat": (business_side("messages_upsert_v2_lid_remote_jid_alt.json"), {}, [LID_FROM_ME]),
+    # key.senderPn names the sender, which is the business here: it is not taken for the customer's phone
+    "lid_chat_sender_pn": (
+        business_side("messages_upsert_v2_lid_sender_pn.json"),
+        {},
+        [
+            incoming(
+                "176543210987654@lid",
+                SP,
+                "3A3784B7A6F5E4D3C2B1",
+                "Vocês aceitam Pix?",
+                phone_jid=None,
+                push_name="",
+                timestamp=1763647800,
+                from_me=True,
+            )
+        ],
+    ),
+    "group": (
+        business_side("messages_upsert_v2_group_participant_alt.json"),
+        {},
+        [ignored("from_me", "120363044443333555@g.us", SP, "3A4895C8B7A6F5E4D3C2")],
+    ),
+    "group_with_groups_enabled": (
+        business_side("messages_upsert_v2_group_participant_alt.json"),
+        {"accept_groups": True},
+        [ignored("from_me", "120363044443333555@g.us", SP, "3A4895C8B7A6F5E4D3C2")],
+    ),
+    "status_broadcast": (
+        business_side("messages_upsert_v2_status_broadcast.json"),
+        {"accept_groups": True},
+        [ignored("from_me", "status@broadcast", SP, "3A0451E4D3C2B1A0F9E8")],
+    ),
+    "newsletter": (
+        business_side("messages_upsert_v2_newsletter.json"),
+        {},
+        [ignored("from_me", "120363287654321098@newsletter", SP, "3A1562F5E4D3C2B1A0F9")],
+    ),
+    "reaction": (
+        business_side("messages_upsert_v2_reaction.json"),
+        {},
+        [ignored("reaction", FERNANDA, SP, "3ABF0A9B8C7D6E5F4A3B")],
+    ),
+    "revoke": (
+        business_side("messages_upsert_v2_revoke.json"),
+        {},
+        [ignored("protocol", FERNANDA, SP, "3AC01B0A9C8D7E6F5A4B")],
+    ),
+    "poll_update": (
+        business_side("messages_upsert_v2_poll_update.json"),
+        {},
+        [ignored("poll_update", FERNANDA, SP, "3AF34E3D2C1B0A9F8A7B")],
+    ),
+    "empty": (
+        business_side("messages_upsert_v1_empty_conversation.json"),
+        {},
+        [ignored("empty", MARIANA, LOJA, "3EB0F1F2F3F4F5F6F7F8F9")],
+    ),
+    "unsupported": (
+        send_message_with_data({**SENT_BY_API, "message": {"lottieStickerMessage": {}}}),
+        {},
+        [ignored("unsupported", FERNANDA, SP, "3EB06A7B8C9D0E1F2A3B4C")],
+    ),
+    "button_reply": (
+        business_side("messages_upsert_v1_buttons_response.json"),
+        {},
+        [
+            incoming(
+                MARIANA,
+                LOJA,
+                "3EB0B1B2B3B4B5B6B7B8B9",
+                "Ver horários",
+                kind="button_reply",
+                phone_jid=MARIANA,
+                push_name="",
+                timestamp=1746220000,
+                from_me=True,
+            )
+        ],
+    ),
+    "send_message_list": (
+        send_message_with_data([SENT_BY_API, SENT_TO_ANOTHER_CHAT]),
+        {},
+        [
+            SENT_BY_API_MESSAGE,
+            incoming(
+                MARIANA,
+                SP,
+                "3EB06A7B8C9D0E1F2A3B5D",
+                "Pedido saiu para entrega.",
+                phone_jid=MARIANA,
+                push_name="",
+                timestamp=1763648100,
+                from_me=True,
+            ),
+        ],
+    ),
+    "send_message_by_events_hint": (
+        without_event(copy.deepcopy(load("send_message_v2_text.json"))),
+        {"event_hint": "send-message"},
+        [SENT_BY_API_MESSAGE],
+    ),
+    "send_message_upper_snake_case": (
+        business_side("send_message_v2_text.json", event="SEND_MESSAGE"),
+        {},
+        [SENT_BY_API_MESSAGE],
+    ),
+    # every send.message went out from the instance, whatever key.fromMe says
+    "send_message_from_me_false": (
+        business_side("send_message_v2_text.json", fromMe=False),
+        {},
+        [SENT_BY_API_MESSAGE],
+    ),
+    "send_message_without_from_me": (
+        send_message_with_data({**SENT_BY_API, "key": {"remoteJid": FERNANDA, "id": "3EB06A7B8C9D0E1F2A3B4C"}}),
+        {},
+        [SENT_BY_API_MESSAGE],
+    ),
+    "send_message_to_a_group": (
+        business_side("messages_upsert_v2_group_participant_alt.json", event="send.message", fromMe=False),
+        {"accept_groups": True},
+        [ignored("from_me", "120363044443333555@g.us", SP, "3A4895C8B7A6F5E4D3C2")],
+    ),
+    "send_message_lid_chat": (
+        business_side("messages_upsert_v2_lid_remote_jid_alt.json", event="send.message"),
+        {},
+        [LID_FROM_ME],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FROM_ME_CASES))
+def test_business_side_messages(case: str) -> None:
+    payload, options, expected = FROM_ME_CASES[case]
+    assert [strip_media(item) for item in parse_evolution(copy.deepcopy(payload), **options)] == expected
+
+
+def test_business_side_image_keeps_its_caption_and_media_reference() -> None:
+    body = business_side("messages_upsert_v1_image_base64.json")
+    result = only(parse_evolution(body))
+    assert isinstance(result, IncomingMessage) and result.media is not None
+    assert (result.from_me, result.kind, result.text) == (True, "image", "Tem esse tênis no tamanho 38?")
+    assert result.media.source["key"] == body["data"]["key"]  # Evolution can download it again
+    assert set(result.media.source["message"]) == {"imageMessage"}
+    assert result.media.inline == body["data"]["message"]["base64"]
+
+
+CUSTOMER_FILES = sorted(name for name in CASES if "from_me" not in name and not name.startswith("send_message"))
+
+
+@pytest.mark.parametrize("name", CUSTOMER_FILES)
+def test_customer_messages_are_not_from_me(name: str) -> None:
+    for accept_groups in (False, True):
+        results = parse_file(name, accept_groups=accept_groups)
+        assert not any(isinstance(item, IncomingMessage) and item.from_me for item in results)
+
+
 # --- text length ----------------------------------------------------------------------------------------
 
 
@@ -564,7 +809,7 @@ def test_event_in_body_wins_over_hint() -> None:
 def test_hint_of_another_event_ignores_a_body_without_event() -> None:
     event = v2_text_event()
     del event["event"]
-    assert parse_evolution(event, event_hint="SEND_MESSAGE") == [IgnoredEvent(reason="event:send.message")]
+    assert parse_evolution(event, event_hint="MESSAGES_UPDATE") == [IgnoredEvent(reason="event:messages.update")]
 
 
 def test_event_name_in_upper_snake_case_inside_body() -> None:
@@ -708,14 +953,18 @@ def test_missing_message_is_ignored_as_empty() -> None:
 def test_from_me_as_string_true_is_from_me(value: str) -> None:
     event = v2_text_event()
     event["data"]["key"]["fromMe"] = value
-    assert parse_evolution(event) == [ignored("from_me", FERNANDA, SP, "3A5F1E2D3C4B5A697887")]
+    result = only(parse_evolution(event))
+    assert isinstance(result, IncomingMessage)
+    assert (result.from_me, result.push_name) == (True, "")
 
 
 @pytest.mark.parametrize("value", ["false", False, None, 0])
 def test_from_me_false_values_are_customer_messages(value: Any) -> None:
     event = v2_text_event()
     event["data"]["key"]["fromMe"] = value
-    assert isinstance(only(parse_evolution(event)), IncomingMessage)
+    result = only(parse_evolution(event))
+    assert isinstance(result, IncomingMessage)
+    assert (result.from_me, result.push_name) == (False, "Fernanda Costa")
 
 
 def test_instance_as_object_and_missing_instance() -> None:

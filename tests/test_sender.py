@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from errors import SendError
+from gateways.evolution import EvolutionGateway
 from models import ChatRef
 from sender import EvolutionSender, evolution_body, evolution_send_url
 from tests.conftest import free_port, make_settings
@@ -71,6 +72,40 @@ def test_v1_body_and_typing_delay(fake_evolution: FakeEvolution) -> None:
 def test_v2_typing_delay(fake_evolution: FakeEvolution) -> None:
     sender(fake_evolution, send_delay_ms=1500).send_text(CHAT, "Oi")
     assert fake_evolution.received()[0].json == {"number": CHAT.chat_id, "text": "Oi", "delay": 1500}
+
+
+@pytest.mark.parametrize("send_delay_ms", [0, 1500])
+def test_typing_ms_is_the_delay_of_this_send(fake_evolution: FakeEvolution, send_delay_ms: int) -> None:
+    """A caller's typing time wins over SEND_DELAY_MS, in both API versions."""
+    sender(fake_evolution, send_delay_ms=send_delay_ms).send_text(CHAT, "Oi", typing_ms=2300, reply_to="3A0001")
+    sender(fake_evolution, send_delay_ms=send_delay_ms, evolution_api_version=1).send_text(CHAT, "Oi", typing_ms=900)
+    v2, v1 = fake_evolution.received()
+    assert v2.json == {"number": CHAT.chat_id, "text": "Oi", "delay": 2300}
+    assert v1.json == {
+        "number": CHAT.chat_id,
+        "textMessage": {"text": "Oi"},
+        "options": {"delay": 900, "presence": "composing"},
+    }
+
+
+def test_no_typing_ms_keeps_send_delay_ms(fake_evolution: FakeEvolution) -> None:
+    sender(fake_evolution, send_delay_ms=1500).send_text(CHAT, "Oi", typing_ms=0)
+    sender(fake_evolution).send_text(CHAT, "Oi", typing_ms=0)
+    with_setting, without = fake_evolution.received()
+    assert with_setting.json == {"number": CHAT.chat_id, "text": "Oi", "delay": 1500}
+    assert without.json == {"number": CHAT.chat_id, "text": "Oi"}
+
+
+def test_the_read_timeout_covers_the_typing_delay(fake_evolution: FakeEvolution) -> None:
+    """Evolution holds the request while it shows "typing…", so a long typing time is not a timeout."""
+    fake_evolution.queue(Canned(201, {"key": {"id": "3EB0LATE"}}, delay=0.5))
+    assert sender(fake_evolution, send_timeout_seconds=0.2).send_text(CHAT, "Oi", typing_ms=600) == "3EB0LATE"
+
+
+def test_the_gateway_passes_the_typing_time_on(fake_evolution: FakeEvolution) -> None:
+    gateway = EvolutionGateway(make_settings(evolution_api=fake_evolution.url))
+    assert gateway.send_text(CHAT, "Oi", typing_ms=1200, reply_to="3A0001").startswith("FAKE")
+    assert fake_evolution.received()[0].json == {"number": CHAT.chat_id, "text": "Oi", "delay": 1200}
 
 
 def test_an_answer_without_a_message_id_gives_an_empty_id(fake_evolution: FakeEvolution) -> None:
