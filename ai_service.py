@@ -151,17 +151,18 @@ class AIService:
             )
             self._client = genai.Client(api_key=settings.gemini_api_key, http_options=http_options)
 
-    def generate_reply(self, history: list[Turn], user_text: str) -> str:
-        """Ask Gemini for one reply to a text burst.
+    def generate_reply(self, history: list[Turn], user_text: str, *, note: str = "") -> str:
+        """Ask Gemini for one reply to a text burst; `note` is added to the system instruction (the date, when
+        earlier conversations are in the history).
 
         Raises:
             AIServiceError: not configured, every attempt failed, or the answer was empty or blocked.
         """
-        instruction = self._instruction(history, user_text)
+        instruction = self._instruction(history, user_text, note)
         config = types.GenerateContentConfig(system_instruction=instruction)
         return self._generate(build_prompt(history, user_text), config)
 
-    def generate(self, history: list[Turn], burst: list[BurstPart]) -> Generated:
+    def generate(self, history: list[Turn], burst: list[BurstPart], *, note: str = "") -> Generated:
         """One reply to a burst that may carry media; with media bytes, also their transcripts/descriptions.
 
         Raises:
@@ -170,8 +171,8 @@ class AIService:
         # The burst in words (texts, captions, media labels) is what the knowledge base is searched with.
         text = "\n".join(filter(None, (item.describe() for item in burst)))
         if not any(item.readable for item in burst):
-            return Generated(self.generate_reply(history, text))
-        instruction = self._instruction(history, text)
+            return Generated(self.generate_reply(history, text, note=note))
+        instruction = self._instruction(history, text, note)
         instruction.parts = [*(instruction.parts or []), types.Part(text=MEDIA_INSTRUCTION)]
         config = types.GenerateContentConfig(
             system_instruction=instruction,
@@ -183,10 +184,14 @@ class AIService:
             raise AIServiceError("gemini returned an empty reply in its JSON answer", transient=False)
         return generated
 
-    def _instruction(self, history: list[Turn], burst_text: str) -> types.Content:
-        """Persona, then the grounding rule with the knowledge retrieved for this burst (when configured)."""
+    def _instruction(self, history: list[Turn], burst_text: str, note: str = "") -> types.Content:
+        """Persona, then the grounding rule with the knowledge retrieved for this burst (when configured), then
+        `note`."""
         knowledge_block = self.knowledge.context_for(history, burst_text) if self.knowledge is not None else ""
-        return system_instruction(self.settings, knowledge_block)
+        instruction = system_instruction(self.settings, knowledge_block)
+        if note:
+            instruction.parts = [*(instruction.parts or []), types.Part(text=note)]
+        return instruction
 
     def _generate(self, contents: list[types.Content], config: types.GenerateContentConfig) -> str:
         if self._client is None:

@@ -33,31 +33,45 @@ T = TypeVar("T")
 DEAD_LETTERS_KEPT = 1000
 REPLY_WINDOW_SECONDS = 3600
 
+# A Lua function that pushes one record onto a chat's pending burst and slides its deadline; included by APPEND_LUA
+# and by conversation.py's script for a human attendant's messages, so both keep one order and one deadline.
+# now_str is the time as the caller wrote it (stored as is); returns the messages pending and the deadline.
+PUSH_PENDING_LUA = """
+local function push_pending(pending, meta, due, leases, chat, record, now_str, debounce, max_wait)
+  local now = tonumber(now_str)
+  local n = redis.call('RPUSH', pending, record)
+  local first = tonumber(redis.call('HGET', meta, 'first_at'))
+  if not first then
+    first = now
+    redis.call('HSET', meta, 'first_at', now_str)
+  end
+  local deadline = math.min(now + tonumber(debounce), first + tonumber(max_wait))
+  redis.call('HSET', meta, 'deadline', string.format('%.3f', deadline))
+  -- While a batch of this chat is being answered, the new burst waits for its ack (see ACK_LUA).
+  if not redis.call('ZSCORE', leases, chat) then
+    redis.call('ZADD', due, deadline, chat)
+  end
+  return n, deadline
+end
+"""
+
 # KEYS: 1 seen, 2 pending, 3 meta, 4 due, 5 leases, 6 media blob
 # ARGV: 1 now, 2 debounce_s, 3 max_wait_s, 4 dedup_ttl_s, 5 message JSON, 6 chat key, 7 media base64 ('' = none)
 # Returns {0} for a duplicate id, else {1, messages pending, deadline}.
-APPEND_LUA = """
+APPEND_LUA = (
+    PUSH_PENDING_LUA
+    + """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then return {0} end
 if ARGV[7] ~= '' then redis.call('SET', KEYS[6], ARGV[7], 'EX', ARGV[4]) end
-local now = tonumber(ARGV[1])
-local n = redis.call('RPUSH', KEYS[2], ARGV[5])
-local first = tonumber(redis.call('HGET', KEYS[3], 'first_at'))
-if not first then
-  first = now
-  redis.call('HSET', KEYS[3], 'first_at', ARGV[1])
-end
-local deadline = math.min(now + tonumber(ARGV[2]), first + tonumber(ARGV[3]))
-redis.call('HSET', KEYS[3], 'deadline', string.format('%.3f', deadline))
--- While a batch of this chat is being answered, the new burst waits for its ack (see ACK_LUA).
-if not redis.call('ZSCORE', KEYS[5], ARGV[6]) then
-  redis.call('ZADD', KEYS[4], deadline, ARGV[6])
-end
+local n, deadline = push_pending(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[6], ARGV[5], ARGV[1], ARGV[2], ARGV[3])
 return {1, n, string.format('%.3f', deadline)}
 """
+)
 
 # KEYS: 1 due, 2 leases, 3 pending, 4 batch, 5 meta
 # ARGV: 1 chat key, 2 now, 3 lease expiry, 4 new token
-# Returns false when not claimable, else {attempts, stored reply or '', stored turns or '', message JSON...}.
+# Returns false when not claimable, else {attempts, stored reply or '', stored turns or '', stored plan or '',
+# parts already sent, message JSON...}.
 CLAIM_LUA = """
 local now = tonumber(ARGV[2])
 local lease = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -66,29 +80,32 @@ if lease then
   local attempts = redis.call('HINCRBY', KEYS[5], 'attempts', 1)
   redis.call('HSET', KEYS[5], 'token', ARGV[4])
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-  local reply = redis.call('HGET', KEYS[5], 'reply') or ''
-  local turns = redis.call('HGET', KEYS[5], 'turns') or ''
-  return {attempts, reply, turns, unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
+  local stored = redis.call('HMGET', KEYS[5], 'reply', 'turns', 'plan', 'sent')
+  return {attempts, stored[1] or '', stored[2] or '', stored[3] or '', tonumber(stored[4] or '0'),
+          unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
 end
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not due or tonumber(due) > now then return false end
 redis.call('ZREM', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 0 then return false end
 redis.call('RENAME', KEYS[3], KEYS[4])
-redis.call('HDEL', KEYS[5], 'first_at', 'reply', 'turns')
+redis.call('HDEL', KEYS[5], 'first_at', 'reply', 'turns', 'plan', 'sent')
 redis.call('HSET', KEYS[5], 'token', ARGV[4], 'attempts', 1)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-return {1, '', '', unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
+return {1, '', '', '', 0, unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
 """
 
 # KEYS: 1 leases, 2 meta
-# ARGV: 1 chat key, 2 token, 3 new lease expiry, 4 reply to store ('' = keep), 5 history turns JSON ('' = keep)
+# ARGV: 1 chat key, 2 token, 3 new lease expiry, 4 reply to store ('' = keep), 5 history turns JSON ('' = keep),
+#       6 plan JSON ('' = keep), 7 parts sent ('' = keep)
 # Extends the lease only while the caller still owns the batch. Returns 1 if owned, else 0.
 RENEW_LUA = """
 if redis.call('HGET', KEYS[2], 'token') ~= ARGV[2] then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'reply', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'turns', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'plan', ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'sent', ARGV[7]) end
 return 1
 """
 
@@ -104,7 +121,7 @@ if ARGV[3] ~= '' then
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[3], 'token', 'attempts', 'reply', 'turns')
+redis.call('HDEL', KEYS[3], 'token', 'attempts', 'reply', 'turns', 'plan', 'sent')
 if redis.call('LLEN', KEYS[5]) > 0 then
   local deadline = redis.call('HGET', KEYS[3], 'deadline') or '0'
   redis.call('ZADD', KEYS[4], deadline, ARGV[1])
@@ -131,19 +148,27 @@ class Claim:
     token: str
     attempts: int
     messages: list[dict[str, Any]]
-    reply: str = ""  # a reply generated by an earlier attempt, to be sent as is (what is left of it)
+    reply: str = ""  # a reply generated by an earlier attempt, to be sent as is (the whole reply)
     turns: str = ""  # the history turns (JSON) stored with that reply, written to the history on ack
+    plan: str = ""  # what else was decided with that reply (JSON, see worker.py), carried out again if needed
+    sent: int = 0  # parts of that reply already accepted by the gateway
     store: str = "redis"
 
     @property
     def text(self) -> str:
-        """The burst's texts joined in arrival order."""
-        return "\n".join(m["text"] for m in self.messages if m.get("text"))
+        """The customers' texts of the burst joined in arrival order."""
+        return "\n".join(m["text"] for m in self.messages if m.get("text") and not is_human_record(m))
+
+
+def is_human_record(record: dict[str, Any]) -> bool:
+    """True for a buffered message typed by a person on the business side (see conversation.py)."""
+    return record.get("by") == "human"
 
 
 def encode_message(message: IncomingMessage, received_at: float, *, has_blob: bool = False) -> str:
     """Compact JSON kept per buffered message (short keys: it is stored once per message). A media message
-    carries its reference; `blob` says its base64 is kept under the message's media key."""
+    carries its reference; `blob` says its base64 is kept under the message's media key; a message from the
+    business side (a human attendant) carries `"by": "human"`."""
     record: dict[str, Any] = {
         "id": message.message_id,
         "text": message.text,
@@ -156,6 +181,8 @@ def encode_message(message: IncomingMessage, received_at: float, *, has_blob: bo
         record["media"] = message.media.to_json()
         if has_blob:
             record["blob"] = 1
+    if message.from_me:
+        record["by"] = "human"
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -233,17 +260,30 @@ class RedisStore:
                     attempts=int(result[0]),
                     reply=result[1] or "",
                     turns=result[2] or "",
-                    messages=[json.loads(item) for item in result[3:]],
+                    plan=result[3] or "",
+                    sent=int(result[4] or 0),
+                    messages=[json.loads(item) for item in result[5:]],
                     store=self.name,
                 )
             )
         return claims
 
-    def renew(self, claim: Claim, *, lease_until: float, reply: str = "", turns: str = "") -> bool:
-        """Extend the lease (and store the reply and its history turns) only if this claim still owns the batch."""
+    def renew(
+        self,
+        claim: Claim,
+        *,
+        lease_until: float,
+        reply: str = "",
+        turns: str = "",
+        plan: str = "",
+        sent: int | None = None,
+    ) -> bool:
+        """Extend the lease (and store the reply, its history turns, its plan and the parts sent) only if this
+        claim still owns the batch."""
         chat = claim.chat.key
         owned = self._renew(
-            keys=[self.keys.leases(), self.keys.meta(chat)], args=[chat, claim.token, lease_until, reply, turns]
+            keys=[self.keys.leases(), self.keys.meta(chat)],
+            args=[chat, claim.token, lease_until, reply, turns, plan, "" if sent is None else sent],
         )
         return bool(owned)
 
@@ -289,6 +329,17 @@ class RedisStore:
             due, leased, dead = pipe.execute()
         return {"chats_pending": int(due), "chats_in_progress": int(leased), "dead_letters": int(dead)}
 
+    def pending_info(self, chat: ChatRef) -> dict[str, Any] | None:
+        """Messages of this chat waiting for an answer (being typed, or being answered) and the deadline of the
+        burst being typed; None when there are none."""
+        k = self.keys
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.llen(k.pending(chat.key))
+            pipe.llen(k.batch(chat.key))
+            pipe.hget(k.meta(chat.key), "deadline")
+            typing, answering, deadline = pipe.execute()
+        return _pending_info(int(typing), int(answering), deadline)
+
     def next_deadline(self) -> float | None:
         """Earliest deadline or lease expiry, so an idle worker can sleep until then."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -310,6 +361,8 @@ class _LocalChat:
     attempts: int = 0
     reply: str = ""
     turns: str = ""
+    plan: str = ""
+    sent: int = 0
 
 
 class LocalStore:
@@ -360,7 +413,7 @@ class LocalStore:
                     chat.attempts += 1
                 elif chat.pending and chat.deadline <= now:
                     chat.batch, chat.pending = chat.pending, []
-                    chat.first_at, chat.attempts, chat.reply, chat.turns = None, 1, "", ""
+                    chat.first_at, chat.attempts, chat.reply, chat.turns, chat.plan, chat.sent = None, 1, "", "", "", 0
                 else:
                     continue
                 chat.token = uuid.uuid4().hex
@@ -372,22 +425,33 @@ class LocalStore:
                         attempts=chat.attempts,
                         reply=chat.reply,
                         turns=chat.turns,
+                        plan=chat.plan,
+                        sent=chat.sent,
                         messages=[json.loads(item) for item in chat.batch],
                         store=self.name,
                     )
                 )
         return claims
 
-    def renew(self, claim: Claim, *, lease_until: float, reply: str = "", turns: str = "") -> bool:
+    def renew(
+        self,
+        claim: Claim,
+        *,
+        lease_until: float,
+        reply: str = "",
+        turns: str = "",
+        plan: str = "",
+        sent: int | None = None,
+    ) -> bool:
         with self._lock:
             chat = self._chats.get(claim.chat.key)
             if chat is None or chat.token != claim.token:
                 return False
             chat.lease_until = lease_until
-            if reply:
-                chat.reply = reply
-            if turns:
-                chat.turns = turns
+            chat.reply = reply or chat.reply
+            chat.turns = turns or chat.turns
+            chat.plan = plan or chat.plan
+            chat.sent = chat.sent if sent is None else sent
             return True
 
     def media_blob(self, claim: Claim, message_id: str) -> str | None:
@@ -406,7 +470,8 @@ class LocalStore:
             if dead_letter:
                 self._dead = [dead_letter, *self._dead[: DEAD_LETTERS_KEPT - 1]]
             self._drop_blobs(claim.chat.key, [str(json.loads(item).get("id")) for item in chat.batch])
-            chat.batch, chat.token, chat.lease_until, chat.reply, chat.turns, chat.attempts = [], "", None, "", "", 0
+            chat.batch, chat.token, chat.lease_until, chat.attempts = [], "", None, 0
+            chat.reply, chat.turns, chat.plan, chat.sent = "", "", "", 0
             if not chat.pending:
                 del self._chats[claim.chat.key]
             return True
@@ -430,10 +495,27 @@ class LocalStore:
             leased = sum(1 for c in self._chats.values() if c.lease_until is not None)
             return {"chats_pending": pending, "chats_in_progress": leased, "dead_letters": len(self._dead)}
 
+    def pending_info(self, chat: ChatRef) -> dict[str, Any] | None:
+        with self._lock:
+            local = self._chats.get(chat.key)
+            if local is None:
+                return None
+            return _pending_info(len(local.pending), len(local.batch), local.deadline if local.pending else None)
+
     def next_deadline(self) -> float | None:
         with self._lock:
             times = [c.lease_until if c.lease_until is not None else c.deadline for c in self._chats.values()]
         return min(times) if times else None
+
+
+def _pending_info(typing: int, answering: int, deadline: Any) -> dict[str, Any] | None:
+    if not typing and not answering:
+        return None
+    return {
+        "messages": typing + answering,
+        "deadline": round(float(deadline), 3) if typing and deadline else None,
+        "answering": answering > 0,
+    }
 
 
 class Buffer:
@@ -489,14 +571,18 @@ class Buffer:
             claims += self._shared(lambda store: store.claim_due(now=now, limit=left, lease_seconds=lease), list)
         return claims
 
-    def renew(self, claim: Claim, *, now: float, reply: str = "", turns: str = "") -> bool:
-        """True while `claim` still owns its batch; extends the lease and stores `reply` and the history
-        `turns` that go with it, if given. Raises on Redis errors."""
-        return self._store(claim).renew(claim, lease_until=now + self.lease_seconds, reply=reply, turns=turns)
+    def renew(
+        self, claim: Claim, *, now: float, reply: str = "", turns: str = "", plan: str = "", sent: int | None = None
+    ) -> bool:
+        """True while `claim` still owns its batch; extends the lease and stores `reply`, the history `turns` and
+        the `plan` that go with it, and how many of its parts were `sent`, when given. Raises on Redis errors."""
+        return self._store(claim).renew(
+            claim, lease_until=now + self.lease_seconds, reply=reply, turns=turns, plan=plan, sent=sent
+        )
 
-    def release(self, claim: Claim, *, retry_at: float, reply: str = "") -> bool:
-        """Give the batch back, to be claimed again at `retry_at` (keeps a generated reply)."""
-        return self._store(claim).renew(claim, lease_until=retry_at, reply=reply)
+    def release(self, claim: Claim, *, retry_at: float) -> bool:
+        """Give the batch back, to be claimed again at `retry_at` (keeps a generated reply and its progress)."""
+        return self._store(claim).renew(claim, lease_until=retry_at)
 
     def media_blob(self, claim: Claim, message_id: str) -> str | None:
         """The base64 the webhook carried for a message of this batch, if it was kept and has not expired, and
@@ -531,6 +617,12 @@ class Buffer:
         for name, value in self._shared(lambda store: store.counts(), dict).items():
             totals[name] += value
         return totals
+
+    def pending_info(self, chat: ChatRef) -> dict[str, Any] | None:
+        """{"messages": waiting, "deadline": when the burst being typed is due, "answering": a batch is being
+        answered} for one chat, or None when nothing of it is waiting (this process's fallback counted too)."""
+        shared = self._shared(lambda store: store.pending_info(chat), lambda: None)
+        return shared or self.local.pending_info(chat)
 
     def next_deadline(self) -> float | None:
         times = [self.local.next_deadline()]

@@ -16,6 +16,7 @@ from typing import Any
 from dotenv import load_dotenv
 
 from errors import ConfigError
+from hours import BusinessHours, parse_holidays, parse_timezone, parse_weekly_windows
 
 DEFAULT_SYSTEM_PROMPT = (
     "Você é o atendente virtual de uma pequena empresa no WhatsApp. Responda sempre em português do "
@@ -30,6 +31,35 @@ DEFAULT_FALLBACK_REPLY = (
 DEFAULT_MEDIA_FAILED_NOTICE = (
     "Não consegui abrir {items} que você enviou. Pode mandar de novo ou me contar por escrito?"
 )
+# Conversation control (conversation.py, reply_policy.py): customer-facing texts and keywords, in pt-BR.
+DEFAULT_HANDOFF_KEYWORDS = (
+    "atendente",
+    "atendimento humano",
+    "falar com um humano",
+    "falar com humano",
+    "falar com uma pessoa",
+    "falar com alguém",
+    "pessoa de verdade",
+)
+DEFAULT_HANDOFF_REPLY = (
+    "Certo! Vou chamar uma pessoa da nossa equipe para falar com você. Aguarde só um pouquinho, por favor."
+)
+DEFAULT_HANDOFF_CLOSED_REPLY = (
+    "Certo! Nossa equipe não está disponível agora, mas uma pessoa vai falar com você {next_open}. "
+    "Sua mensagem já ficou registrada."
+)
+DEFAULT_OPT_OUT_KEYWORDS = ("parar", "pare", "sair", "stop", "cancelar", "descadastrar")
+DEFAULT_OPT_OUT_REPLY = (
+    "Tudo bem, você não vai mais receber mensagens automáticas deste número. "
+    "Se quiser voltar a falar com a gente, é só enviar VOLTAR."
+)
+DEFAULT_OPT_IN_KEYWORDS = ("voltar", "start")
+DEFAULT_OPT_IN_REPLY = "Que bom ter você de volta! Como posso ajudar?"
+DEFAULT_OUT_OF_HOURS_REPLY = (
+    "Olá! Recebemos sua mensagem, mas estamos fora do horário de atendimento agora. "
+    "Voltamos {next_open} e respondemos assim que possível."
+)
+BOT_HOURS_MODES = ("always", "business", "outside")
 # What Gemini reads inline (https://ai.google.dev/gemini-api/docs/audio, /image-understanding, /document-processing).
 DEFAULT_MEDIA_ALLOWED_TYPES = (
     "audio/ogg",
@@ -142,6 +172,31 @@ class Settings:
     # Loop guard: another bot answering every reply would otherwise talk to us forever
     max_replies_per_hour: int = 30  # per chat; 0 = no limit
 
+    # Conversation control (conversation.py, reply_policy.py)
+    handoff_pause_minutes: float = 120.0  # a human's message pauses the bot this long in that chat; 0 = off
+    bot_resume_keyword: str = "#bot"
+    bot_pause_keyword: str = "#humano"
+    bot_close_keyword: str = "#encerrar"
+    handoff_keywords: tuple[str, ...] = DEFAULT_HANDOFF_KEYWORDS
+    handoff_reply: str = DEFAULT_HANDOFF_REPLY
+    handoff_closed_reply: str = DEFAULT_HANDOFF_CLOSED_REPLY
+    handoff_notify_url: str = ""
+    opt_out_keywords: tuple[str, ...] = DEFAULT_OPT_OUT_KEYWORDS
+    opt_out_reply: str = DEFAULT_OPT_OUT_REPLY
+    opt_in_keywords: tuple[str, ...] = DEFAULT_OPT_IN_KEYWORDS
+    opt_in_reply: str = DEFAULT_OPT_IN_REPLY
+    business_hours: str = ""  # empty = always open
+    timezone: str = "America/Sao_Paulo"
+    holidays: str = ""
+    bot_hours: str = "always"  # always | business (AI only when open) | outside (AI only when closed)
+    out_of_hours_reply: str = DEFAULT_OUT_OF_HOURS_REPLY
+    conversation_idle_minutes: float = 1440.0
+    split_messages: bool = False
+    split_max_parts: int = 4
+    typing_ms_per_char: int = 40
+    typing_max_ms: int = 5000
+    hours: BusinessHours = field(init=False, repr=False, compare=False)
+
     # History
     history_max_turns: int = 20
     history_ttl_seconds: int = 7 * 24 * 3600
@@ -150,6 +205,19 @@ class Settings:
     worker_enabled: bool = True
     worker_concurrency: int = 16
     worker_poll_seconds: float = 0.2
+
+    def __post_init__(self) -> None:
+        # Parsed once here (frozen: object.__setattr__), so tests building Settings directly get it too.
+        hours = BusinessHours.parse(self.business_hours, self.timezone, self.holidays)
+        object.__setattr__(self, "hours", hours)
+
+    @property
+    def handoff_pause_seconds(self) -> float:
+        return self.handoff_pause_minutes * 60
+
+    @property
+    def conversation_idle_seconds(self) -> float:
+        return self.conversation_idle_minutes * 60
 
     @property
     def webhook_body_limit(self) -> int:
@@ -239,6 +307,38 @@ def _strip(raw: str) -> str:
     return raw.strip()
 
 
+def _words(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of keywords or phrases, each trimmed, empty ones dropped."""
+    words = tuple(dict.fromkeys(word.strip() for word in raw.split(",") if word.strip()))
+    if not words:
+        raise ValueError("expected a comma-separated list of words")
+    return words
+
+
+def _keyword(raw: str) -> str:
+    word = raw.strip()
+    if not word or any(c.isspace() for c in word):
+        raise ValueError(f"expected one word without spaces, got {raw!r}")
+    return word
+
+
+def _bot_hours(raw: str) -> str:
+    mode = raw.strip().lower()
+    if mode not in BOT_HOURS_MODES:
+        raise ValueError(f"expected one of {', '.join(BOT_HOURS_MODES)}, got {raw!r}")
+    return mode
+
+
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """Keep the raw text, after `parse` found it valid (Settings parses it once into `hours`)."""
+
+    def check(raw: str) -> str:
+        parse(raw)
+        return raw.strip()
+
+    return check
+
+
 def _mime_types(raw: str) -> tuple[str, ...]:
     types = tuple(dict.fromkeys(t.strip().lower() for t in raw.split(",") if t.strip()))
     for mime in types:
@@ -310,12 +410,46 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIA_FETCH_TIMEOUT_SECONDS": ("media_fetch_timeout_seconds", _positive(float)),
     "MEDIA_FAILED_NOTICE": ("media_failed_notice", str),
     "MAX_REPLIES_PER_HOUR": ("max_replies_per_hour", _non_negative(int)),
+    "HANDOFF_PAUSE_MINUTES": ("handoff_pause_minutes", _non_negative(float)),
+    "BOT_RESUME_KEYWORD": ("bot_resume_keyword", _keyword),
+    "BOT_PAUSE_KEYWORD": ("bot_pause_keyword", _keyword),
+    "BOT_CLOSE_KEYWORD": ("bot_close_keyword", _keyword),
+    "HANDOFF_KEYWORDS": ("handoff_keywords", _words),
+    "HANDOFF_REPLY": ("handoff_reply", str),
+    "HANDOFF_CLOSED_REPLY": ("handoff_closed_reply", str),
+    "HANDOFF_NOTIFY_URL": ("handoff_notify_url", _strip),
+    "OPT_OUT_KEYWORDS": ("opt_out_keywords", _words),
+    "OPT_OUT_REPLY": ("opt_out_reply", str),
+    "OPT_IN_KEYWORDS": ("opt_in_keywords", _words),
+    "OPT_IN_REPLY": ("opt_in_reply", str),
+    "BUSINESS_HOURS": ("business_hours", _checked(parse_weekly_windows)),
+    "TIMEZONE": ("timezone", _checked(parse_timezone)),
+    "HOLIDAYS": ("holidays", _checked(parse_holidays)),
+    "BOT_HOURS": ("bot_hours", _bot_hours),
+    "OUT_OF_HOURS_REPLY": ("out_of_hours_reply", str),
+    "CONVERSATION_IDLE_MINUTES": ("conversation_idle_minutes", _positive(float)),
+    "SPLIT_MESSAGES": ("split_messages", _to_bool),
+    "SPLIT_MAX_PARTS": ("split_max_parts", _positive(int)),
+    "TYPING_MS_PER_CHAR": ("typing_ms_per_char", _non_negative(int)),
+    "TYPING_MAX_MS": ("typing_max_ms", _non_negative(int)),
     "HISTORY_MAX_TURNS": ("history_max_turns", _non_negative(int)),
     "HISTORY_TTL_SECONDS": ("history_ttl_seconds", _positive(int)),
     "WORKER_ENABLED": ("worker_enabled", _to_bool),
     "WORKER_CONCURRENCY": ("worker_concurrency", _positive(int)),
     "WORKER_POLL_SECONDS": ("worker_poll_seconds", _positive(float)),
 }
+# Customer-facing texts that may be set empty, to send nothing in that case; every other empty value means default.
+MAY_BE_EMPTY = frozenset(
+    {
+        "fallback_reply",
+        "media_failed_notice",
+        "handoff_reply",
+        "handoff_closed_reply",
+        "opt_out_reply",
+        "opt_in_reply",
+        "out_of_hours_reply",
+    }
+)
 # Read by load_settings() itself: its content replaces SYSTEM_PROMPT.
 SYSTEM_PROMPT_FILE = "SYSTEM_PROMPT_FILE"
 # Other names accepted for a variable (ALIAS -> NAME); setting both to different values is an error.
@@ -336,7 +470,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
     problems: list[str] = []
     for name, (attr, convert) in ENV_VARIABLES.items():
         raw = environ.get(name)
-        if raw is None or (raw.strip() == "" and attr not in {"fallback_reply", "media_failed_notice"}):
+        if raw is None or (raw.strip() == "" and attr not in MAY_BE_EMPTY):
             continue
         try:
             values[attr] = convert(raw)
@@ -351,11 +485,16 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
                 values["system_prompt"] = prompt
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"{SYSTEM_PROMPT_FILE}: cannot read {prompt_file!r} ({exc.__class__.__name__})")
-    for text_attr in ("fallback_reply", "media_failed_notice"):
+    for text_attr in MAY_BE_EMPTY:
         if text_attr in values:
             values[text_attr] = values[text_attr].strip()
     settings_fields = {f.name for f in fields(Settings)}
     assert set(values) <= settings_fields
+    if values.get("bot_hours") == "outside" and not environ.get("BUSINESS_HOURS", "").strip():
+        problems.append(
+            "BOT_HOURS: 'outside' needs BUSINESS_HOURS (without it the business is always open and the bot would "
+            "never answer)"
+        )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return Settings(**values)
@@ -417,6 +556,8 @@ def missing_for_production(settings: Settings) -> list[str]:
         )
     if not settings.redis_enabled:
         missing.append("CACHE_REDIS_ENABLED=false: in-process debounce only (one process, nothing survives a restart)")
+    if settings.bot_hours == "business" and settings.hours.always_open:
+        missing.append("BOT_HOURS=business but BUSINESS_HOURS is empty (always open): the AI answers at any hour")
     if settings.knowledge_dir and not Path(settings.knowledge_dir).is_dir():
         missing.append(f"KNOWLEDGE_DIR={settings.knowledge_dir!r} is not a folder: no knowledge until it exists")
     return missing

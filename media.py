@@ -9,11 +9,11 @@ An item that cannot be read (too large, type not allowed, fetch failing) never f
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from buffer import Claim
+from buffer import Claim, is_human_record
 from counters import Counters
 from errors import MediaError
 from gateways.downloads import decode_base64
@@ -85,9 +85,14 @@ class BurstPart:
 
 
 def parts_of(claim: Claim) -> list[BurstPart]:
-    """The burst's messages in arrival order, without any bytes yet."""
+    """The burst's customer messages in arrival order, without any bytes yet."""
+    return parts_of_records([m for m in claim.messages if not is_human_record(m)])
+
+
+def parts_of_records(records: Sequence[dict[str, Any]]) -> list[BurstPart]:
+    """Buffered message records in the order given, without any bytes yet."""
     parts = []
-    for message in claim.messages:
+    for message in records:
         media = MediaRef.from_json(message.get("media"))
         text = str(message.get("text") or "")
         if media is not None or text:

@@ -24,6 +24,20 @@ class Turn:
     role: str  # "user" or "model", as Gemini names them
     text: str
     at: float = 0.0
+    author: str = ""  # "human" for a person on the business side (a model turn); else implied by the role
+
+    @property
+    def by(self) -> str:
+        """Who wrote it: "customer", "bot" or "human"."""
+        if self.role == "user":
+            return "customer"
+        return self.author or "bot"
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {"role": self.role, "text": self.text, "at": self.at}
+        if self.author:
+            data["author"] = self.author
+        return data
 
 
 class History:
@@ -62,7 +76,7 @@ class History:
         if self.max_turns == 0 or not turns:
             return
         key = self.keys.history(chat.key)
-        encoded = [json.dumps({"role": t.role, "text": t.text, "at": t.at}, ensure_ascii=False) for t in turns]
+        encoded = [json.dumps(t.to_json(), ensure_ascii=False) for t in turns]
 
         def on_redis(client: redis.Redis) -> None:
             with client.pipeline(transaction=True) as pipe:

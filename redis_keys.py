@@ -31,9 +31,28 @@ class RedisKeys:
         return f"{self.prefix}:chat:{chat}:batch"
 
     def meta(self, chat: str) -> str:
-        """HASH first_at, deadline (pending burst); token, attempts, reply, turns (claimed batch). Deleted when
-        idle."""
+        """HASH first_at, deadline (pending burst); token, attempts, reply, turns, plan, sent (claimed batch).
+        Deleted when idle."""
         return f"{self.prefix}:chat:{chat}:meta"
+
+    def conversation(self, chat: str) -> str:
+        """HASH state (open|paused|closed), paused_at, paused_until ('inf' = until resumed), business_at (the last
+        human action), last_at (the last message), opened_at, notice_for (the closed period already told).
+        TTL = CONVERSATION_IDLE_MINUTES + 1 day, refreshed on every write: past it the conversation is closed."""
+        return f"{self.prefix}:chat:{chat}:conv"
+
+    def opt_out(self, chat: str) -> str:
+        """STRING, the time the customer opted out. No TTL: it outlives conversations, restarts and history."""
+        return f"{self.prefix}:chat:{chat}:optout"
+
+    def outbox(self, chat: str) -> str:
+        """ZSET hash of a reply part's text -> when it was about to be sent, so that its echo (which Evolution may
+        post before sendText returns the id) is known as ours. Trimmed to the echo window; TTL = the window."""
+        return f"{self.prefix}:chat:{chat}:outbox"
+
+    def own_message(self, chat: str, message_id: str) -> str:
+        """STRING marker of a message id a send returned (or an echo matched by text); TTL = DEDUP_TTL_SECONDS."""
+        return f"{self.prefix}:own:{chat}:{message_id}"
 
     def seen(self, chat: str, message_id: str) -> str:
         """STRING marker of a message id already accepted; TTL = DEDUP_TTL_SECONDS."""

@@ -23,9 +23,11 @@ import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from admin import admin_refusal, chats_api
 from ai_service import AIService
 from buffer import Buffer
 from config import Settings, load_settings, missing_for_production
+from conversation import Commands, Conversations, Params
 from counters import Counters
 from errors import AuthError, ConfigError, PayloadError
 from gateways import build_gateways
@@ -35,6 +37,7 @@ from knowledge import KnowledgeBase, ReloadSignal, Watcher
 from logs import setup_logging
 from memory import History
 from models import IgnoredEvent, IncomingMessage
+from notify import HandoffNotifier
 from redis_keys import RedisKeys
 from redis_link import RedisLink
 from sender import TextSender
@@ -44,6 +47,15 @@ log = logging.getLogger(__name__)
 
 JWT_LEEWAY_SECONDS = 30
 MAX_PREVIEW_CHARS = 1_000_000
+# Shown in /health from the start (at 0), so an owner can tell "never happened" from "not counted".
+CONVERSATION_COUNTERS = (
+    "handoffs",
+    "handoff_requests",
+    "opt_outs",
+    "opt_ins",
+    "out_of_hours_notices",
+    "paused_skips",
+)
 
 
 def is_authorized(settings: Settings, authorization: str, query_token: str) -> bool:
@@ -78,6 +90,7 @@ class Components:
     keys: RedisKeys
     buffer: Buffer
     history: History
+    conversations: Conversations
     counters: Counters
     gateways: dict[str, Gateway]
     worker: Worker
@@ -101,6 +114,23 @@ def build_components(
         media_max_bytes=settings.media_max_bytes,
     )
     history = History(link, keys, max_turns=settings.history_max_turns, ttl_seconds=settings.history_ttl_seconds)
+    conversations = Conversations(
+        link,
+        keys,
+        buffer,
+        params=Params(
+            debounce=settings.debounce_seconds,
+            max_wait=settings.debounce_max_wait_seconds,
+            dedup_ttl=settings.dedup_ttl_seconds,
+            idle=settings.conversation_idle_seconds,
+        ),
+        commands=Commands(
+            pause=settings.bot_pause_keyword,
+            resume=settings.bot_resume_keyword,
+            close=settings.bot_close_keyword,
+            handoff_seconds=settings.handoff_pause_seconds,
+        ),
+    )
     counters = Counters()
     gateways = build_gateways(settings)
     knowledge = KnowledgeBase(
@@ -117,9 +147,11 @@ def build_components(
         settings,
         buffer=buffer,
         history=history,
+        conversations=conversations,
         ai=AIService(settings, knowledge),
         senders=senders if senders is not None else gateways,  # type: ignore[arg-type] (a Gateway is a TextSender)
         counters=counters,
+        notifier=HandoffNotifier(settings.handoff_notify_url, counters),
         clock=clock,
     )
     return Components(
@@ -127,6 +159,7 @@ def build_components(
         keys=keys,
         buffer=buffer,
         history=history,
+        conversations=conversations,
         counters=counters,
         gateways=gateways,
         worker=worker,
@@ -212,7 +245,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
         return jsonify(summary), status
 
     def _buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent]) -> tuple[dict[str, Any], int]:
-        buffered, duplicates, reasons = 0, 0, []
+        buffered, duplicates, human, reasons = 0, 0, 0, []
         now = time.time()
         for item in parsed:
             if isinstance(item, IgnoredEvent):
@@ -220,6 +253,15 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
                 reasons.append(item.reason)
                 chat = item.chat.label if item.chat else "-"
                 log.info("ignored chat=%s msg=%s reason=%s", chat, item.message_id or "-", item.reason)
+                continue
+            if item.from_me:
+                outcome = _from_business_side(item, now)
+                if outcome in ("own_echo", "ignored"):
+                    reasons.append("own_echo" if outcome == "own_echo" else "from_me")
+                elif outcome == "duplicate":
+                    duplicates += 1
+                else:
+                    human += 1
                 continue
             result = buffer.append(item, now=now)
             if not result.accepted:
@@ -239,32 +281,38 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
                 result.store,
             )
             log.debug("text chat=%s msg=%s text=%.80r", item.chat.label, item.message_id, item.text)
-        if not buffered and not duplicates:
+        if not buffered and not duplicates and not human:
             return {"status": "ignored", "reason": ",".join(dict.fromkeys(reasons)) or "no_message"}, 200
-        return {"status": "buffered", "buffered": buffered, "duplicates": duplicates, "ignored": len(reasons)}, 200
+        summary = {"status": "buffered", "buffered": buffered, "duplicates": duplicates, "ignored": len(reasons)}
+        if human:
+            summary["human"] = human
+        return summary, 200
 
-    def admin_refusal() -> tuple[Response, int] | None:
-        """None when the request carries ADMIN_TOKEN as a bearer token; else the 404 (disabled) or 401 to send."""
-        if not settings.admin_token:
-            return jsonify(error="not found", detail="admin endpoints are disabled: ADMIN_TOKEN is not set"), 404
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        reason = ""
-        if not token:
-            reason = "missing bearer token: send Authorization: Bearer <ADMIN_TOKEN>"
-        elif not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
-            reason = "invalid admin token"
-        if not reason:
-            return None
-        counters.add("admin_auth_failures")
-        log.warning("admin request refused path=%s: %s", request.path, reason.split(":")[0])
-        response = jsonify(error="unauthorized", reason=reason)
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response, 401
+    def _from_business_side(item: IncomingMessage, now: float) -> str:
+        """A message typed on the business side (a person on the phone, another tool): it may pause, resume or
+        close the chat; the assistant's own echoes are recognised and ignored."""
+        outcome = parts.conversations.from_business_side(item, now=now)
+        counter = {
+            "own_echo": "own_echoes",
+            "ignored": "ignored",
+            "duplicate": "duplicates",
+            "pause": "handoffs",
+            "resume": "bot_resumes",
+            "close": "conversations_closed",
+        }[outcome]
+        counters.add(counter)
+        log.info("business-side message chat=%s msg=%s outcome=%s", item.chat.label, item.message_id, outcome)
+        return outcome
+
+    app.register_blueprint(
+        chats_api(
+            settings, conversations=parts.conversations, buffer=buffer, history=parts.history, counters=counters
+        )
+    )
 
     @app.post("/reload-context")
     def reload_context() -> tuple[Response, int]:
-        refusal = admin_refusal()
+        refusal = admin_refusal(settings, counters)
         if refusal is not None:
             return refusal
         if not knowledge.configured:
@@ -276,7 +324,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
 
     @app.get("/context/preview")
     def context_preview() -> tuple[Response, int]:
-        refusal = admin_refusal()
+        refusal = admin_refusal(settings, counters)
         if refusal is not None:
             return refusal
         try:
@@ -319,7 +367,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
                 "problems": len(knowledge.snapshot.problems),
             },
             **buffer.counts(),
-            "counters": counters.snapshot(),
+            "counters": dict(sorted({**dict.fromkeys(CONVERSATION_COUNTERS, 0), **counters.snapshot()}.items())),
         }
         return jsonify(body), 200
 
@@ -344,6 +392,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     if settings.worker_enabled if start_worker is None else start_worker:
         worker.start()
         atexit.register(worker.stop)  # gunicorn workers leave through sys.exit on SIGTERM
+    atexit.register(worker.notifier.close)
     if knowledge.configured and (settings.rag_auto_reload or watcher.signal is not None):
         # In every process, worker or not, so that what /context/preview shows is what replies use.
         watcher.start()

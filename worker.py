@@ -1,5 +1,5 @@
-"""The background worker: claim due chats -> media -> prompt -> reply -> send -> history -> ack. Handles no
-HTTP itself (media downloads and sends go through the chat's gateway).
+"""The background worker: claim due chats -> decide who answers (reply_policy) -> media -> prompt -> reply ->
+send -> history -> ack. Handles no HTTP itself (media downloads and sends go through the chat's gateway).
 
 One daemon thread per serving process runs `run_forever`; each claimed chat is processed on a small
 thread pool so replies go out concurrently. Claims are leased: the loop renews the leases of the chats it
@@ -14,15 +14,29 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from ai_service import AIService, Generated
 from buffer import Buffer, Claim
 from config import Settings
+from conversation import Changes, Conversations
 from counters import Counters
 from errors import AIServiceError, SendError
-from media import BurstPart, MediaLimits, MediaLoader, drop_bytes, failed_notice, parts_of, user_record
+from media import (
+    BurstPart,
+    MediaLimits,
+    MediaLoader,
+    drop_bytes,
+    failed_notice,
+    parts_of,
+    parts_of_records,
+    user_record,
+)
 from memory import History, Turn
-from sender import TextSender, split_text
+from models import ChatRef
+from notify import HandoffNotifier
+from reply_policy import NONE, TEXT, Decision, Rules, dated, decide, now_note
+from sender import TextSender, reply_parts, split_text
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +54,19 @@ class Worker:
         *,
         buffer: Buffer,
         history: History,
+        conversations: Conversations,
         ai: AIService,
         senders: dict[str, TextSender],
         counters: Counters,
+        notifier: HandoffNotifier | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.buffer = buffer
         self.history = history
+        self.conversations = conversations
+        self.rules = Rules.from_settings(settings)
+        self.notifier = notifier or HandoffNotifier(settings.handoff_notify_url, counters)
         self.ai = ai
         self.senders = senders
         self.counters = counters
@@ -166,29 +185,127 @@ class Worker:
     # ----- one chat --------------------------------------------------------------------------------
 
     def process(self, claim: Claim) -> None:
-        """Answer one claimed burst: reuse a stored reply or fetch its media and ask Gemini, fence, send,
-        remember, ack."""
+        """Answer one claimed burst: decide who answers it (reply_policy), write the reply (a fixed text, or the
+        media and Gemini), fence, send, remember, ack. A reply stored by an earlier attempt is sent as is."""
         chat = claim.chat
-        parts = parts_of(claim)
-        if not parts:
+        if not claim.messages:
             self.buffer.ack(claim)
             return
         if claim.reply:
-            reply, turns = claim.reply, self._stored_turns(claim, parts)
-            owned = self.buffer.renew(claim, now=self.clock())  # fence: still ours, right before sending
-        else:
-            composed = self._compose_new(claim, parts)
-            if composed is None:
+            plan = Plan.from_json(claim.plan)
+            turns = self._stored_turns(claim, parts_of(claim))
+            if not self.buffer.renew(claim, now=self.clock()):  # fence: still ours, right before sending
+                log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
                 return
-            reply, turns = composed
-            # Fence: store the reply and its history turns with the batch, and check we still own it.
-            owned = self.buffer.renew(claim, now=self.clock(), reply=reply, turns=encode_turns(turns))
-            if owned:
-                self._forget_media(claim)
+            self._deliver(claim, claim.reply, turns, plan)
+            return
+        status = self.conversations.status(chat)
+        decision = decide(claim.messages, status, self.rules, now=self.clock())
+        self._note(claim, decision)
+        if decision.action == NONE:
+            self._settle_without_reply(claim, decision)
+            return
+        composed = self._compose(claim, decision)
+        if composed is None:
+            return
+        reply, turns = composed
+        plan = Plan(changes=decision.changes, decided_with=status.business_at, reply_to=_last_id(decision))
+        # Fence: store the reply, its history turns and its plan with the batch, and check we still own it.
+        owned = self.buffer.renew(
+            claim, now=self.clock(), reply=reply, turns=encode_turns(turns), plan=json.dumps(plan.to_json())
+        )
         if not owned:
             log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
             return
-        if not self._send(claim, reply):
+        self._forget_media(claim)
+        self._deliver(claim, reply, turns, plan)
+
+    def _note(self, claim: Claim, decision: Decision) -> None:
+        """Log (masked) and count every decision; a request for a person is also notified."""
+        if decision.skipped:
+            self.counters.add("paused_skips")
+        counter = DECISION_COUNTERS.get(decision.reason)
+        if counter:
+            self.counters.add(counter)
+        log.info(
+            "decision chat=%s action=%s reason=%s answered=%d handled_by_person=%d",
+            claim.chat.label,
+            decision.action,
+            decision.reason,
+            len(decision.answered),
+            decision.skipped,
+        )
+        if decision.notify:
+            self.notifier.notify(
+                claim.chat,
+                customer_name=next((str(r.get("name")) for r in reversed(decision.answered) if r.get("name")), ""),
+                text="\n".join(str(r.get("text") or "") for r in decision.answered if r.get("text")),
+                at=decision.changes.last_at or self.clock(),
+            )
+
+    def _settle_without_reply(self, claim: Claim, decision: Decision) -> None:
+        """Nobody answers this burst now (a person handles the chat, the customer opted out, the hours): its
+        messages go into the history, the conversation records what changed, and the batch is done."""
+        self.conversations.settle(claim.chat, decision.changes, now=self.clock())
+        self.history.append(claim.chat, [*decision.earlier, *decision.user_turn(self._last_at(decision))])
+        self._forget_media(claim)
+        self.buffer.ack(claim)
+
+    def _compose(self, claim: Claim, decision: Decision) -> tuple[str, list[Turn]] | None:
+        """(reply, history turns) for the burst; None when it is settled without one (loop guard, or Gemini
+        failed and FALLBACK_REPLY is empty)."""
+        earlier = list(decision.earlier)
+        asked_at = self._last_at(decision)  # the customer's turn is dated when its last message came in
+        if decision.action == TEXT:
+            return decision.text, [
+                *earlier,
+                *decision.user_turn(asked_at),
+                Turn(role="model", text=decision.text, at=self.clock()),
+            ]
+        parts = parts_of_records(decision.answered)
+        if self._is_a_loop(claim):
+            self._settle_without_reply(claim, decision)
+            return None
+        self._mark_read(claim)
+        generated, parts = self._ask_gemini(claim, self.media.load(claim, parts), decision)
+        if generated is None:
+            if not self.settings.fallback_reply:  # the owner chose silence over an apology
+                self._settle_without_reply(claim, decision)
+                log.error("no reply sent chat=%s: gemini failed and FALLBACK_REPLY is empty", claim.chat.label)
+                return None
+            # The fallback is not a model turn: the unanswered burst joins the next prompt instead.
+            return self.settings.fallback_reply, [*earlier, Turn(role="user", text=user_record(parts), at=asked_at)]
+        reply = generated.reply
+        notice = failed_notice(parts, self.settings.media_failed_notice)
+        if notice:
+            reply = f"{reply}\n\n{notice}"
+        return reply, [
+            *earlier,
+            Turn(role="user", text=user_record(parts, generated.transcripts), at=asked_at),
+            Turn(role="model", text=reply, at=self.clock()),
+        ]
+
+    def _deliver(self, claim: Claim, reply: str, turns: list[Turn], plan: Plan) -> None:
+        """Record the decision's changes, then send what is left of the reply, remember it, ack. Not one part
+        goes out when a person acted in the chat after the decision (they answer); once the first part is out,
+        the rest follows (the parts are one delivery unit)."""
+        chat = claim.chat
+        parts = self._parts(chat, reply)
+        go_ahead = self.conversations.settle(
+            chat,
+            plan.changes,
+            now=self.clock(),
+            sending=parts[claim.sent :],
+            decided_with=plan.decided_with if claim.sent == 0 else None,
+        )
+        if not go_ahead:
+            self.counters.add("paused_skips")
+            log.info("reply withheld chat=%s: a person acted in the chat while it was being written", chat.label)
+            replied = [turn for turn in turns if not (turn.role == "model" and not turn.author)]
+            self.history.append(chat, replied)
+            self.buffer.ack(claim)
+            return
+        if not self._send(claim, parts, plan):
             return
         # History before ack: once acked, the chat's next burst may be claimed at once and must see this turn.
         self.history.append(chat, turns)
@@ -197,42 +314,30 @@ class Worker:
             log.warning("reply sent but lease had expired chat=%s: it may be answered twice", chat.label)
         self.counters.add("replies_sent")
         log.info(
-            "reply sent chat=%s messages=%d media=%d attempt=%d chars=%d fallback=%s",
+            "reply sent chat=%s messages=%d parts=%d attempt=%d chars=%d",
             chat.label,
             len(claim.messages),
-            sum(1 for p in parts if p.media is not None),
+            len(parts),
             claim.attempts,
             len(reply),
-            not any(turn.role == "model" for turn in turns),  # FALLBACK_REPLY is never a model turn
         )
 
-    def _compose_new(self, claim: Claim, parts: list[BurstPart]) -> tuple[str, list[Turn]] | None:
-        """(reply, history turns) for a burst without a stored reply; None when it is settled without one
-        (loop guard, or Gemini failed and FALLBACK_REPLY is empty)."""
-        chat = claim.chat
-        if self._is_a_loop(claim):
-            self.buffer.ack(claim)
-            self.history.append(chat, [Turn(role="user", text=user_record(parts), at=self.clock())])
-            return None
-        self._mark_read(claim)
-        generated, parts = self._ask_gemini(claim, self.media.load(claim, parts))
-        if generated is None:
-            if not self.settings.fallback_reply:  # the owner chose silence over an apology
-                self.buffer.ack(claim)
-                self.history.append(chat, [Turn(role="user", text=user_record(parts), at=self.clock())])
-                log.error("no reply sent chat=%s: gemini failed and FALLBACK_REPLY is empty", chat.label)
-                return None
-            # The fallback is not a model turn: the unanswered burst joins the next prompt instead.
-            return self.settings.fallback_reply, [Turn(role="user", text=user_record(parts), at=self.clock())]
-        reply = generated.reply
-        notice = failed_notice(parts, self.settings.media_failed_notice)
-        if notice:
-            reply = f"{reply}\n\n{notice}"
-        now = self.clock()
-        return reply, [
-            Turn(role="user", text=user_record(parts, generated.transcripts), at=now),
-            Turn(role="model", text=reply, at=now),
-        ]
+    def _parts(self, chat: ChatRef, reply: str) -> list[str]:
+        sender = self.senders.get(chat.gateway)
+        # Test doubles and future gateways may not declare a limit; WhatsApp's own is 4096 characters.
+        limit = getattr(sender, "max_text_chars", DEFAULT_MAX_TEXT_CHARS)
+        if not self.settings.split_messages:
+            return split_text(reply, limit)
+        return reply_parts(reply, max_parts=self.settings.split_max_parts, limit=limit)
+
+    def _typing_ms(self, part: str) -> int:
+        """How long "typing…" shows before a part, when replies are split to feel human."""
+        if not self.settings.split_messages:
+            return 0
+        return min(len(part) * self.settings.typing_ms_per_char, self.settings.typing_max_ms)
+
+    def _last_at(self, decision: Decision) -> float:
+        return decision.changes.last_at or self.clock()
 
     def _stored_turns(self, claim: Claim, parts: list[BurstPart]) -> list[Turn]:
         """The history turns stored with an earlier attempt's reply (or, for a reply stored by an older version
@@ -269,40 +374,51 @@ class Worker:
         if mark_read is not None and claim.messages:
             mark_read(claim.chat, str(claim.messages[-1].get("id", "")))
 
-    def _ask_gemini(self, claim: Claim, parts: list[BurstPart]) -> tuple[Generated | None, list[BurstPart]]:
+    def _ask_gemini(
+        self, claim: Claim, parts: list[BurstPart], decision: Decision
+    ) -> tuple[Generated | None, list[BurstPart]]:
         """(Gemini's reply and media transcripts, or None when Gemini keeps failing; the parts it was given).
 
-        When Gemini refuses a burst's media (400: a corrupt voice note, say), it is asked once more with the media
-        as words, so one bad item costs the customer that item, not the whole answer.
+        The history holds the turns this burst puts before the answered messages (a person's, say), and the turns
+        of earlier conversations carry their dates. When Gemini refuses a burst's media (400: a corrupt voice
+        note, say), it is asked once more with the media as words, so one bad item costs the customer that item,
+        not the whole answer.
         """
-        history = self.history.recent(claim.chat)
+        history, marked = dated(
+            [*self.history.recent(claim.chat), *decision.earlier], decision.conversation_since, self.settings.hours
+        )
+        note = now_note(self.clock(), self.settings.hours) if marked else ""
         try:
-            return self.ai.generate(history, parts), parts
+            return self.ai.generate(history, parts, note=note), parts
         except AIServiceError as exc:
             if exc.status_code == 400 and any(part.readable for part in parts):
                 self.counters.add("media_refused")
                 log.warning("gemini refused the media of chat=%s (%s); asking again without it", claim.chat.label, exc)
-                return self._ask_gemini(claim, [drop_bytes(part) for part in parts])
+                return self._ask_gemini(claim, [drop_bytes(part) for part in parts], decision)
             self.counters.add("ai_failures")
             self.counters.add("fallbacks")
             log.error("gemini failed chat=%s: %s; sending FALLBACK_REPLY", claim.chat.label, exc)
             return None, parts
 
-    def _send(self, claim: Claim, reply: str) -> bool:
-        """Send through the chat's own gateway, in parts if the reply exceeds its limit; on failure retry
-        later with backoff (keeping only the parts not yet sent) or dead-letter."""
+    def _send(self, claim: Claim, parts: list[str], plan: Plan) -> bool:
+        """Send the parts not sent yet, in order, through the chat's own gateway, each after its typing pause;
+        remember each part's id (its echo is ours) and how many went out. On failure retry later with backoff
+        (the parts already out are not sent again) or dead-letter."""
         sender = self.senders.get(claim.chat.gateway)
-        # Test doubles and future gateways may not declare a limit; WhatsApp's own is 4096 characters.
-        parts = split_text(reply, getattr(sender, "max_text_chars", DEFAULT_MAX_TEXT_CHARS))
-        sent = 0
+        sent = claim.sent
         try:
             if sender is None:
                 raise SendError(f"no sender for gateway {claim.chat.gateway!r}", transient=False)
-            for part in parts:
-                sender.send_text(claim.chat, part)
+            while sent < len(parts):
+                part = parts[sent]
+                typing_ms = self._typing_ms(part)
+                # Only a split reply shows "typing…" before each part; otherwise each gateway's own default.
+                typing = {"typing_ms": typing_ms, "reply_to": plan.reply_to} if typing_ms else {}
+                message_id = sender.send_text(claim.chat, part, **typing)
                 sent += 1
+                self.conversations.mark_sent(claim.chat, message_id)
                 if sent < len(parts):  # a re-claim after a crash sends only what is left
-                    self.buffer.renew(claim, now=self.clock(), reply="\n".join(parts[sent:]))
+                    self.buffer.renew(claim, now=self.clock(), sent=sent)
             return True
         except SendError as exc:
             self.counters.add("send_failures")
@@ -310,11 +426,13 @@ class Worker:
                 delay = min(
                     self.settings.delivery_retry_base_seconds * 2 ** (claim.attempts - 1), MAX_RETRY_DELAY_SECONDS
                 )
-                self.buffer.release(claim, retry_at=self.clock() + delay, reply="\n".join(parts[sent:]))
+                self.buffer.release(claim, retry_at=self.clock() + delay)
                 log.warning(
-                    "send failed chat=%s attempt=%d: %s; retrying in %.0fs",
+                    "send failed chat=%s attempt=%d part=%d/%d: %s; retrying in %.0fs",
                     claim.chat.label,
                     claim.attempts,
+                    sent + 1,
+                    len(parts),
                     exc,
                     delay,
                 )
@@ -332,5 +450,45 @@ class Worker:
             return False
 
 
+# Decision reasons that are counted in /health under their own name.
+DECISION_COUNTERS = {
+    "handoff_request": "handoff_requests",
+    "opt_out": "opt_outs",
+    "opt_in": "opt_ins",
+    "out_of_hours": "out_of_hours_notices",
+    "opted_out": "opted_out_skips",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """What goes with a stored reply, so a later attempt carries it out the same way: the conversation changes,
+    the business_at the decision saw (a person acting after it withholds the reply), the message answered."""
+
+    changes: Changes = field(default_factory=Changes)
+    decided_with: float | None = None
+    reply_to: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"changes": self.changes.to_json(), "decided_with": self.decided_with, "reply_to": self.reply_to}
+
+    @classmethod
+    def from_json(cls, raw: str) -> Plan:
+        """A stored plan; a reply stored by an older version (no plan) is sent without conversation checks."""
+        try:
+            data = json.loads(raw) if raw else {}
+            return cls(
+                changes=Changes.from_json(data.get("changes") or {}),
+                decided_with=data.get("decided_with"),
+                reply_to=str(data.get("reply_to") or ""),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+
+def _last_id(decision: Decision) -> str:
+    return str(decision.answered[-1].get("id") or "") if decision.answered else ""
+
+
 def encode_turns(turns: list[Turn]) -> str:
-    return json.dumps([{"role": t.role, "text": t.text, "at": t.at} for t in turns], ensure_ascii=False)
+    return json.dumps([t.to_json() for t in turns], ensure_ascii=False)

@@ -230,19 +230,21 @@ def test_a_reply_stored_for_one_batch_does_not_leak_into_the_next(buffers: Buffe
     assert (ids(second), second.reply, second.attempts) == (["MSG2"], "", 1)
 
 
-def test_turns_stored_with_a_reply_come_back_on_re_claim_and_not_in_the_next_batch(buffers: BufferFactory) -> None:
+def test_a_stored_reply_comes_back_on_re_claim_with_its_turns_plan_and_progress(buffers: BufferFactory) -> None:
     buffer, peer = buffers(), buffers()
     buffer.append(message(1), now=T0)
     (first,) = buffer.claim_due(now=T0 + DEBOUNCE, limit=10)
     turns = '[{"role": "user", "text": "[áudio] oi", "at": 1.0}]'
-    assert buffer.renew(first, now=T0 + DEBOUNCE, reply="Olá!", turns=turns)
-    assert buffer.release(first, retry_at=T0 + DEBOUNCE + 1, reply="parte que falta")  # keeps the turns
+    plan = '{"changes": {"opt": "out"}}'
+    assert buffer.renew(first, now=T0 + DEBOUNCE, reply="Olá!\n\nTudo bem?", turns=turns, plan=plan)
+    assert buffer.renew(first, now=T0 + DEBOUNCE, sent=1)  # the first part went out; the rest stays
+    assert buffer.release(first, retry_at=T0 + DEBOUNCE + 1)  # keeps all of it
     (again,) = peer.claim_due(now=T0 + DEBOUNCE + 1, limit=10)
-    assert (again.reply, again.turns) == ("parte que falta", turns)
+    assert (again.reply, again.turns, again.plan, again.sent) == ("Olá!\n\nTudo bem?", turns, plan, 1)
     buffer.append(message(2), now=T0 + DEBOUNCE + 2)
     assert peer.ack(again)
     (second,) = peer.claim_due(now=T0 + 2 * DEBOUNCE + 2, limit=10)
-    assert (second.reply, second.turns) == ("", "")
+    assert (second.reply, second.turns, second.plan, second.sent) == ("", "", "", 0)
 
 
 def media_message(n: int, blob: str) -> IncomingMessage:
@@ -286,7 +288,8 @@ def test_release_returns_the_batch_at_retry_at_with_its_reply(buffers: BufferFac
     buffer.append(message(1), now=T0)
     (claim,) = buffer.claim_due(now=T0 + DEBOUNCE, limit=10)
     retry_at = T0 + DEBOUNCE + 2 * LEASE
-    assert buffer.release(claim, retry_at=retry_at, reply="Olá!")
+    assert buffer.renew(claim, now=T0 + DEBOUNCE, reply="Olá!")
+    assert buffer.release(claim, retry_at=retry_at)
     assert buffer.claim_due(now=T0 + DEBOUNCE + LEASE, limit=10) == []
     assert buffer.claim_due(now=retry_at - 0.01, limit=10) == []
     (again,) = buffer.claim_due(now=retry_at, limit=10)

@@ -135,7 +135,14 @@ def test_a_burst_gets_one_reply(
     assert p.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 0}
     assert p.counters.snapshot() == {"replies_sent": 1}
     leftovers = {k for k in redis_client.keys("*") if ":seen:" not in k}
-    assert leftovers == {p.keys.history(CHAT.key), p.keys.replies_this_hour(CHAT.key)}  # both expire
+    assert leftovers == {
+        p.keys.history(CHAT.key),
+        p.keys.replies_this_hour(CHAT.key),
+        p.keys.conversation(CHAT.key),  # the conversation: open, last message at...
+        p.keys.outbox(CHAT.key),  # the reply's text hash, so its echo is known as ours
+        p.keys.own_message(CHAT.key, "FAKE000001"),  # the id the send returned, likewise
+    }
+    assert all(redis_client.ttl(key) > 0 for key in leftovers), "every key left behind expires"
 
     p.clock.advance(3600)
     assert p.worker.run_once(wait=True) == 0
@@ -449,7 +456,8 @@ def test_a_chat_over_the_hourly_reply_limit_is_not_answered(
     assert sent_texts(fake_evolution) == ["Resposta: Mensagem automática 1", "Resposta: Mensagem automática 2"]
     assert len(fake_gemini.prompts()) == 2
     assert p.counters.snapshot()["loop_guard"] == 1
-    assert p.history.recent(CHAT)[-1] == Turn(role="user", text="Mensagem automática 3", at=p.clock())
+    # the customer's turn is dated when the message came in (5 s before the worker took it)
+    assert p.history.recent(CHAT)[-1] == Turn(role="user", text="Mensagem automática 3", at=p.clock() - 5)
     assert p.buffer.counts()["chats_in_progress"] == 0  # acked, not left to be retried
     assert 0 < redis_client.ttl(p.keys.replies_this_hour(CHAT.key)) <= 3600
     other = ChatRef(gateway="evolution", instance=CHAT.instance, chat_id="5521912345678@s.whatsapp.net")

@@ -436,9 +436,10 @@ def test_mega_burst_gets_one_send(e2e: Harness, mega: FakeMega) -> None:
     (prompt,) = e2e.prompts()
     assert_burst_prompt(prompt, MEGA_BURST)
 
-    # Mega echoes what we sent as a fromMe message: it must not start another reply.
+    # Mega echoes what we sent as a fromMe message: known as our own (by its text), it neither starts another
+    # reply nor pauses the chat as a person's message would.
     echo = server.post(mega_text(reply, from_me=True), path="/webhook/mega", params={"token": WEBHOOK_TOKEN})
-    assert echo.json() == {"status": "ignored", "reason": "from_me"}
+    assert echo.json() == {"status": "ignored", "reason": "own_echo"}
     assert_quiet(e2e, prompts=1, fakes={"Mega": (mega.received, 1)})
     seen = counters(server)
     assert (seen.get("received"), seen.get("duplicates"), seen.get("replies_sent")) == (3, 1, 1)

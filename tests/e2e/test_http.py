@@ -12,6 +12,7 @@ from tests.e2e.conftest import (
     CUSTOMER_JID,
     EVOLUTION_APIKEY,
     GEMINI_KEY,
+    OTHER_JID,
     PAYLOAD_APIKEY,
     Harness,
     last_user_text,
@@ -178,7 +179,9 @@ def test_logs_at_info_hold_no_numbers_keys_or_texts(e2e: Harness) -> None:
     server = e2e.python_server(WEBHOOK_TOKEN=TOKEN)
     for text in texts:
         assert server.post(upsert(text), params={"token": TOKEN}).status_code == 200
-    assert server.post(upsert(texts[0], from_me=True), params={"token": TOKEN}).json()["status"] == "ignored"
+    # A person answering another chat from the phone: recorded (that chat is paused), never logged in clear.
+    human = server.post(upsert(texts[0], jid=OTHER_JID, from_me=True), params={"token": TOKEN}).json()
+    assert human.get("human") == 1, human
     assert server.post(upsert("x"), params={"token": "errado"}).status_code == 401
     assert server.post(data=b"nao e json {", params={"token": TOKEN}).status_code == 400
     e2e.wait_sends(1)
@@ -186,5 +189,12 @@ def test_logs_at_info_hold_no_numbers_keys_or_texts(e2e: Harness) -> None:
     logs = server.logs()
     assert "5511*****4321" in logs, logs  # the masked form is what is logged
     server.assert_logs_private(
-        CUSTOMER_JID.split("@")[0], EVOLUTION_APIKEY, GEMINI_KEY, PAYLOAD_APIKEY, TOKEN, reply, *texts
+        CUSTOMER_JID.split("@")[0],
+        OTHER_JID.split("@")[0],
+        EVOLUTION_APIKEY,
+        GEMINI_KEY,
+        PAYLOAD_APIKEY,
+        TOKEN,
+        reply,
+        *texts,
     )

@@ -89,7 +89,8 @@ def test_duplicate_deliveries_are_counted_once(e2e: Harness) -> None:
 
 
 def test_non_customer_events_are_ignored(e2e: Harness) -> None:
-    server = e2e.python_server()
+    # With handoff off, a person's message from the phone is ignored as before (tests/e2e/test_handoff.py: on).
+    server = e2e.python_server(HANDOFF_PAUSE_MINUTES=0)
     reaction = {"reactionMessage": {"key": {"remoteJid": CUSTOMER_JID, "fromMe": True, "id": "3EB0AAA"}, "text": "👍"}}
     ignored = {
         "from_me": upsert("Mensagem do atendente humano", from_me=True),
