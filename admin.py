@@ -65,7 +65,7 @@ def pause_minutes(body: Any) -> float | None | str:
     if body is None:
         return None
     if not isinstance(body, dict):
-        return "the body must be a JSON object, e.g. {\"minutes\": 30}, or empty for no limit"
+        return 'the body must be a JSON object, e.g. {"minutes": 30}, or empty for no limit'
     minutes = body.get("minutes")
     if minutes is None:
         return None
@@ -79,7 +79,8 @@ def pause_minutes(body: Any) -> float | None | str:
 def chats_api(
     settings: Settings, *, conversations: Conversations, buffer: Buffer, history: History, counters: Counters
 ) -> Blueprint:
-    """GET /admin/api/chats/<chat>; POST .../pause ({"minutes": N}, absent = until resumed), .../resume, .../close."""
+    """GET /admin/api/chats/<chat>; POST .../pause ({"minutes": N}; absent = until resumed, or until the
+    conversation closes after CONVERSATION_IDLE_MINUTES without messages), .../resume, .../close."""
     api = Blueprint("chats_api", __name__, url_prefix="/admin/api/chats")
 
     @api.before_request
@@ -106,15 +107,11 @@ def chats_api(
                 "last_message_at": status.last_at or None,
                 "last_human_action_at": status.business_at or None,
             },
-            "last_messages": [
-                {"role": turn.by, "text": turn.text, "at": turn.at} for turn in history.recent(chat)
-            ],
+            "last_messages": [{"role": turn.by, "text": turn.text, "at": turn.at} for turn in history.recent(chat)],
         }
 
     def known(body: dict[str, Any]) -> bool:
-        return bool(
-            body["conversation"]["opened_at"] or body["opted_out"] or body["pending"] or body["last_messages"]
-        )
+        return bool(body["conversation"]["opened_at"] or body["opted_out"] or body["pending"] or body["last_messages"])
 
     def bad_chat() -> tuple[Response, int]:
         return jsonify(error="bad chat", detail="expected gateway:instance:chat_id of a known gateway"), 400
@@ -133,7 +130,7 @@ def chats_api(
         chat = chat_from_path(raw)
         if chat is None:
             return bad_chat()
-        now = time.time()
+        now = round(time.time(), 3)  # the time as stored, so the view below sees the action just taken
         conversations.business_action(chat, action=action, seconds=seconds, now=now)
         counters.add({PAUSE: "handoffs", RESUME: "bot_resumes", CLOSE: "conversations_closed"}[action])
         log.info("admin %s chat=%s", action, chat.label)
@@ -143,7 +140,7 @@ def chats_api(
     def pause(raw: str) -> tuple[Response, int]:
         body = request.get_json(silent=True) if request.get_data() else None
         if body is None and request.get_data().strip():
-            return jsonify(error="bad request", detail="the body must be JSON, e.g. {\"minutes\": 30}"), 400
+            return jsonify(error="bad request", detail='the body must be JSON, e.g. {"minutes": 30}'), 400
         minutes = pause_minutes(body)
         if isinstance(minutes, str):
             return jsonify(error="bad request", detail=minutes), 400

@@ -32,6 +32,7 @@ from memory import Turn
 log = logging.getLogger(__name__)
 
 RETRY_STATUS_CODES = [408, 429, 500, 502, 503, 504]
+BUSINESS_FIRST = "(a conversa começou com uma mensagem da empresa)"  # model-facing, see build_prompt
 
 # Added to the system instruction when the burst carries media bytes (model-facing, in the persona's language).
 MEDIA_INSTRUCTION = (
@@ -87,7 +88,7 @@ def build_prompt(history: list[Turn], user_text: str | list[types.Part]) -> list
     """History as real user/model turns, then the new burst (text, or parts with media) as the last user turn.
 
     Consecutive turns of the same role (a fallback that was not recorded, say) are merged, because
-    Gemini expects the roles to alternate.
+    Gemini expects the roles to alternate. The business's turns (the bot's and a person's) are model turns.
     """
     burst = [types.Part(text=user_text)] if isinstance(user_text, str) else user_text
     turns = [(turn.role, [types.Part(text=turn.text)]) for turn in history] + [("user", burst)]
@@ -98,8 +99,10 @@ def build_prompt(history: list[Turn], user_text: str | list[types.Part]) -> list
             contents[-1] = types.Content(role=role, parts=[*(contents[-1].parts or []), *new_parts])
         else:
             contents.append(types.Content(role=role, parts=list(new_parts)))
-    while contents and contents[0].role == "model":  # a conversation must open with the user
-        contents.pop(0)
+    if contents and contents[0].role == "model":
+        # A conversation must open with the user; when the business wrote first (a person on the phone, say),
+        # what it said still matters, so it follows a short user placeholder instead of being dropped.
+        contents.insert(0, types.Content(role="user", parts=[types.Part(text=BUSINESS_FIRST)]))
     return contents
 
 

@@ -56,6 +56,14 @@ local function open_if_closed(conv, at_str, idle)
   end
 end
 
+local function reach_back(conv, at_str)
+  -- A burst's first message came before the person's message that opened this conversation: it opened then.
+  local c = redis.call('HMGET', conv, 'state', 'opened_at')
+  if c[1] and c[1] ~= 'closed' and c[2] and tonumber(at_str) < tonumber(c[2]) then
+    redis.call('HSET', conv, 'opened_at', at_str)
+  end
+end
+
 local function touch(conv, at_str)
   local last = tonumber(redis.call('HGET', conv, 'last_at') or '0')
   if tonumber(at_str) > last then redis.call('HSET', conv, 'last_at', at_str) end
@@ -153,7 +161,10 @@ SETTLE_LUA = (
     CONVERSATION_LUA
     + """
 local conv = KEYS[1]
-if ARGV[2] ~= '' then open_if_closed(conv, ARGV[2], ARGV[8]) end
+if ARGV[2] ~= '' then
+  open_if_closed(conv, ARGV[2], ARGV[8])
+  reach_back(conv, ARGV[2])
+end
 if ARGV[3] ~= '' then touch(conv, ARGV[3]) end
 if ARGV[4] ~= '' then pause(conv, ARGV[4], ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('HSET', conv, 'notice_for', ARGV[6]) end
@@ -234,8 +245,9 @@ class Status:
         return self.state == "paused" and self.paused_at <= at < self.paused_until
 
     def state_at(self, now: float, idle: float) -> str:
-        """open | paused | closed at `now`: a pause ends by itself, a conversation closes when idle."""
-        if self.starts_new_conversation(now, idle):
+        """open | paused | closed at `now`: a pause ends by itself, a conversation closes when idle (or by a
+        command, until the next message opens another)."""
+        if self.state == "closed" or self.starts_new_conversation(now, idle):
             return "closed"
         return "paused" if self.paused_at_time(now) else "open"
 
@@ -451,6 +463,8 @@ class LocalConversations:
             fields = local.fields
             if changes.first_at is not None:
                 _open_if_closed(fields, changes.first_at, p.idle)
+                if fields.get("state") != "closed" and changes.first_at < _float(fields.get("opened_at")):
+                    fields["opened_at"] = stamp(changes.first_at)
             if changes.last_at is not None:
                 _touch(fields, changes.last_at)
             if changes.pause_from is not None:
@@ -590,6 +604,7 @@ class Conversations:
         command = self.commands.action_for(message)
         if command is None:
             return "ignored"
+        now = round(now, 3)  # as stored, so that a status read at `now` sees what was written at `now`
         action, seconds, keep = command
         result = self.business_message(message, action=action, seconds=seconds, keep=keep, now=now)
         return {"own": "own_echo", "dup": "duplicate"}.get(result, action)
@@ -623,7 +638,9 @@ class Conversations:
         return self._shared(on_redis, locally)
 
     def business_action(self, chat: ChatRef, *, action: str, seconds: float = 0.0, now: float) -> str:
-        """Pause (for `seconds`, math.inf = until resumed), resume or close a chat from the admin API."""
+        """Pause (for `seconds`, math.inf = until resumed or the conversation closes), resume or close a chat from
+        the admin API. `now` is used as stored (to the millisecond): read the status at `round(now, 3)`."""
+        now = round(now, 3)
         return self._shared(
             lambda store: store.business_action(chat, action=action, seconds=seconds, now=now, p=self.params),
             lambda: self.local.business_action(chat, action=action, seconds=seconds, now=now, p=self.params),

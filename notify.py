@@ -5,12 +5,11 @@ errors, timeouts, 429 and 5xx; a notice that still fails is logged and counted, 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
-
-import requests
 
 from counters import Counters
 from models import ChatRef
@@ -27,6 +26,8 @@ def handoff_notice(chat: ChatRef, *, customer_name: str, text: str, at: float) -
     """The JSON body: the chat's identity in full (the owner's own data) and what the customer wrote."""
     return {
         "event": "handoff_request",
+        # The same request always carries the same id, so a receiver can drop a retried or repeated notice.
+        "id": hashlib.sha1(f"{chat.key}|{at:.3f}".encode()).hexdigest()[:20],
         "chat": chat.key,
         "gateway": chat.gateway,
         "instance": chat.instance,
@@ -58,7 +59,7 @@ class HandoffNotifier:
         try:
             response = self.session.post(self.url, json=body, timeout=NOTIFY_TIMEOUT_SECONDS)
             failure = f"answered {response.status_code}" if response.status_code >= 400 else ""
-        except requests.RequestException as exc:
+        except Exception as exc:  # a notice must never take its thread down silently
             failure = exc.__class__.__name__
         if failure:
             self.counters.add("handoff_notify_failures")

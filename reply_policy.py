@@ -209,6 +209,8 @@ class _Walk:
 
     def add(self, record: dict[str, Any], at: float) -> None:
         self._open_if_closed(at)
+        if not self.reset and self.status.state != "closed" and at < self.since:
+            self.since = at  # it came in before the person's message that opened the conversation
         self.last = max(self.last, at)
         if is_human_record(record):
             # The person answered whatever came before: those messages and the person's go into the history.

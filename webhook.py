@@ -55,6 +55,9 @@ CONVERSATION_COUNTERS = (
     "opt_ins",
     "out_of_hours_notices",
     "paused_skips",
+    "bot_resumes",
+    "conversations_closed",
+    "own_echoes",
 )
 
 
@@ -305,9 +308,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
         return outcome
 
     app.register_blueprint(
-        chats_api(
-            settings, conversations=parts.conversations, buffer=buffer, history=parts.history, counters=counters
-        )
+        chats_api(settings, conversations=parts.conversations, buffer=buffer, history=parts.history, counters=counters)
     )
 
     @app.post("/reload-context")

@@ -266,7 +266,7 @@ class Worker:
         if self._is_a_loop(claim):
             self._settle_without_reply(claim, decision)
             return None
-        self._mark_read(claim)
+        self._mark_read(claim, _last_id(decision))
         generated, parts = self._ask_gemini(claim, self.media.load(claim, parts), decision)
         if generated is None:
             if not self.settings.fallback_reply:  # the owner chose silence over an apology
@@ -368,11 +368,11 @@ class Worker:
         log.warning("reply limit reached chat=%s (%d/hour): not answering, possible bot loop", claim.chat.label, limit)
         return True
 
-    def _mark_read(self, claim: Claim) -> None:
-        """Read receipt for the burst's last message, where the gateway offers one (best effort)."""
+    def _mark_read(self, claim: Claim, message_id: str) -> None:
+        """Read receipt for the customer's last message, where the gateway offers one (best effort)."""
         mark_read = getattr(self.senders.get(claim.chat.gateway), "mark_read", None)
-        if mark_read is not None and claim.messages:
-            mark_read(claim.chat, str(claim.messages[-1].get("id", "")))
+        if mark_read is not None and message_id:
+            mark_read(claim.chat, message_id)
 
     def _ask_gemini(
         self, claim: Claim, parts: list[BurstPart], decision: Decision

@@ -164,6 +164,9 @@ class FakeEvolution(FakeServer):
     answers the base64 of `media[key id]` (set by the test), or Evolution's 400 shape for an unknown id."""
 
     media: dict[str, tuple[bytes, str]]
+    # Called with each sendText request and the answer about to be given, before it is given: a test can post
+    # the echo webhooks Evolution sends for it (`send.message` comes before sendText answers).
+    on_send: Callable[[Recorded, dict[str, Any]], None] | None = None
 
     def default_answer(self, recorded: Recorded) -> Any:
         if "/chat/getBase64FromMediaMessage/" in recorded.path:
@@ -178,12 +181,15 @@ class FakeEvolution(FakeServer):
                 "base64": base64.b64encode(data).decode(),
             }
         body = recorded.json
-        return {
+        answer = {
             "key": {"remoteJid": body.get("number"), "fromMe": True, "id": f"FAKE{len(self.requests):06d}"},
             "message": {"extendedTextMessage": {"text": body.get("text", "")}},
             "messageTimestamp": str(int(time.time())),
             "status": "PENDING",
         }
+        if self.on_send is not None:
+            self.on_send(recorded, answer)
+        return answer
 
     def sends(self) -> list[Recorded]:
         return [r for r in self.received() if "/message/sendText/" in r.path]

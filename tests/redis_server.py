@@ -1,4 +1,4 @@
-"""A throwaway redis-server on a free loopback port, persistence off: shared by the test suite and bench/.
+"""A throwaway redis-server on a free loopback port, persistence off unless asked: shared by the test suite and bench/.
 
 Only a server started here is ever stopped, by its own process handle.
 """
@@ -23,13 +23,16 @@ def free_port() -> int:
 class RedisServer:
     """`stop()`/`start()` on the same port let tests simulate an outage."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: `make test` and `make bench` install it")
         self.binary = binary
         self.port = free_port()
         self.workdir = workdir
+        # Persistent: an append-only file fsynced on every write, as the README asks of production, so a
+        # restart on the same port and folder keeps everything.
+        self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,8 +50,7 @@ class RedisServer:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *self.persistence,
                 "--dir",
                 str(self.workdir),
             ],

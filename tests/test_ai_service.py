@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_service import AIService, build_prompt
+from ai_service import BUSINESS_FIRST, AIService, build_prompt
 from config import DEFAULT_SYSTEM_PROMPT
 from errors import AIServiceError
 from knowledge import GROUNDING_RULE, HEADER_NOTHING_FOUND, HEADER_RETRIEVED, HEADER_WHOLE, KnowledgeBase
@@ -28,9 +28,13 @@ def test_build_prompt_turns_history_into_alternating_roles() -> None:
     assert [p.text for p in contents[-1].parts] == ["Preço?", "E o frete?"]
 
 
-def test_build_prompt_never_opens_with_the_model() -> None:
-    contents = build_prompt([Turn(role="model", text="Bem-vindo")], "Oi")
-    assert [c.role for c in contents] == ["user"]
+def test_build_prompt_never_opens_with_the_model_but_keeps_what_the_business_said_first() -> None:
+    contents = build_prompt([Turn(role="model", text="Seu pedido está pronto!", author="human")], "Oba")
+    assert [(c.role, [p.text for p in c.parts or []]) for c in contents] == [
+        ("user", [BUSINESS_FIRST]),
+        ("model", ["Seu pedido está pronto!"]),
+        ("user", ["Oba"]),
+    ]
 
 
 def test_generate_reply_sends_system_prompt_history_and_key(fake_gemini: FakeGemini) -> None:

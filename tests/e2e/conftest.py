@@ -20,7 +20,7 @@ import pytest
 import redis
 import requests
 
-from config import ENV_ALIASES, ENV_VARIABLES, SYSTEM_PROMPT_FILE
+from config import ENV_ALIASES, ENV_VARIABLES, MAY_BE_EMPTY, SYSTEM_PROMPT_FILE, Settings
 from tests.conftest import ROOT, RedisServer, free_port
 from tests.fakes import FakeEvolution, FakeGemini
 
@@ -292,6 +292,10 @@ class Harness:
         """A clean environment: every variable the service reads is set here (empty = its default)."""
         env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES and not k.startswith("GUNICORN")}
         env.update({name: "" for name in [*ENV_VARIABLES, *ENV_ALIASES]})
+        defaults = Settings()
+        for name, (attr, _) in ENV_VARIABLES.items():
+            if attr in MAY_BE_EMPTY:  # empty would mean "send nothing" there: set the default text instead
+                env[name] = getattr(defaults, attr)
         env[SYSTEM_PROMPT_FILE] = ""
         env.update(
             {
