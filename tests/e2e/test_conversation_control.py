@@ -36,6 +36,7 @@ from tests.e2e.conftest import (
     prompt_turns,
     upsert,
     wait_count,
+    wait_until,
 )
 from tests.fakes import Canned, FakeServer, Recorded, gemini_answer
 
@@ -254,6 +255,8 @@ def test_opt_out_holds_across_kill_9_restart_and_redis_restart_until_voltar(
     first.burst(["Parar."])
     (send,) = e2e.wait_sends(1)
     assert send.json["text"] == DEFAULT_OPT_OUT_REPLY
+    # Done with that batch (the kill below must not land between the send and its ack: that window is known).
+    wait_until(lambda: first.health()["counters"].get("replies_sent") == 1, timeout=5, what="the ack")
 
     first.burst(["Mas e a minha encomenda?"])
     first.kill()  # kill -9 with a burst pending
