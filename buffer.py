@@ -68,11 +68,19 @@ return {1, n, string.format('%.3f', deadline)}
 """
 )
 
-# KEYS: 1 due, 2 leases, 3 pending, 4 batch, 5 meta
-# ARGV: 1 chat key, 2 now, 3 lease expiry, 4 new token
+# KEYS: 1 due, 2 leases, 3 pending, 4 batch, 5 meta, 6 conversation, 7 opt-out, 8 history (the last three read
+# only: see conversation.py and memory.py)
+# ARGV: 1 chat key, 2 now, 3 lease expiry, 4 new token, 5 history turns to read
 # Returns false when not claimable, else {attempts, stored reply or '', stored turns or '', stored plan or '',
-# parts already sent, message JSON...}.
+# parts already sent, the chat's conversation fields (flat list), opted out (0/1), its last history turns (list),
+# message JSON...}. The conversation and the history come with the claim, so that deciding who answers and
+# writing the prompt cost no other round trip.
 CLAIM_LUA = """
+local function history()
+  local n = tonumber(ARGV[5])
+  if n <= 0 then return {} end
+  return redis.call('LRANGE', KEYS[8], -n, -1)
+end
 local now = tonumber(ARGV[2])
 local lease = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if lease then
@@ -82,6 +90,7 @@ if lease then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
   local stored = redis.call('HMGET', KEYS[5], 'reply', 'turns', 'plan', 'sent')
   return {attempts, stored[1] or '', stored[2] or '', stored[3] or '', tonumber(stored[4] or '0'),
+          redis.call('HGETALL', KEYS[6]), redis.call('EXISTS', KEYS[7]), history(),
           unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
 end
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -92,14 +101,17 @@ redis.call('RENAME', KEYS[3], KEYS[4])
 redis.call('HDEL', KEYS[5], 'first_at', 'reply', 'turns', 'plan', 'sent')
 redis.call('HSET', KEYS[5], 'token', ARGV[4], 'attempts', 1)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-return {1, '', '', '', 0, unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
+return {1, '', '', '', 0, redis.call('HGETALL', KEYS[6]), redis.call('EXISTS', KEYS[7]), history(),
+        unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
 """
 
-# KEYS: 1 leases, 2 meta
+# KEYS: 1 leases, 2 meta, [3 own-message marker of a part just sent (see conversation.py)]
 # ARGV: 1 chat key, 2 token, 3 new lease expiry, 4 reply to store ('' = keep), 5 history turns JSON ('' = keep),
-#       6 plan JSON ('' = keep), 7 parts sent ('' = keep)
-# Extends the lease only while the caller still owns the batch. Returns 1 if owned, else 0.
+#       6 plan JSON ('' = keep), 7 parts sent ('' = keep), 8 dedup ttl s (with KEYS[3])
+# Extends the lease only while the caller still owns the batch. Returns 1 if owned, else 0. The id of a part just
+# sent is recorded either way (its echo is ours).
 RENEW_LUA = """
+if KEYS[3] then redis.call('SET', KEYS[3], '1', 'EX', ARGV[8]) end
 if redis.call('HGET', KEYS[2], 'token') ~= ARGV[2] then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'reply', ARGV[4]) end
@@ -109,10 +121,13 @@ if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'sent', ARGV[7]) end
 return 1
 """
 
-# KEYS: 1 leases, 2 batch, 3 meta, 4 due, 5 pending, 6 dead letters, 7 stats
-# ARGV: 1 chat key, 2 token, 3 dead-letter record JSON ('' = normal ack), 4 dead letters kept
-# Deletes the batch if the caller still owns it; a burst that arrived meanwhile becomes due.
+# KEYS: 1 leases, 2 batch, 3 meta, 4 due, 5 pending, 6 dead letters, 7 stats, [8 own-message marker of the
+#       last part sent (see conversation.py)]
+# ARGV: 1 chat key, 2 token, 3 dead-letter record JSON ('' = normal ack), 4 dead letters kept, 5 dedup ttl s
+# Deletes the batch if the caller still owns it; a burst that arrived meanwhile becomes due. The id of the last
+# part sent is recorded either way.
 ACK_LUA = """
+if KEYS[8] then redis.call('SET', KEYS[8], '1', 'EX', ARGV[5]) end
 if redis.call('HGET', KEYS[3], 'token') ~= ARGV[2] then return 0 end
 if ARGV[3] ~= '' then
   redis.call('LPUSH', KEYS[6], ARGV[3])
@@ -152,7 +167,16 @@ class Claim:
     turns: str = ""  # the history turns (JSON) stored with that reply, written to the history on ack
     plan: str = ""  # what else was decided with that reply (JSON, see worker.py), carried out again if needed
     sent: int = 0  # parts of that reply already accepted by the gateway
+    conversation: dict[str, str] | None = None  # the chat's conversation fields read with the claim (Redis only)
+    opted_out: bool = False  # ... whether it opted out
+    history: list[str] | None = None  # ... and its last history turns as stored (JSON), oldest first
     store: str = "redis"
+
+    @property
+    def records_sent_ids(self) -> bool:
+        """True when this claim's store remembers sent ids with its progress and ack (Redis); otherwise the
+        caller tells conversation.py itself."""
+        return self.store == "redis"
 
     @property
     def text(self) -> str:
@@ -200,9 +224,11 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+    def __init__(self, client: redis.Redis, keys: RedisKeys, *, history_turns: int = 0, dedup_ttl: int = 86400) -> None:
         self.client = client
         self.keys = keys
+        self.dedup_ttl = dedup_ttl  # how long the id of a part sent is remembered
+        self.history_turns = history_turns  # HISTORY_MAX_TURNS: read with each claim
         self._append = client.register_script(APPEND_LUA)
         self._claim = client.register_script(CLAIM_LUA)
         self._renew = client.register_script(RENEW_LUA)
@@ -248,8 +274,17 @@ class RedisStore:
                 break
             token = uuid.uuid4().hex
             result = self._claim(
-                keys=[k.due(), k.leases(), k.pending(chat), k.batch(chat), k.meta(chat)],
-                args=[chat, now, now + lease_seconds, token],
+                keys=[
+                    k.due(),
+                    k.leases(),
+                    k.pending(chat),
+                    k.batch(chat),
+                    k.meta(chat),
+                    k.conversation(chat),
+                    k.opt_out(chat),
+                    k.history(chat),
+                ],
+                args=[chat, now, now + lease_seconds, token, self.history_turns],
             )
             if not result:
                 continue
@@ -262,7 +297,10 @@ class RedisStore:
                     turns=result[2] or "",
                     plan=result[3] or "",
                     sent=int(result[4] or 0),
-                    messages=[json.loads(item) for item in result[5:]],
+                    conversation=dict(zip(result[5][::2], result[5][1::2], strict=True)),
+                    opted_out=bool(result[6]),
+                    history=list(result[7]),
+                    messages=[json.loads(item) for item in result[8:]],
                     store=self.name,
                 )
             )
@@ -277,13 +315,17 @@ class RedisStore:
         turns: str = "",
         plan: str = "",
         sent: int | None = None,
+        sent_id: str = "",
     ) -> bool:
         """Extend the lease (and store the reply, its history turns, its plan and the parts sent) only if this
-        claim still owns the batch."""
+        claim still owns the batch; record `sent_id` as one of ours in any case."""
         chat = claim.chat.key
+        keys = [self.keys.leases(), self.keys.meta(chat)]
+        if sent_id:
+            keys.append(self.keys.own_message(chat, sent_id))
         owned = self._renew(
-            keys=[self.keys.leases(), self.keys.meta(chat)],
-            args=[chat, claim.token, lease_until, reply, turns, plan, "" if sent is None else sent],
+            keys=keys,
+            args=[chat, claim.token, lease_until, reply, turns, plan, "" if sent is None else sent, self.dedup_ttl],
         )
         return bool(owned)
 
@@ -294,22 +336,15 @@ class RedisStore:
         if message_ids:
             self.client.delete(*(self.keys.media(claim.chat.key, message_id) for message_id in message_ids))
 
-    def ack(self, claim: Claim, *, dead_letter: str = "") -> bool:
-        """Finish the batch (optionally recording it as a dead letter) if this claim still owns it."""
+    def ack(self, claim: Claim, *, dead_letter: str = "", sent_id: str = "") -> bool:
+        """Finish the batch (optionally recording it as a dead letter) if this claim still owns it; record
+        `sent_id` (the last part's) as one of ours in any case."""
         chat = claim.chat.key
         k = self.keys
-        done = self._ack(
-            keys=[
-                k.leases(),
-                k.batch(chat),
-                k.meta(chat),
-                k.due(),
-                k.pending(chat),
-                k.dead_letters(),
-                k.stats(),
-            ],
-            args=[chat, claim.token, dead_letter, DEAD_LETTERS_KEPT],
-        )
+        keys = [k.leases(), k.batch(chat), k.meta(chat), k.due(), k.pending(chat), k.dead_letters(), k.stats()]
+        if sent_id:
+            keys.append(k.own_message(chat, sent_id))
+        done = self._ack(keys=keys, args=[chat, claim.token, dead_letter, DEAD_LETTERS_KEPT, self.dedup_ttl])
         return bool(done)
 
     def count_reply(self, chat: ChatRef) -> int:
@@ -442,6 +477,7 @@ class LocalStore:
         turns: str = "",
         plan: str = "",
         sent: int | None = None,
+        sent_id: str = "",  # remembered by conversation.py's in-process store instead (see the worker)
     ) -> bool:
         with self._lock:
             chat = self._chats.get(claim.chat.key)
@@ -462,7 +498,7 @@ class LocalStore:
         with self._lock:
             self._drop_blobs(claim.chat.key, message_ids)
 
-    def ack(self, claim: Claim, *, dead_letter: str = "") -> bool:
+    def ack(self, claim: Claim, *, dead_letter: str = "", sent_id: str = "") -> bool:
         with self._lock:
             chat = self._chats.get(claim.chat.key)
             if chat is None or chat.token != claim.token:
@@ -531,9 +567,14 @@ class Buffer:
         dedup_ttl_seconds: int,
         lease_seconds: float,
         media_max_bytes: int = 0,
+        history_turns: int = 0,
     ) -> None:
         self.link = link
-        self.redis = RedisStore(link.client, keys) if link.client is not None else None
+        self.redis = (
+            RedisStore(link.client, keys, history_turns=history_turns, dedup_ttl=dedup_ttl_seconds)
+            if link.client is not None
+            else None
+        )
         self.local = LocalStore()
         self.debounce_seconds = debounce_seconds
         self.max_wait_seconds = max_wait_seconds
@@ -572,12 +613,27 @@ class Buffer:
         return claims
 
     def renew(
-        self, claim: Claim, *, now: float, reply: str = "", turns: str = "", plan: str = "", sent: int | None = None
+        self,
+        claim: Claim,
+        *,
+        now: float,
+        reply: str = "",
+        turns: str = "",
+        plan: str = "",
+        sent: int | None = None,
+        sent_id: str = "",
     ) -> bool:
         """True while `claim` still owns its batch; extends the lease and stores `reply`, the history `turns` and
-        the `plan` that go with it, and how many of its parts were `sent`, when given. Raises on Redis errors."""
+        the `plan` that go with it, and how many of its parts were `sent`, when given. On Redis, `sent_id` (the
+        part just sent) is remembered as the assistant's own in the same call. Raises on Redis errors."""
         return self._store(claim).renew(
-            claim, lease_until=now + self.lease_seconds, reply=reply, turns=turns, plan=plan, sent=sent
+            claim,
+            lease_until=now + self.lease_seconds,
+            reply=reply,
+            turns=turns,
+            plan=plan,
+            sent=sent,
+            sent_id=sent_id,
         )
 
     def release(self, claim: Claim, *, retry_at: float) -> bool:
@@ -596,8 +652,10 @@ class Buffer:
         ids = [str(m.get("id")) for m in claim.messages if m.get("blob")]
         self._store(claim).drop_media(claim, ids)
 
-    def ack(self, claim: Claim) -> bool:
-        return self._store(claim).ack(claim)
+    def ack(self, claim: Claim, *, sent_id: str = "") -> bool:
+        """Finish the batch; on Redis, `sent_id` (the last part sent) is remembered as the assistant's own in the
+        same call."""
+        return self._store(claim).ack(claim, sent_id=sent_id)
 
     def count_reply(self, claim: Claim, *, now: float) -> int:
         """Replies to this claim's chat in the last hour, this one included (loop guard)."""

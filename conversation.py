@@ -586,17 +586,19 @@ class Conversations:
                 if self.local.unsynced.get(chat_key) == (opted_out, at):
                     del self.local.unsynced[chat_key]
 
-    def status(self, chat: ChatRef) -> Status:
-        """The chat's conversation as stored (remembering its opt-out here, in case Redis goes away)."""
+    def status(self, chat: ChatRef, *, read: tuple[dict[str, str], bool] | None = None) -> Status:
+        """The chat's conversation as stored (remembering its opt-out here, in case Redis goes away). `read` is
+        what the buffer's claim already read from Redis (its fields and opt-out), saving a round trip."""
 
-        def on_redis(store: RedisConversations) -> Status:
-            status = store.status(chat)
+        def remembered(status: Status) -> Status:
             with self.local._lock:
                 if chat.key not in self.local.unsynced:
                     self.local.opted_out[chat.key] = status.opted_out
             return status
 
-        return self._shared(on_redis, lambda: self.local.status(chat))
+        if read is not None:
+            return remembered(Status.from_fields(read[0], opted_out=read[1]))
+        return self._shared(lambda store: remembered(store.status(chat)), lambda: self.local.status(chat))
 
     def from_business_side(self, message: IncomingMessage, *, now: float) -> str:
         """A message typed on the business side of a chat (`from_me`): "own_echo" (the assistant's own message

@@ -60,9 +60,12 @@ class History:
             return []
         key = self.keys.history(chat.key)
         return self.link.run(
-            lambda client: [Turn(**json.loads(item)) for item in client.lrange(key, -self.max_turns, -1)],
-            lambda: self._recent_local(chat),
+            lambda client: self.parse(client.lrange(key, -self.max_turns, -1)), lambda: self._recent_local(chat)
         )
+
+    def parse(self, stored: list[str]) -> list[Turn]:
+        """Turns as the Redis list keeps them (JSON), e.g. read together with a buffer claim."""
+        return [Turn(**json.loads(item)) for item in stored[-self.max_turns :]] if self.max_turns else []
 
     def _recent_local(self, chat: ChatRef) -> list[Turn]:
         with self._lock:

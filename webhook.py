@@ -115,6 +115,7 @@ def build_components(
         dedup_ttl_seconds=settings.dedup_ttl_seconds,
         lease_seconds=settings.lease_seconds,
         media_max_bytes=settings.media_max_bytes,
+        history_turns=settings.history_max_turns,
     )
     history = History(link, keys, max_turns=settings.history_max_turns, ttl_seconds=settings.history_ttl_seconds)
     conversations = Conversations(

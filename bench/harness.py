@@ -35,15 +35,15 @@ SOURCE = ROOT
 
 def snapshot_source(dest: Path) -> str:
     """Copy the service's Python files (top level and packages; not tests/, bench/, hidden dirs or .venv) and
-    tests/fakes.py to `dest`, once two reads 0.3 s apart agree (so a file being rewritten at that moment is not
-    caught half-way). Returns a short content hash."""
+    the test helpers the bench imports (fakes.py, redis_server.py) to `dest`, once two reads 0.3 s apart agree
+    (so a file being rewritten at that moment is not caught half-way). Returns a short content hash."""
     skip = {"tests", "bench", "node_modules"}
     files = [
         f
         for f in sorted(ROOT.rglob("*.py"))
         if not any(part.startswith(".") or part in skip for part in f.relative_to(ROOT).parts[:-1])
     ]
-    files += [ROOT / "tests" / "__init__.py", ROOT / "tests" / "fakes.py"]
+    files += [ROOT / "tests" / name for name in ("__init__.py", "fakes.py", "redis_server.py")]
     for _ in range(20):
         first = {f: f.read_bytes() for f in files}
         time.sleep(0.3)

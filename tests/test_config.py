@@ -259,12 +259,56 @@ def test_missing_knowledge_dir_is_a_start_up_warning(tmp_path: Path) -> None:
         ("RAG_AUTO_RELOAD", "sempre"),
         ("RAG_WATCH_INTERVAL", "0"),
         ("RAG_WATCH_INTERVAL", "nan"),
+        ("HANDOFF_PAUSE_MINUTES", "-1"),
+        ("HANDOFF_PAUSE_MINUTES", "duas horas"),
+        ("BOT_RESUME_KEYWORD", "volta bot"),
+        ("HANDOFF_KEYWORDS", " , ,"),
+        ("BUSINESS_HOURS", "seg-sex 08:00-18:00"),
+        ("BUSINESS_HOURS", "mon-fri 18:00-08:00"),
+        ("BUSINESS_HOURS", "mon-fri 08:00-25:00"),
+        ("TIMEZONE", "America/Sao Paulo"),
+        ("HOLIDAYS", "2026-13-01"),
+        ("HOLIDAYS", "25/12/2026"),
+        ("BOT_HOURS", "sometimes"),
+        ("BOT_HOURS", "outside"),  # without BUSINESS_HOURS the bot would never answer
+        ("CONVERSATION_IDLE_MINUTES", "0"),
+        ("SPLIT_MESSAGES", "talvez"),
+        ("SPLIT_MAX_PARTS", "0"),
+        ("TYPING_MS_PER_CHAR", "-1"),
     ],
 )
 def test_invalid_value_raises_config_error_naming_the_variable(name: str, raw: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_settings({name: raw})
     assert f"{name}:" in str(excinfo.value)
+
+
+def test_conversation_control_variables() -> None:
+    settings = load_settings(
+        {
+            "HANDOFF_PAUSE_MINUTES": "0.1",
+            "BOT_PAUSE_KEYWORD": "#pessoa",
+            "HANDOFF_KEYWORDS": "gerente, falar com o dono ,gerente",
+            "OPT_OUT_REPLY": "   ",
+            "BUSINESS_HOURS": "mon-fri 08:00-18:00; sat 08:00-12:00",
+            "TIMEZONE": "America/Manaus",
+            "HOLIDAYS": "2026-12-25",
+            "BOT_HOURS": "Business",
+            "SPLIT_MESSAGES": "true",
+        }
+    )
+    assert settings.handoff_pause_seconds == pytest.approx(6.0)
+    assert (settings.bot_pause_keyword, settings.handoff_keywords) == ("#pessoa", ("gerente", "falar com o dono"))
+    assert settings.opt_out_reply == ""  # set empty: send nothing
+    assert (settings.bot_hours, settings.split_messages) == ("business", True)
+    assert str(settings.hours.timezone) == "America/Manaus" and not settings.hours.always_open
+    assert load_settings({}).hours.always_open
+
+
+def test_a_bad_business_hours_value_names_the_bad_piece() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings({"BUSINESS_HOURS": "mon-fri 08:00-12:00; sab 08:00-12:00"})
+    assert "BUSINESS_HOURS: unknown day 'sab'" in str(excinfo.value)
 
 
 def test_config_error_lists_every_invalid_variable_at_once() -> None:

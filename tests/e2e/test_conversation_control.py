@@ -68,13 +68,15 @@ def sent_to(e2e: Harness, jid: str) -> list[str]:
     return [send.json["text"] for send in e2e.sends() if send.json["number"] == jid]
 
 
-def echo_every_send(e2e: Harness, server: ServerProcess) -> list[threading.Thread]:
+def echo_every_send(e2e: Harness, server: ServerProcess, ids: list[str]) -> list[threading.Thread]:
     """Make the fake Evolution behave like the real one: for each sendText it posts `send.message` to the
-    assistant *before* answering (so the id is not known yet), and the fromMe `messages.upsert` just after."""
+    assistant *before* answering (so the id is not known yet), and the fromMe `messages.upsert` just after.
+    The ids it answers are appended to `ids`."""
     threads: list[threading.Thread] = []
 
     def on_send(recorded: Recorded, answer: dict[str, Any]) -> None:
         msg_id, jid, text = answer["key"]["id"], recorded.json["number"], recorded.json["text"]
+        ids.append(msg_id)
         early = server.post(send_message_event(text, msg_id, jid))
         assert early.status_code == 200, early.text
 
@@ -136,7 +138,8 @@ def test_a_persons_message_cancels_the_pending_burst_and_holds_while_another_cha
 def test_the_assistants_own_echoes_never_pause_the_chat(e2e: Harness) -> None:
     e2e.gemini.queue(Canned(200, gemini_answer("Temos sim! Bolo de cenoura, R$ 48.")))
     server = e2e.gunicorn_server(workers=4, ADMIN_TOKEN=ADMIN_TOKEN)
-    threads = echo_every_send(e2e, server)
+    sent_ids: list[str] = []
+    threads = echo_every_send(e2e, server, sent_ids)
     server.burst(["Tem bolo de cenoura?"])
     e2e.wait_sends(1)
     for thread in threads:
@@ -149,6 +152,9 @@ def test_the_assistants_own_echoes_never_pause_the_chat(e2e: Harness) -> None:
     for thread in threads:
         thread.join(5)
     assert sent_to(e2e, CUSTOMER_JID) == ["Temos sim! Bolo de cenoura, R$ 48.", "Resposta: Vou querer um"]
+    # A late echo is known by the id sendText returned, whatever its text looks like by then.
+    late = server.post(from_phone("(mensagem editada)", msg_id=sent_ids[0]))
+    assert late.json() == {"status": "ignored", "reason": "own_echo"}
     assert chat_view(server, CUSTOMER)["state"] == "open"
     e2e.assert_no_more(sends=2, prompts=2)
 
@@ -212,14 +218,13 @@ def notify_endpoint() -> Iterator[FakeServer]:
 def test_a_request_for_a_person_gets_one_handoff_reply_no_gemini_and_one_notice(
     e2e: Harness, notify_endpoint: FakeServer
 ) -> None:
-    notify_endpoint.queue(Canned(503, {}))  # the owner's system hiccups once: retried
     server = e2e.python_server(HANDOFF_NOTIFY_URL=notify_endpoint.url + "/handoff")
     server.burst(["Boa tarde", "Quero falar com um atendente"])
     (send,) = e2e.wait_sends(1)
     assert send.json["text"] == DEFAULT_HANDOFF_REPLY
-    notices = notify_endpoint.wait_for(2)
-    assert [r.path for r in notices] == ["/handoff", "/handoff"]
-    body = notices[-1].json
+    (notice,) = notify_endpoint.wait_for(1)  # (retries on failure: tests/test_notify.py)
+    assert notice.path == "/handoff"
+    body = notice.json
     assert {k: body[k] for k in ("event", "chat", "gateway", "instance", "chat_id", "customer_name", "text")} == {
         "event": "handoff_request",
         "chat": CUSTOMER,
@@ -232,7 +237,7 @@ def test_a_request_for_a_person_gets_one_handoff_reply_no_gemini_and_one_notice(
     assert datetime.fromisoformat(body["at"]).timestamp() == pytest.approx(time.time(), abs=30)
     server.burst(["Oi?"])  # the chat now waits for the person
     e2e.assert_no_more(sends=1, prompts=0, seconds=QUIET_SECONDS)
-    assert len(notify_endpoint.received()) == 2
+    assert len(notify_endpoint.received()) == 1
     counters = server.health()["counters"]
     assert (counters["handoff_requests"], counters["paused_skips"]) == (1, 1)
 
