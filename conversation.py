@@ -478,6 +478,8 @@ class LocalConversations:
                 return False
             for hashed in sending:
                 local.outbox[hashed] = now
+            for hashed in [h for h, at in local.outbox.items() if at < now - ECHO_WINDOW_SECONDS]:
+                del local.outbox[hashed]
             return True
 
     def mark_sent(self, chat: ChatRef, message_id: str, *, now: float, dedup_ttl: int) -> None:

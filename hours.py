@@ -17,7 +17,7 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _MINUTES_PER_DAY = 24 * 60
 _LOOKAHEAD_DAYS = 400  # more than a year, so a yearly run of holidays or a seasonal gap still finds the opening
 
-_WEEKDAYS_PT = ("segunda-feira", "terça-feira", "quarta-feira", "quinta-feira", "sexta-feira", "sábado", "domingo")
+WEEKDAYS_PT = ("segunda-feira", "terça-feira", "quarta-feira", "quinta-feira", "sexta-feira", "sábado", "domingo")
 _DIGIT = re.compile(r"[0-9]")  # not \d: it also matches Arabic-Indic and other digits
 _TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # date.fromisoformat alone would also take "20261225"
@@ -271,7 +271,7 @@ def describe_when(moment: datetime, now: datetime) -> str:
         return f"hoje às {clock}"
     if days_ahead == 1:
         return f"amanhã às {clock}"
-    weekday = _WEEKDAYS_PT[moment.weekday()]
+    weekday = WEEKDAYS_PT[moment.weekday()]
     if 2 <= days_ahead <= 6:
         return f"{weekday} às {clock}"
     return f"{weekday}, {moment.strftime('%d/%m')}, às {clock}"

@@ -7,7 +7,6 @@ Every time is the server's clock when a message was received (each buffered reco
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -16,7 +15,7 @@ from typing import Any
 from buffer import is_human_record
 from config import Settings
 from conversation import Changes, Status
-from hours import BusinessHours, describe_when
+from hours import WEEKDAYS_PT, BusinessHours, describe_when
 from keywords import is_whole_message, keyword_set, mentions
 from media import parts_of_records, user_record
 from memory import Turn
@@ -270,11 +269,7 @@ def dated(turns: Sequence[Turn], since: float, hours: BusinessHours) -> tuple[li
 def now_note(now: float, hours: BusinessHours) -> str:
     """The current date and time for the system instruction, when earlier conversations are in the prompt."""
     moment = datetime.fromtimestamp(now, hours.timezone)
-    weekday = ("segunda-feira", "terça-feira", "quarta-feira", "quinta-feira", "sexta-feira", "sábado", "domingo")
     return (
-        f"Agora é {weekday[moment.weekday()]}, {moment:%d/%m/%Y %H:%M}. Mensagens marcadas com "
+        f"Agora é {WEEKDAYS_PT[moment.weekday()]}, {moment:%d/%m/%Y %H:%M}. Mensagens marcadas com "
         "[conversa anterior, data] são de conversas anteriores com este cliente."
     )
-
-
-INFINITE_PAUSE = math.inf

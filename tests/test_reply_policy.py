@@ -14,7 +14,7 @@ import pytest
 
 from conversation import Status
 from memory import Turn
-from reply_policy import AI, NONE, TEXT, Rules, dated, decide
+from reply_policy import AI, NONE, TEXT, Rules, dated, decide, now_note
 from tests.conftest import make_settings
 
 SP = ZoneInfo("America/Sao_Paulo")
@@ -242,3 +242,7 @@ def test_turns_of_earlier_conversations_carry_their_date() -> None:
         "hoje",
     ]
     assert dated(history, 0.0, make_settings().hours) == (history, False)
+
+
+def test_the_note_tells_gemini_the_date_when_earlier_conversations_are_in_the_prompt() -> None:
+    assert now_note(T, make_settings().hours).startswith("Agora é sexta-feira, 04/12/2026 10:00.")
