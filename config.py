@@ -6,14 +6,16 @@ one message that lists every invalid variable. Everything else receives a `Setti
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from dotenv import load_dotenv
+from dotenv import dotenv_values, find_dotenv, load_dotenv
 
 from errors import ConfigError
 from hours import BusinessHours, parse_holidays, parse_timezone, parse_weekly_windows
@@ -94,9 +96,10 @@ class Settings:
     max_body_bytes: int = 10 * MIB  # raised automatically to admit base64 media up to MEDIA_MAX_BYTES
     max_message_chars: int = 4000  # a message's text is cut to this before Redis or Gemini
 
-    # Webhook authentication (both off when empty)
+    # Webhook authentication: closed by default (a token is generated when neither secret is set)
     webhook_token: str = field(default="", repr=False)
     webhook_jwt_secret: str = field(default="", repr=False)
+    webhook_auth: bool = True  # False (WEBHOOK_AUTH=off) opens /webhook and /webhook/mega to anyone
 
     # Evolution API (outbound)
     evolution_api: str = ""  # full sendText URL or the server's base URL
@@ -160,6 +163,7 @@ class Settings:
     lease_seconds: float = 60.0  # a claimed chat returns to the queue if its worker is silent this long
     delivery_max_attempts: int = 12  # sends tried (with backoff) before a burst is dead-lettered
     delivery_retry_base_seconds: float = 5.0
+    reply_max_age_minutes: float = 30.0  # a reply not delivered by then is dead-lettered, never sent late
 
     # Media (voice notes, images, documents go to Gemini as inline bytes)
     media_max_bytes: int = 8 * MIB  # per item
@@ -196,6 +200,9 @@ class Settings:
     typing_ms_per_char: int = 40
     typing_max_ms: int = 5000
     hours: BusinessHours = field(init=False, repr=False, compare=False)
+    # What load_settings noticed about the .env file (not found, unknown names), said at start-up.
+    startup_notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    env_file: str = field(default="", compare=False)  # the .env read at start ('' = none)
 
     # History
     history_max_turns: int = 20
@@ -232,6 +239,10 @@ class Settings:
     @property
     def gateway_configured(self) -> bool:
         return bool(self.evolution_api)
+
+    @property
+    def any_gateway_configured(self) -> bool:
+        return self.gateway_configured or self.meta_enabled or self.mega_enabled or self.twilio_enabled
 
     @property
     def meta_enabled(self) -> bool:
@@ -339,6 +350,27 @@ def _checked(parse: Callable[[str], Any]) -> Callable[[str], str]:
     return check
 
 
+def _url(*schemes: str) -> Callable[[str], str]:
+    """A URL with one of `schemes` and a host (`unix` sockets have a path instead)."""
+    example = {"redis": "redis://localhost:6379/0"}.get(schemes[0], f"{schemes[0]}://host:port")
+
+    def parse(raw: str) -> str:
+        url = raw.strip()
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in schemes or not (parts.netloc or (parts.scheme == "unix" and parts.path)):
+            raise ValueError(f"expected a URL like {example} ({' or '.join(schemes)}), got {raw!r}")
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not a number or out of range)
+        except ValueError as exc:
+            raise ValueError(f"bad port in {raw!r}") from exc
+        return url
+
+    return parse
+
+
+_HTTP_URL = _url("http", "https")
+
+
 def _mime_types(raw: str) -> tuple[str, ...]:
     types = tuple(dict.fromkeys(t.strip().lower() for t in raw.split(",") if t.strip()))
     for mime in types:
@@ -356,7 +388,8 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MAX_MESSAGE_CHARS": ("max_message_chars", _positive(int)),
     "WEBHOOK_TOKEN": ("webhook_token", _strip),
     "WEBHOOK_JWT_SECRET": ("webhook_jwt_secret", _strip),
-    "EVOLUTION_API": ("evolution_api", _strip),
+    "WEBHOOK_AUTH": ("webhook_auth", _to_bool),
+    "EVOLUTION_API": ("evolution_api", _HTTP_URL),
     "AUTHENTICATION_API_KEY": ("authentication_api_key", _strip),
     "EVOLUTION_API_VERSION": ("evolution_api_version", _api_version),
     "SEND_DELAY_MS": ("send_delay_ms", _non_negative(int)),
@@ -366,24 +399,24 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "META_VERIFY_TOKEN": ("meta_verify_token", _strip),
     "META_ACCESS_TOKEN": ("meta_access_token", _strip),
     "META_PHONE_NUMBER_ID": ("meta_phone_number_id", _strip),
-    "META_GRAPH_URL": ("meta_graph_url", _strip),
+    "META_GRAPH_URL": ("meta_graph_url", _HTTP_URL),
     "META_API_VERSION": ("meta_api_version", _strip),
     "META_MARK_AS_READ": ("meta_mark_as_read", _to_bool),
-    "MEGA_API_BASE_URL": ("mega_api_base_url", _strip),
+    "MEGA_API_BASE_URL": ("mega_api_base_url", _HTTP_URL),
     "MEGA_INSTANCE_ID": ("mega_instance_id", _strip),
     "MEGA_API_TOKEN": ("mega_api_token", _strip),
     "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _strip),
     "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _strip),
     "TWILIO_WHATSAPP_FROM": ("twilio_whatsapp_from", _strip),
-    "TWILIO_PUBLIC_URL": ("twilio_public_url", _strip),
-    "TWILIO_API_URL": ("twilio_api_url", _strip),
+    "TWILIO_PUBLIC_URL": ("twilio_public_url", _HTTP_URL),
+    "TWILIO_API_URL": ("twilio_api_url", _HTTP_URL),
     "CACHE_REDIS_ENABLED": ("redis_enabled", _to_bool),
-    "CACHE_REDIS_URI": ("redis_uri", _strip),
+    "CACHE_REDIS_URI": ("redis_uri", _url("redis", "rediss", "unix")),
     "CACHE_REDIS_PREFIX_KEY": ("redis_prefix", _strip),
     "REDIS_RETRY_SECONDS": ("redis_retry_seconds", _positive(float)),
     "GEMINI_API_KEY": ("gemini_api_key", _strip),
     "GEMINI_MODEL": ("gemini_model", _strip),
-    "GEMINI_BASE_URL": ("gemini_base_url", _strip),
+    "GEMINI_BASE_URL": ("gemini_base_url", _HTTP_URL),
     "GEMINI_TIMEOUT_SECONDS": ("gemini_timeout_seconds", _positive(float)),
     "GEMINI_MAX_ATTEMPTS": ("gemini_max_attempts", _positive(int)),
     "GEMINI_RETRY_INITIAL_SECONDS": ("gemini_retry_initial_seconds", _positive(float)),
@@ -403,6 +436,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LEASE_SECONDS": ("lease_seconds", _positive(float)),
     "DELIVERY_MAX_ATTEMPTS": ("delivery_max_attempts", _positive(int)),
     "DELIVERY_RETRY_BASE_SECONDS": ("delivery_retry_base_seconds", _positive(float)),
+    "REPLY_MAX_AGE_MINUTES": ("reply_max_age_minutes", _positive(float)),
     "MEDIA_MAX_BYTES": ("media_max_bytes", _positive(int)),
     "MEDIA_MAX_BURST_BYTES": ("media_max_burst_bytes", _positive(int)),
     "MEDIA_ALLOWED_TYPES": ("media_allowed_types", _mime_types),
@@ -417,7 +451,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HANDOFF_KEYWORDS": ("handoff_keywords", _words),
     "HANDOFF_REPLY": ("handoff_reply", str),
     "HANDOFF_CLOSED_REPLY": ("handoff_closed_reply", str),
-    "HANDOFF_NOTIFY_URL": ("handoff_notify_url", _strip),
+    "HANDOFF_NOTIFY_URL": ("handoff_notify_url", _HTTP_URL),
     "OPT_OUT_KEYWORDS": ("opt_out_keywords", _words),
     "OPT_OUT_REPLY": ("opt_out_reply", str),
     "OPT_IN_KEYWORDS": ("opt_in_keywords", _words),
@@ -462,9 +496,11 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
     Raises:
         ConfigError: listing every variable that is set but invalid.
     """
+    notes: tuple[str, ...] = ()
+    env_file = ""
     if environ is None:
         if dotenv:
-            load_dotenv(override=False)
+            env_file, notes = _read_dotenv()
         environ = os.environ
     values: dict[str, Any] = {}
     problems: list[str] = []
@@ -497,7 +533,31 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
         )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-    return Settings(**values)
+    return Settings(**values, startup_notes=notes, env_file=env_file)
+
+
+# Every name this service reads: a name in .env that is none of these but close to one is most likely a typo.
+KNOWN_NAMES = frozenset([*ENV_VARIABLES, *ENV_ALIASES, SYSTEM_PROMPT_FILE])
+_OUR_PREFIXES = tuple({name.split("_", 1)[0] + "_" for name in KNOWN_NAMES})
+
+
+def _read_dotenv() -> tuple[str, tuple[str, ...]]:
+    """Load `.env` (the environment wins); returns its path and what a newcomer would want to know about it: that
+    none was found, or names in it that this service does not read but that look like its own (a typo)."""
+    path = find_dotenv(usecwd=True)
+    if not path:
+        return "", (f"no .env file found (looked in {os.getcwd()} and above): settings come from the environment",)
+    load_dotenv(path, override=False)
+    notes = []
+    for name in dotenv_values(path):
+        if name in KNOWN_NAMES:
+            continue
+        close = difflib.get_close_matches(name, KNOWN_NAMES, n=1, cutoff=0.8)
+        if close:
+            notes.append(f"{name} in {path} is not a setting of this service: did you mean {close[0]}?")
+        elif name.startswith(_OUR_PREFIXES):
+            notes.append(f"{name} in {path} is not a setting of this service (see .env.example)")
+    return path, tuple(notes)
 
 
 def _read_aliases(environ: Mapping[str, str], values: dict[str, Any]) -> list[str]:
@@ -523,11 +583,11 @@ def _read_aliases(environ: Mapping[str, str], values: dict[str, Any]) -> list[st
 
 def missing_for_production(settings: Settings) -> list[str]:
     """Human-readable list of what is not configured yet (the service still starts)."""
-    missing = []
+    missing = list(settings.startup_notes)
     if not settings.gemini_configured:
         missing.append("GEMINI_API_KEY is not set: every burst will get FALLBACK_REPLY instead of Gemini")
     if not settings.gateway_configured:
-        missing.append("EVOLUTION_API is not set: replies cannot be sent (retried with backoff, then dead-lettered)")
+        missing.append("EVOLUTION_API is not set: replies to Evolution chats cannot be sent (dead-lettered at once)")
     partial = {
         "Meta (META_APP_SECRET, META_VERIFY_TOKEN, META_ACCESS_TOKEN, META_PHONE_NUMBER_ID)": (
             settings.meta_enabled,
@@ -542,13 +602,10 @@ def missing_for_production(settings: Settings) -> list[str]:
             (settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_public_url),
         ),
     }
-    if settings.mega_enabled and not settings.webhook_token:
-        missing.append("Mega API is on but WEBHOOK_TOKEN is not set: /webhook/mega accepts unauthenticated posts")
+
     for gateway, (enabled, some_values) in partial.items():
         if not enabled and any(some_values):
             missing.append(f"{gateway} is only partly configured: that gateway stays off until all are set")
-    if not settings.webhook_token and not settings.webhook_jwt_secret:
-        missing.append("WEBHOOK_TOKEN / WEBHOOK_JWT_SECRET not set: /webhook accepts unauthenticated posts")
     if settings.media_max_burst_bytes * 4 / 3 > GEMINI_INLINE_LIMIT_BYTES:
         missing.append(
             "MEDIA_MAX_BURST_BYTES is above what fits in one Gemini request as base64 (about 15 MB): "

@@ -80,6 +80,11 @@ class RedisKeys:
         No TTL: a few bytes that must outlive any process."""
         return f"{self.prefix}:knowledge:generation"
 
+    def webhook_token(self) -> str:
+        """STRING, the webhook secret generated when none is configured (webhook_token.py). No TTL: every process
+        and restart must keep accepting the token the owner gave the gateway."""
+        return f"{self.prefix}:webhook:token"
+
     def stats(self) -> str:
         """HASH of counters shared by every process (received, duplicates, replies_sent, ...). No TTL."""
         return f"{self.prefix}:stats"

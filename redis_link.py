@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -22,11 +23,23 @@ UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError
 T = TypeVar("T")
 
 
+def redacted(url: str) -> str:
+    """A Redis URI fit for a log line: "redis://:***@cache:6379/0" instead of its password."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
 class RedisLink:
     """A redis client plus a small circuit breaker."""
 
     def __init__(self, url: str | None, *, retry_seconds: float = 2.0, timeout_seconds: float = 1.0) -> None:
         self.enabled = bool(url)
+        self.where = redacted(url or "")  # for log lines: the URI without its password
         self.client: redis.Redis | None = None
         if url:
             self.client = redis.Redis.from_url(
@@ -49,7 +62,11 @@ class RedisLink:
         with self._lock:
             self._down_until = time.monotonic() + self._retry_seconds
             if not self._was_down:
-                log.warning("redis unavailable, using in-process fallback: %s", exc.__class__.__name__)
+                log.warning(
+                    "redis unavailable at %s (CACHE_REDIS_URI), using in-process fallback: %s",
+                    self.where,
+                    exc.__class__.__name__,
+                )
             self._was_down = True
 
     def mark_up(self) -> None:

@@ -105,7 +105,8 @@ class EvolutionSender:
         """Send one text; Evolution shows "typing…" for `typing_ms`, else for SEND_DELAY_MS, before it sends.
         `reply_to` is not needed here."""
         if not self.settings.evolution_api:
-            raise SendError("EVOLUTION_API is not set", transient=True)
+            # Retrying cannot help until the owner configures it, and a reply sent an hour later would be stale.
+            raise SendError("EVOLUTION_API is not set: the gateway is not configured", transient=False)
         url = evolution_send_url(self.settings.evolution_api, chat.instance)
         delay_ms = typing_ms if typing_ms > 0 else self.settings.send_delay_ms
         body = evolution_body(chat.chat_id, text, version=self.settings.evolution_api_version, delay_ms=delay_ms)

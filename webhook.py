@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from notify import HandoffNotifier
 from redis_keys import RedisKeys
 from redis_link import RedisLink
 from sender import TextSender
+from webhook_token import WebhookSecret, announce, webhook_secret
 from worker import Worker
 
 log = logging.getLogger(__name__)
@@ -61,20 +63,21 @@ CONVERSATION_COUNTERS = (
 )
 
 
-def is_authorized(settings: Settings, authorization: str, query_token: str) -> bool:
-    """True when webhook auth is off, or the request carries WEBHOOK_TOKEN or a valid HS256 JWT."""
-    if not settings.webhook_token and not settings.webhook_jwt_secret:
+def is_authorized(secret: WebhookSecret, authorization: str, query_token: str) -> bool:
+    """True when the webhook is open (WEBHOOK_AUTH=off), or the request carries the token (WEBHOOK_TOKEN or the
+    generated one) or a valid HS256 JWT signed with WEBHOOK_JWT_SECRET."""
+    if secret.is_open:
         return True
     bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
-    if settings.webhook_token:
+    if secret.token:
         for candidate in (bearer, query_token):
-            if candidate and hmac.compare_digest(candidate.encode(), settings.webhook_token.encode()):
+            if candidate and hmac.compare_digest(candidate.encode(), secret.token.encode()):
                 return True
-    if settings.webhook_jwt_secret and bearer:
+    if secret.jwt_secret and bearer:
         try:
             jwt.decode(
                 bearer,
-                settings.webhook_jwt_secret,
+                secret.jwt_secret,
                 algorithms=["HS256"],
                 leeway=JWT_LEEWAY_SECONDS,
                 options={"require": ["exp"]},  # Evolution's tokens expire after 10 minutes; refuse eternal ones
@@ -181,6 +184,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
 
     parts = build_components(settings)
     link, buffer, counters, gateways, worker = parts.link, parts.buffer, parts.counters, parts.gateways, parts.worker
+    secret = webhook_secret(settings, link, parts.keys)
     knowledge, watcher = parts.knowledge, parts.watcher
     app.extensions["assistant"] = parts
 
@@ -225,7 +229,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
         )
         try:
             if gateway.uses_shared_token:
-                if not is_authorized(settings, inbound.header("Authorization"), inbound.query.get("token", "")):
+                if not is_authorized(secret, inbound.header("Authorization"), inbound.query.get("token", "")):
                     raise AuthError("missing or invalid credentials")
             else:
                 gateway.verify(inbound)
@@ -267,6 +271,8 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
                 else:
                     human += 1
                 continue
+            if item.chat.gateway == "evolution" and item.chat.instance == "default":
+                _warn_default_instance_once()
             result = buffer.append(item, now=now)
             if not result.accepted:
                 duplicates += 1
@@ -291,6 +297,17 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
         if human:
             summary["human"] = human
         return summary, 200
+
+    warned_default_instance: list[bool] = []
+
+    def _warn_default_instance_once() -> None:
+        if warned_default_instance:
+            return
+        warned_default_instance.append(True)
+        log.warning(
+            "an Evolution webhook named no instance: its replies go to the instance called 'default' (unless "
+            "EVOLUTION_API is an instance's full sendText URL); check that the webhook sends its `instance` field"
+        )
 
     def _from_business_side(item: IncomingMessage, now: float) -> str:
         """A message typed on the business side (a person on the phone, another tool): it may pause, resume or
@@ -355,8 +372,13 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
         redis_state = "disabled"
         if link.enabled:
             redis_state = "up" if link.ping() else "down"
+        # not_configured: nothing could be answered yet (no model or no gateway); degraded: something that was
+        # working is not (Redis down, the worker stopped); ok otherwise.
+        status = "ok" if redis_state != "down" and worker_state() != "stopped" else "degraded"
+        if not settings.gemini_configured or not settings.any_gateway_configured:
+            status = "not_configured"
         body: dict[str, Any] = {
-            "status": "ok" if redis_state != "down" and worker_state() != "stopped" else "degraded",
+            "status": status,
             "redis": redis_state,
             "gemini": "configured" if settings.gemini_configured else "missing GEMINI_API_KEY",
             "gateway": "configured" if settings.gateway_configured else "missing EVOLUTION_API",
@@ -401,6 +423,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
         atexit.register(watcher.stop)
     for problem in missing_for_production(settings):
         log.warning("%s", problem)
+    announce(secret, settings)
     return app
 
 
@@ -418,11 +441,30 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on host:port (probed the way the development server binds)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def main() -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    # Before anything starts (the worker would claim chats in a process that then fails to serve).
+    if port_in_use(settings.host, settings.port):
+        print(
+            f"PORT {settings.port} is already in use on {settings.host}: stop what is using it, or set PORT to a free "
+            "port",
+            file=sys.stderr,
+        )
         sys.exit(2)
     app = create_app(settings)
     # Flask's dev server dies on SIGTERM without cleanup; turn it into a normal exit so the worker stops.

@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 
 from ai_service import AIService, Generated
@@ -86,6 +87,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: dict[str, Claim] = {}  # token -> claim, for lease renewal
+        self._futures: set[Future[None]] = set()  # replies running on the pool, waited for by stop()
         self._in_flight_lock = threading.Lock()
         self._last_heartbeat = 0.0
         self.last_loop_at = 0.0
@@ -104,15 +106,29 @@ class Worker:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, let running replies finish for up to `timeout` seconds. Unfinished batches
         keep their lease and are claimed again by another process once it expires."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._slot_free.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._pool is not None:
+            # Queued jobs are dropped (their leases expire); the ones already running are waited for.
             self._pool.shutdown(wait=False, cancel_futures=True)
+            with self._in_flight_lock:
+                running = list(self._futures)
+            _, not_done = wait_for_futures(running, timeout=max(0.0, deadline - time.monotonic()))
+            if not_done:
+                log.warning(
+                    "stopped with %d replies still running; their chats return when the lease expires", len(not_done)
+                )
         with self._in_flight_lock:
             # Cancelled jobs never reach their `finally`; their leases simply expire.
             self._in_flight.clear()
+            self._futures.clear()
+
+    def _forget_future(self, future: Future[None]) -> None:
+        with self._in_flight_lock:
+            self._futures.discard(future)
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -156,7 +172,10 @@ class Worker:
             if wait or self._pool is None:
                 self._process_guarded(claim)
             else:
-                self._pool.submit(self._process_guarded, claim)
+                future = self._pool.submit(self._process_guarded, claim)
+                with self._in_flight_lock:
+                    self._futures.add(future)
+                future.add_done_callback(self._forget_future)
         return len(claims)
 
     def renew_leases(self) -> None:
@@ -210,7 +229,12 @@ class Worker:
         if composed is None:
             return
         reply, turns = composed
-        plan = Plan(changes=decision.changes, decided_with=status.business_at, reply_to=_last_id(decision))
+        plan = Plan(
+            changes=decision.changes,
+            decided_with=status.business_at,
+            reply_to=_last_id(decision),
+            written_at=self.clock(),
+        )
         # Fence: store the reply, its history turns and its plan with the batch, and check we still own it.
         owned = self.buffer.renew(
             claim, now=self.clock(), reply=reply, turns=encode_turns(turns), plan=json.dumps(plan.to_json())
@@ -292,6 +316,14 @@ class Worker:
         the rest follows (the parts are one delivery unit)."""
         chat = claim.chat
         parts = self._parts(chat, reply)
+        max_age = self.settings.reply_max_age_minutes * 60
+        if plan.written_at and self.clock() - plan.written_at > max_age:
+            # Late is worse than never for a chat reply ("Desculpe, instabilidade" an hour later); what the
+            # decision changed (an opt-out, say) still holds.
+            self.conversations.settle(chat, plan.changes, now=self.clock())
+            self.counters.add("stale_replies")
+            self._dead_letter(claim, f"stale: not delivered within REPLY_MAX_AGE_MINUTES ({max_age / 60:g} min)")
+            return
         go_ahead = self.conversations.settle(
             chat,
             plan.changes,
@@ -315,6 +347,7 @@ class Worker:
             self.counters.add("late_acks")
             log.warning("reply sent but lease had expired chat=%s: it may be answered twice", chat.label)
         self.counters.add("replies_sent")
+        log.debug("reply text chat=%s text=%.80r", chat.label, reply)
         log.info(
             "reply sent chat=%s messages=%d parts=%d attempt=%d chars=%d",
             chat.label,
@@ -442,17 +475,17 @@ class Worker:
                     delay,
                 )
             else:
-                if not self.buffer.dead_letter(claim, reason=str(exc), now=self.clock()):
-                    log.warning("lease lost chat=%s before dead-lettering; the new owner decides", claim.chat.label)
-                    return None
-                self.counters.add("dead_lettered")
-                log.error(
-                    "reply abandoned chat=%s after %d attempts: %s (kept in dead letters)",
-                    claim.chat.label,
-                    claim.attempts,
-                    exc,
-                )
+                self._dead_letter(claim, str(exc))
             return None
+
+    def _dead_letter(self, claim: Claim, reason: str) -> None:
+        """Give up on this burst's reply: keep it in the dead letters, log and count it."""
+        if not self.buffer.dead_letter(claim, reason=reason, now=self.clock()):
+            log.warning("lease lost chat=%s before dead-lettering; the new owner decides", claim.chat.label)
+            return
+        self.counters.add("dead_lettered")
+        label, attempts = claim.chat.label, claim.attempts
+        log.error("reply abandoned chat=%s after %d attempts: %s (kept in dead letters)", label, attempts, reason)
 
 
 # Decision reasons that are counted in /health under their own name.
@@ -473,9 +506,15 @@ class Plan:
     changes: Changes = field(default_factory=Changes)
     decided_with: float | None = None
     reply_to: str = ""
+    written_at: float = 0.0  # when the reply was written; past REPLY_MAX_AGE_MINUTES it is not sent (0 = unknown)
 
     def to_json(self) -> dict[str, object]:
-        return {"changes": self.changes.to_json(), "decided_with": self.decided_with, "reply_to": self.reply_to}
+        return {
+            "changes": self.changes.to_json(),
+            "decided_with": self.decided_with,
+            "reply_to": self.reply_to,
+            "written_at": self.written_at,
+        }
 
     @classmethod
     def from_json(cls, raw: str) -> Plan:
@@ -486,6 +525,7 @@ class Plan:
                 changes=Changes.from_json(data.get("changes") or {}),
                 decided_with=data.get("decided_with"),
                 reply_to=str(data.get("reply_to") or ""),
+                written_at=float(data.get("written_at") or 0.0),
             )
         except (ValueError, TypeError, AttributeError):
             return cls()

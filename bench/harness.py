@@ -156,6 +156,7 @@ def service_env(overrides: dict[str, Any]) -> dict[str, str]:
     env.update({name: "" for name in ENV_VARIABLES})
     env[SYSTEM_PROMPT_FILE] = ""
     env["PYTHONUNBUFFERED"] = "1"
+    env["WEBHOOK_AUTH"] = "off"  # the load posts without a token (a release without the setting ignores it)
     env.update({name: str(value) for name, value in overrides.items()})
     return env
 

@@ -71,6 +71,7 @@ def make_settings(**overrides: object) -> Settings:
         "worker_enabled": False,
         "lease_seconds": 5.0,
         "log_level": "DEBUG",
+        "webhook_auth": False,  # open, as most tests post without a token (closed by default: test_webhook.py)
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

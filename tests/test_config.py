@@ -5,7 +5,9 @@ SYSTEM_PROMPT_FILE, secrets kept out of repr, and .env.example / README.md kept 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,11 @@ from config import (
     DEFAULT_SYSTEM_PROMPT,
     ENV_ALIASES,
     ENV_VARIABLES,
+    KNOWN_NAMES,
     SYSTEM_PROMPT_FILE,
     Settings,
     load_settings,
+    missing_for_production,
 )
 from errors import ConfigError
 
@@ -275,6 +279,14 @@ def test_missing_knowledge_dir_is_a_start_up_warning(tmp_path: Path) -> None:
         ("SPLIT_MESSAGES", "talvez"),
         ("SPLIT_MAX_PARTS", "0"),
         ("TYPING_MS_PER_CHAR", "-1"),
+        ("CACHE_REDIS_URI", "localhost:6379"),  # no scheme: was a 24-line traceback at start
+        ("CACHE_REDIS_URI", "http://localhost:6379"),
+        ("CACHE_REDIS_URI", "redis://localhost:99999/0"),
+        ("EVOLUTION_API", "evolution:8080"),
+        ("GEMINI_BASE_URL", "localhost:8000"),
+        ("HANDOFF_NOTIFY_URL", "ftp://owner.example.com/x"),
+        ("TWILIO_PUBLIC_URL", "bot.example.com"),
+        ("REPLY_MAX_AGE_MINUTES", "0"),
     ],
 )
 def test_invalid_value_raises_config_error_naming_the_variable(name: str, raw: str) -> None:
@@ -438,3 +450,37 @@ def test_config_module_is_the_only_reader_of_the_environment() -> None:
             offenders.append(path.name)
     assert offenders == []
     assert "os.environ" in Path(config.__file__).read_text(encoding="utf-8")
+
+
+# --- .env at start-up ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty working directory, with none of our variables in the environment (load_dotenv writes there)."""
+    monkeypatch.chdir(tmp_path)
+    before = dict(os.environ)
+    for name in KNOWN_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    yield tmp_path
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+
+
+def test_names_in_dotenv_that_look_like_ours_are_reported(clean_cwd: Path) -> None:
+    (clean_cwd / ".env").write_text(
+        "DEBOUNCE_SECOND=5\nGEMINI_MODELO=gemini-x\nCACHE_REDIS_URL=redis://x\nMY_BACKUP_DIR=/srv\nDEBOUNCE_SECONDS=3\n"
+    )
+    settings = load_settings()
+    assert settings.debounce_seconds == 3.0
+    notes = missing_for_production(settings)
+    path = str(clean_cwd / ".env")
+    assert f"DEBOUNCE_SECOND in {path} is not a setting of this service: did you mean DEBOUNCE_SECONDS?" in notes
+    assert f"GEMINI_MODELO in {path} is not a setting of this service: did you mean GEMINI_MODEL?" in notes
+    assert f"CACHE_REDIS_URL in {path} is not a setting of this service: did you mean CACHE_REDIS_URI?" in notes
+    assert not any("MY_BACKUP_DIR" in note for note in notes)  # not ours: none of our business
+
+
+def test_a_missing_dotenv_is_said_at_start(clean_cwd: Path) -> None:
+    notes = missing_for_production(load_settings())
+    assert any(note.startswith("no .env file found") and str(clean_cwd) in note for note in notes), notes

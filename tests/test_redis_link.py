@@ -50,3 +50,12 @@ def test_a_bug_in_a_command_propagates_instead_of_marking_redis_down(redis_serve
         link.run(lambda client: client.execute_command("NO-SUCH-COMMAND"), lambda: "local")
     assert not link.is_down()
     link.client.close()  # type: ignore[union-attr]
+
+
+def test_the_log_names_the_redis_uri_without_its_password(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    link = RedisLink(f"redis://:s3cret-pw@127.0.0.1:{port}/0", timeout_seconds=0.2)
+    with caplog.at_level("WARNING", logger="redis_link"):
+        assert link.run(lambda client: client.ping(), lambda: "local") == "local"
+    assert f"redis unavailable at redis://:***@127.0.0.1:{port}/0 (CACHE_REDIS_URI)" in caplog.text
+    assert "s3cret-pw" not in caplog.text

@@ -474,3 +474,62 @@ def test_the_reply_limit_can_be_turned_off(pipeline: PipelineFactory, fake_evolu
         p.clock.advance(5)
         p.worker.run_once(wait=True)
     assert len(fake_evolution.sends()) == 4
+
+
+# ----- newcomer issues: stop, stale replies, an unconfigured gateway, the reply in DEBUG logs ------------------
+
+
+def test_stop_lets_a_running_reply_finish(
+    pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    fake_gemini.delay = 1.0  # the reply is being written when stop() is called
+    p = pipeline(clock=time.time, worker_poll_seconds=0.02)
+    p.buffer.append(IncomingMessage(chat=CHAT, message_id="S1", text="Oi"), now=time.time() - 60)
+    p.worker.start()
+    fake_gemini.wait_for(1)
+    p.worker.stop(timeout=10)
+    assert sent_texts(fake_evolution) == ["Resposta: Oi"], "stop() must let the running reply finish"
+    assert p.counters.snapshot()["replies_sent"] == 1
+    assert p.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 0}
+
+
+def test_a_reply_older_than_reply_max_age_is_dead_lettered_not_sent(
+    pipeline: PipelineFactory, fake_evolution: FakeEvolution
+) -> None:
+    p = pipeline(reply_max_age_minutes=30, send_max_retries=0)
+    p.receive(1, "Oi, tudo bem?")
+    p.clock.advance(5)
+    fake_evolution.queue(Canned(503, {"error": "down"}))  # the gateway is down: retried later
+    assert p.worker.run_once(wait=True) == 1
+    assert p.counters.snapshot()["send_failures"] == 1
+    p.clock.advance(31 * 60)  # it comes back half an hour later: too late for that reply
+    assert p.worker.run_once(wait=True) == 1
+    assert len(fake_evolution.sends()) == 1, "the stale reply must not go out"
+    assert p.counters.snapshot()["stale_replies"] == 1
+    assert p.buffer.counts()["dead_letters"] == 1
+    reason = json.loads(p.buffer.redis.client.lindex(p.keys.dead_letters(), 0))["reason"]  # type: ignore[union-attr]
+    assert reason.startswith("stale: not delivered within REPLY_MAX_AGE_MINUTES (30 min)")
+
+
+def test_a_chat_whose_gateway_is_not_configured_is_dead_lettered_at_once(
+    pipeline: PipelineFactory, fake_evolution: FakeEvolution
+) -> None:
+    p = pipeline(evolution_api="")
+    p.receive(1, "Oi")
+    p.clock.advance(5)
+    assert p.worker.run_once(wait=True) == 1
+    assert p.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 1}
+    assert fake_evolution.sends() == []
+    p.clock.advance(3600)
+    assert p.worker.run_once(wait=True) == 0  # nothing left to retry
+
+
+def test_the_reply_text_is_logged_at_debug_only(pipeline: PipelineFactory, caplog: pytest.LogCaptureFixture) -> None:
+    p = pipeline()
+    p.receive(1, "Qual o horário?")
+    p.clock.advance(5)
+    with caplog.at_level("DEBUG", logger="worker"):
+        p.worker.run_once(wait=True)
+    debug = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG" and "reply text" in r.getMessage()]
+    assert debug == ["reply text chat=evolution:loja:5511*****4321 text='Resposta: Qual o horário?'"]
+    assert all("Resposta" not in r.getMessage() for r in caplog.records if r.levelname != "DEBUG")

@@ -141,8 +141,11 @@ def last_user_text(prompt: dict[str, Any]) -> str:
 class ServerProcess:
     """One server process (and, for gunicorn, its workers: they share its process group)."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], port: int, log_path: Path, cwd: Path = ROOT
+    ) -> None:
         self.name = name
+        self.cwd = cwd
         self.argv = argv
         self.env = env
         self.port = port
@@ -160,7 +163,7 @@ class ServerProcess:
         self._log_file = open(self.log_path, "ab")  # closed by kill()/stop()
         self.proc = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -287,6 +290,9 @@ class Harness:
         self.gemini = gemini
         self.evolution = evolution
         self.servers: list[ServerProcess] = []
+        # Servers run in a folder of this test (no .env of the repo is read, nothing is written into it).
+        self.cwd = tmp_path / "server-cwd"
+        self.cwd.mkdir(exist_ok=True)
 
     def env(self, port: int, overrides: dict[str, Any]) -> dict[str, str]:
         """A clean environment: every variable the service reads is set here (empty = its default)."""
@@ -327,6 +333,7 @@ class Harness:
                 "WORKER_ENABLED": "true",
                 "WORKER_POLL_SECONDS": "0.05",
                 "MAX_BODY_BYTES": "1000000",
+                "WEBHOOK_AUTH": "off",  # most tests post without a token; closed by default: test_http.py
             }
         )
         env.update({name: str(value) for name, value in overrides.items()})
@@ -336,9 +343,8 @@ class Harness:
         """`python webhook.py` (not waited for: call `.wait_ready()`)."""
         port = free_port()
         name = f"python-{len(self.servers)}-{port}"
-        server = ServerProcess(
-            name, [str(PYTHON), "webhook.py"], self.env(port, overrides), port, self.tmp_path / f"{name}.log"
-        )
+        argv = [str(PYTHON), str(ROOT / "webhook.py")]
+        server = ServerProcess(name, argv, self.env(port, overrides), port, self.tmp_path / f"{name}.log", self.cwd)
         self.servers.append(server)
         return server.spawn()
 
@@ -361,8 +367,10 @@ class Harness:
             "5",
             "--timeout",
             "30",
+            "--pythonpath",
+            str(ROOT),
         ]
-        server = ServerProcess(name, argv, self.env(port, overrides), port, self.tmp_path / f"{name}.log")
+        server = ServerProcess(name, argv, self.env(port, overrides), port, self.tmp_path / f"{name}.log", self.cwd)
         self.servers.append(server)
         return server.spawn()
 

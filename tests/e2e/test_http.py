@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import jwt
@@ -14,9 +15,12 @@ from tests.e2e.conftest import (
     GEMINI_KEY,
     OTHER_JID,
     PAYLOAD_APIKEY,
+    REDIS_PREFIX,
+    REPLY_TIMEOUT_SECONDS,
     Harness,
     last_user_text,
     upsert,
+    wait_until,
 )
 from tests.fakes import Canned, gemini_answer
 
@@ -148,12 +152,16 @@ def test_health_fields(e2e: Harness) -> None:
 def test_starts_without_gemini_key_and_gateway(e2e: Harness) -> None:
     server = e2e.python_server(GEMINI_API_KEY="", EVOLUTION_API="")
     health = server.health()
+    assert health["status"] == "not_configured"  # not "ok": nothing could be answered yet
     assert health["gemini"] == "missing GEMINI_API_KEY"
     assert health["gateway"] == "missing EVOLUTION_API"
     assert health["worker"] == "alive"
     logs = server.logs()
     assert "GEMINI_API_KEY" in logs and "EVOLUTION_API" in logs
     assert server.post(upsert("mensagem sem configuracao")).status_code == 200  # still buffers
+    # Its reply (the apology: no Gemini) cannot go anywhere: dead-lettered at once, not retried for an hour.
+    wait_until(lambda: server.health()["dead_letters"] == 1, timeout=REPLY_TIMEOUT_SECONDS, what="a dead letter")
+    assert server.health()["counters"]["send_failures"] == 1
 
 
 def test_sigterm_exits_cleanly_and_keeps_the_pending_burst(e2e: Harness) -> None:
@@ -198,3 +206,33 @@ def test_logs_at_info_hold_no_numbers_keys_or_texts(e2e: Harness) -> None:
         reply,
         *texts,
     )
+
+
+def test_a_port_in_use_is_named_before_anything_starts(e2e: Harness) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = e2e.spawn_python(PORT=port)
+        assert server.proc is not None
+        assert server.proc.wait(20) == 2
+    logs = server.logs()
+    assert f"PORT {port} is already in use on 127.0.0.1" in logs, logs
+    assert "worker started" not in logs and "Traceback" not in logs
+
+
+def test_closed_by_default_every_process_and_a_restart_take_the_generated_token(e2e: Harness) -> None:
+    first = e2e.gunicorn_server(workers=2, WEBHOOK_AUTH="")  # the default: on, and no secret configured
+    assert [first.post(upsert(f"sem token {n}")).status_code for n in range(4)] == [401] * 4
+    token = e2e.redis.get(f"{REDIS_PREFIX}:webhook:token")
+    assert token, "a token was generated and kept in Redis"
+    header = {"Authorization": f"Bearer {token}"}
+    answers = [first.post(upsert(f"com token {n}"), headers=header) for n in range(4)]  # both gunicorn workers
+    answers += [first.post(upsert(f"na URL {n}"), params={"token": token}) for n in range(4)]
+    assert [a.json()["status"] for a in answers] == ["buffered"] * 8
+    assert first.terminate() == 0
+    second = e2e.python_server(WEBHOOK_AUTH="")
+    assert second.post(upsert("depois do restart"), headers=header).json()["status"] == "buffered"
+    assert second.post(upsert("sem token")).status_code == 401
+    opened = e2e.python_server(WEBHOOK_AUTH="off")
+    assert opened.post(upsert("aberto")).json()["status"] == "buffered"

@@ -1,0 +1,114 @@
+"""The webhook app from the factory, with a real Redis: what it tells the owner about odd payloads."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+
+from config import Settings
+from webhook import Components, create_app
+from webhook_token import TOKEN_FILE_NAME
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    app = create_app(dataclasses.replace(settings, webhook_auth=False), start_worker=False)
+    yield app
+    parts: Components = app.extensions["assistant"]
+    parts.watcher.stop()
+
+
+def upsert(text: str, n: int, **envelope: object) -> dict[str, object]:
+    data = {"key": {"remoteJid": "5511987654321@s.whatsapp.net", "fromMe": False, "id": f"3EB0{n:016d}"}}
+    return {"event": "messages.upsert", "data": {**data, "message": {"conversation": text}}, **envelope}
+
+
+def test_an_evolution_payload_without_instance_is_said_once(app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+    client = app.test_client()
+    with caplog.at_level("WARNING", logger="webhook"):
+        for n in range(3):
+            assert client.post("/webhook", json=upsert("Oi", n)).json["buffered"] == 1
+    warnings = [r.getMessage() for r in caplog.records if "named no instance" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "'default'" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="webhook"):
+        client.post("/webhook", json=upsert("Oi", 9, instance="loja"))
+    assert "named no instance" not in caplog.text
+
+
+# ----- closed by default ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+    """Apps with the default WEBHOOK_AUTH (on) and no secret configured, their .env folder in tmp_path."""
+    apps: list[Flask] = []
+
+    def build(**overrides: object) -> Flask:
+        values = {"webhook_auth": True, "env_file": str(tmp_path / ".env"), **overrides}
+        app = create_app(dataclasses.replace(settings, **values), start_worker=False)  # type: ignore[arg-type]
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["assistant"].watcher.stop()
+
+
+def test_without_a_secret_the_webhook_is_closed_with_a_generated_token(
+    closed: Callable[..., Flask], redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="webhook_token"):
+        client = closed().test_client()
+    assert client.post("/webhook", json=upsert("Oi", 1, instance="loja")).status_code == 401
+    assert client.post("/webhook/mega", json={"key": {}, "message": {}}).status_code in (401, 404)
+    token = redis_client.get("wa_assistant:webhook:token")
+    assert token and len(token) >= 24
+    assert (tmp_path / TOKEN_FILE_NAME).read_text().strip() == token  # kept beside .env too
+    bearer = client.post(
+        "/webhook", json=upsert("Oi", 2, instance="loja"), headers={"Authorization": f"Bearer {token}"}
+    )
+    query = client.post("/webhook", json=upsert("Oi", 3, instance="loja"), query_string={"token": token})
+    assert (bearer.status_code, query.status_code) == (200, 200)
+    assert client.post("/webhook", json=upsert("Oi", 4), headers={"Authorization": "Bearer errado"}).status_code == 401
+    # The owner is told how to point the gateway at it, once, by the process that generated it.
+    (announced,) = [r.getMessage() for r in caplog.records if "closed by default" in r.getMessage()]
+    assert f"Authorization: Bearer {token}" in announced and f"/webhook?token={token}" in announced
+
+
+def test_every_process_and_a_restart_accept_the_same_token(
+    closed: Callable[..., Flask], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    first = closed().test_client()
+    token = redis_client.get("wa_assistant:webhook:token")
+    another = closed().test_client()  # another process (or host) on the same Redis
+    auth = {"Authorization": f"Bearer {token}"}
+    assert another.post("/webhook", json=upsert("Oi", 1, instance="loja"), headers=auth).status_code == 200
+    assert first.post("/webhook", json=upsert("Oi", 2, instance="loja"), headers=auth).status_code == 200
+    # Redis down (or wiped) at the next start: the file beside .env still has it.
+    redis_client.flushdb()
+    again = closed(redis_enabled=False).test_client()
+    assert again.post("/webhook", json=upsert("Oi", 3, instance="loja"), headers=auth).status_code == 200
+    assert again.post("/webhook", json=upsert("Oi", 4, instance="loja")).status_code == 401
+
+
+def test_webhook_auth_off_opens_it_and_a_configured_token_replaces_the_generated_one(
+    closed: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    open_client = closed(webhook_auth=False).test_client()
+    assert open_client.post("/webhook", json=upsert("Oi", 1, instance="loja")).status_code == 200
+    mine = closed(webhook_token="meu-token-escolhido").test_client()
+    assert (
+        mine.post(
+            "/webhook", json=upsert("Oi", 2, instance="loja"), query_string={"token": "meu-token-escolhido"}
+        ).status_code
+        == 200
+    )
+    assert mine.post("/webhook", json=upsert("Oi", 3, instance="loja")).status_code == 401
+    assert redis_client.get("wa_assistant:webhook:token") is None  # nothing generated when one is configured
