@@ -10,16 +10,15 @@ chat (`key.fromMe`) comes out with `from_me=True`. Mega has no typing indicator:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import requests
 
-from errors import MediaError, PayloadError
+from errors import MediaError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer, typing_pause
 from gateways.downloads import base64_limit, decode_base64, download_session, fetch_json
 from models import ChatRef, IgnoredEvent, MediaRef
-from parser import message_from_baileys
+from parser import decode_json, message_from_baileys
 from sender import key_id_or_raise, post_or_raise, retrying_session
 
 NAME = "mega"
@@ -81,10 +80,7 @@ class MegaGateway:
         """Mega signs nothing; the route checks WEBHOOK_TOKEN (see `uses_shared_token`)."""
 
     def parse(self, request: InboundRequest, *, accept_groups: bool, max_text_chars: int) -> list[Parsed]:
-        try:
-            payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise PayloadError("body is not valid JSON") from exc
+        payload = decode_json(request.body)  # lone surrogates replaced, as for every gateway
         return parse_mega(payload, accept_groups=accept_groups, max_text_chars=max_text_chars)
 
     def answer(self, summary: dict[str, object]) -> WebhookAnswer | None:

@@ -6,14 +6,26 @@ A chat is (meta, phone_number_id, customer wa_id); replies go out from the phone
 in on. The `smb_message_echoes` field (what the business typed in the WhatsApp Business app beside the Cloud
 API) comes out as messages with `from_me=True`. Graph errors are translated with their meaning and retried
 only where retrying can help.
+
+A cart sent from the business's catalog (`type: "order"`) becomes a message of kind "order" whose text states
+the order in pt-BR words, then the customer's note on its own line:
+
+    [pedido pelo catálogo: 2 x bolo-cenoura (R$ 48,00 cada), 1 x pao-queijo-kg (R$ 39,90 cada); total R$ 135,90]
+    Quero para amanhã
+
+Prices in BRL read "R$ 1.234,50"; another currency reads "USD 3.50" (its code, dot decimals); a price without a
+currency is a bare "48,00". An item without a readable product id is left out; one without a readable quantity
+or price is listed without it, and then no total is given (nor when the items' currencies differ). Past
+ORDER_MAX_ITEMS_LISTED items the rest are counted ("e mais 3 itens"), so the note survives the text limit. An
+order with no readable item still says one came: "[pedido pelo catálogo recebido, sem itens legíveis]".
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import requests
@@ -22,6 +34,7 @@ from errors import AuthError, MediaError, PayloadError, SendError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer, typing_pause
 from gateways.downloads import download_session, fetch_bytes, fetch_json
 from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail, words_detail
+from parser import decode_json
 from sender import post_or_raise, retrying_session
 
 log = logging.getLogger(__name__)
@@ -172,6 +185,8 @@ def _content(message: dict[str, Any]) -> tuple[str, str | None]:
         return "button_reply", str(body.get("text") or body.get("payload") or "")
     if kind in MEDIA_TYPES:
         return kind, str(body.get("caption") or "")
+    if kind == "order":
+        return "order", order_text(message.get("order"))
     if kind == "location":
         return "location", ""
     if kind == "contacts":
@@ -181,6 +196,99 @@ def _content(message: dict[str, Any]) -> tuple[str, str | None]:
     if kind == "system":
         return "system", None
     return "unsupported", None
+
+
+ORDER_MAX_ITEMS_LISTED = 30
+_ORDER_MAX_AMOUNT = Decimal(10) ** 9  # beyond any real price or quantity; keeps garbage like 1e999999 out
+_ORDER_MAX_ID_CHARS = 100
+_ORDER_MAX_NUMBER_CHARS = 40
+_ORDER_PLACES = Decimal("0.001")
+
+
+def order_text(order: Any) -> str:
+    """A catalog order in words (see the module docstring); never raises, whatever `order` holds."""
+    order = order if isinstance(order, dict) else {}
+    items = order.get("product_items")
+    lines = [p for p in (_order_line(item) for item in items) if p] if isinstance(items, list) else []
+    if lines:
+        described = [words for words, _, _ in lines[:ORDER_MAX_ITEMS_LISTED]]
+        unlisted = len(lines) - ORDER_MAX_ITEMS_LISTED
+        if unlisted > 0:
+            described.append(f"e mais {unlisted} {'item' if unlisted == 1 else 'itens'}")
+        summary = "pedido pelo catálogo: " + ", ".join(described)
+        total = _order_total([(amount, currency) for _, amount, currency in lines])
+        summary = f"[{summary}; total {total}]" if total else f"[{summary}]"
+    else:
+        summary = "[pedido pelo catálogo recebido, sem itens legíveis]"
+    note = order.get("text")
+    return f"{summary}\n{note.strip()}" if isinstance(note, str) and note.strip() else summary
+
+
+def _order_line(item: Any) -> tuple[str, Decimal | None, str] | None:
+    """(words, quantity x price or None when either is unreadable, currency) of one cart item; None when the
+    item names no product."""
+    if not isinstance(item, dict):
+        return None
+    product = item.get("product_retailer_id")
+    if isinstance(product, bool) or not isinstance(product, str | int):
+        return None
+    product = str(product).strip()[:_ORDER_MAX_ID_CHARS]
+    if not product:
+        return None
+    quantity = _order_number(item.get("quantity"))
+    if quantity == 0:
+        quantity = None  # no one orders none of something: the field is garbled
+    price = _order_number(item.get("item_price"))
+    words = product if quantity is None else f"{_plain_number(quantity)} x {product}"
+    currency = _currency(item.get("currency"))
+    if price is not None:
+        words += f" ({_money(price, currency)} cada)"
+    amount = None if quantity is None or price is None else quantity * price
+    return words, amount, currency
+
+
+def _currency(value: Any) -> str:
+    """An ISO 4217 code ("BRL", "USD"), or '' when the field holds none."""
+    code = value.strip().upper() if isinstance(value, str) else ""
+    return code if len(code) == 3 and code.isascii() and code.isalpha() else ""
+
+
+def _order_total(amounts: list[tuple[Decimal | None, str]]) -> str:
+    """The order's total, or '' when an item lacks its quantity or price or the currencies differ."""
+    currencies = {currency for _, currency in amounts}
+    if len(currencies) != 1 or any(amount is None for amount, _ in amounts):
+        return ""
+    return _money(sum((amount for amount, _ in amounts if amount is not None), Decimal(0)), currencies.pop())
+
+
+def _order_number(value: Any) -> Decimal | None:
+    """A non-negative number from a JSON number or a numeric string, to 3 decimal places; None for anything
+    else."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        text = str(value).strip()
+        number = Decimal(text) if len(text) <= _ORDER_MAX_NUMBER_CHARS else None
+    except (InvalidOperation, ValueError):  # ValueError: an int too long for str()
+        return None
+    if number is None or not number.is_finite() or not 0 <= number < _ORDER_MAX_AMOUNT:
+        return None
+    # Rounded so "1e-999999" cannot be written out digit by digit; abs() because "-0" passes the bound and
+    # "-0,00" would read as a debt.
+    return abs(number.quantize(_ORDER_PLACES))
+
+
+def _plain_number(number: Decimal) -> str:
+    """2 -> "2", 1.5 -> "1,5" (a quantity, pt-BR)."""
+    return f"{number.normalize():f}".replace(".", ",")
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    """ "R$ 1.234,50" for BRL, "USD 1,234.50" for another currency, "1.234,50" when the currency is unknown."""
+    if currency and currency != "BRL":
+        return f"{currency} {amount:,.2f}"
+    brazilian = f"{amount:,.2f}".replace(",", "_").replace(".", ",").replace("_", ".")
+    return f"R$ {brazilian}" if currency else brazilian
 
 
 def _media(kind: str, message: dict[str, Any]) -> MediaRef | None:
@@ -246,10 +354,7 @@ class MetaGateway:
             raise AuthError("missing or invalid X-Hub-Signature-256")
 
     def parse(self, request: InboundRequest, *, accept_groups: bool, max_text_chars: int) -> list[Parsed]:
-        try:
-            payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise PayloadError("body is not valid JSON") from exc
+        payload = decode_json(request.body)  # lone surrogates replaced, as for every gateway
         return parse_meta(payload, max_text_chars=max_text_chars)
 
     def answer(self, summary: dict[str, object]) -> WebhookAnswer | None:

@@ -4,7 +4,9 @@ the account's basic auth.
 
 A chat is (twilio, the business number `To`, the customer's `From`), both as `whatsapp:+55...`. Signature:
 base64(HMAC-SHA1(auth token, public URL + each POST field name and value, sorted by name)), Twilio's
-documented algorithm, computed against TWILIO_PUBLIC_URL because the service sits behind a proxy.
+documented algorithm, computed against TWILIO_PUBLIC_URL because the service sits behind a proxy. As in Twilio's
+own validator, a signature over the URL with the scheme's default port written out (`https://host:443/...`) or
+left out is accepted whichever form TWILIO_PUBLIC_URL uses, since Twilio signs either; no other port is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -21,6 +24,7 @@ from errors import AuthError, MediaError, PayloadError, SendError
 from gateways.base import InboundRequest, Parsed, WebhookAnswer, typing_pause
 from gateways.downloads import download_session, fetch_bytes
 from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail
+from parser import replace_lone_surrogates
 from sender import post_or_raise, retrying_session
 
 NAME = "twilio"
@@ -29,22 +33,53 @@ WEBHOOK_PATH = "/webhook/twilio"
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 # Twilio error codes a later retry cannot fix (invalid number, outside the 24 h window, ...).
 PERMANENT_ERRORS = frozenset({21211, 21408, 21610, 21614, 63016, 63024})
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def expected_signature(url: str, params: Mapping[str, str], auth_token: str) -> str:
     data = url + "".join(f"{name}{params[name]}" for name in sorted(params))
-    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    # "surrogatepass": a forged form may hold lone surrogates; they must cost a refusal, never an exception.
+    digest = hmac.new(auth_token.encode(), data.encode("utf-8", "surrogatepass"), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 
 def signature_is_valid(url: str, params: Mapping[str, str], signature: str, auth_token: str) -> bool:
+    """True when `signature` signs `params` for `url` in either of its default-port forms (see `url_forms`)."""
     if not signature or not auth_token:
         return False
-    return hmac.compare_digest(signature.encode(), expected_signature(url, params, auth_token).encode())
+    given = signature.encode("utf-8", "surrogatepass")
+    # Every form is computed and compared, so the time taken does not tell which one matched.
+    matches = [
+        hmac.compare_digest(given, expected_signature(form, params, auth_token).encode()) for form in url_forms(url)
+    ]
+    return any(matches)
+
+
+def url_forms(url: str) -> list[str]:
+    """`url`, and the same URL with the scheme's default port written out when it has none, or left out when it
+    has that one (Twilio signs either form). A URL with another port, or one that cannot be read, stands alone."""
+    parts = urlsplit(url)
+    default_port = DEFAULT_PORTS.get(parts.scheme)
+    try:
+        port = parts.port
+    except ValueError:  # not a port number
+        return [url]
+    scheme, separator, rest = url.partition("://")
+    if default_port is None or not parts.netloc or not rest.startswith(parts.netloc):
+        return [url]
+    if port is None:
+        other = f"{parts.netloc}:{default_port}"
+    elif port == default_port:
+        other = parts.netloc.rpartition(":")[0]  # rpartition: an IPv6 host "[::1]:443" has colons of its own
+    else:
+        return [url]
+    return [url, f"{scheme}{separator}{other}{rest[len(parts.netloc) :]}"]
 
 
 def parse_twilio(form: Mapping[str, str], *, max_text_chars: int = 4000) -> list[Parsed]:
-    """One inbound message per request; status callbacks and non-WhatsApp traffic are ignored."""
+    """One inbound message per request; status callbacks and non-WhatsApp traffic are ignored. Lone surrogates
+    in any field (as a form decoder may leave them) are replaced first, as for every gateway."""
+    form = replace_lone_surrogates(dict(form))
     message_id = form.get("MessageSid") or form.get("SmsMessageSid") or ""
     sender = form.get("From", "")
     business = form.get("To", "")

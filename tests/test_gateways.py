@@ -19,8 +19,8 @@ import redis
 from errors import AuthError, SendError
 from gateways.base import InboundRequest
 from gateways.mega import MegaGateway, parse_mega
-from gateways.meta import MetaGateway, parse_meta, signature_is_valid, verify_handshake
-from gateways.twilio import TwilioGateway, parse_twilio
+from gateways.meta import MetaGateway, order_text, parse_meta, signature_is_valid, verify_handshake
+from gateways.twilio import TwilioGateway, parse_twilio, url_forms
 from models import ChatRef, IgnoredEvent, IncomingMessage, MediaRef
 from sender import split_text
 from tests.conftest import RedisServer, make_settings
@@ -294,6 +294,217 @@ def test_meta_statuses_are_ignored() -> None:
     ]
 
 
+def utf8_safe(message: IncomingMessage) -> None:
+    """What buffer.append hands to Redis must encode; a lone surrogate made it raise (and the webhook answer 500)."""
+    for text in (message.message_id, message.text, message.push_name, message.chat.chat_id, message.chat.key):
+        text.encode("utf-8")
+
+
+def parse_body(gateway: MetaGateway | MegaGateway, body: dict[str, Any]) -> list[IncomingMessage | IgnoredEvent]:
+    """The body as the gateway's webhook receives it: `json.dumps` writes each lone surrogate as an escape
+    (`"\\ud800"`), as a truncating client's encoder does, and an emoji as its two escapes, as Meta does."""
+    return gateway.parse(InboundRequest(body=json.dumps(body).encode()), accept_groups=False, max_text_chars=4000)
+
+
+def test_meta_lone_surrogates_become_replacement_characters() -> None:
+    body = meta_body(meta_message("text", {"body": "Tem bolo de pote? \ud83d"}, msg_id="wamid.AB\ud800CD"))
+    body["entry"][0]["changes"][0]["value"]["contacts"][0]["profile"]["name"] = "Ana \udc00"
+    (message,) = parse_body(meta_gateway_offline(), body)
+    assert isinstance(message, IncomingMessage)
+    assert (message.message_id, message.text, message.push_name) == (
+        "wamid.AB\ufffdCD",
+        "Tem bolo de pote? \ufffd",
+        "Ana \ufffd",
+    )
+    utf8_safe(message)
+
+
+def test_meta_escaped_emoji_stays_an_emoji() -> None:
+    raw = json.dumps(meta_body(meta_message("text", {"body": "Quero \U0001f600"}))).encode()
+    assert b"\\ud83d\\ude00" in raw  # Meta's own escaping of every character outside ASCII
+    (message,) = meta_gateway_offline().parse(InboundRequest(body=raw), accept_groups=False, max_text_chars=4000)
+    assert isinstance(message, IncomingMessage) and message.text == "Quero \U0001f600"
+
+
+def meta_gateway_offline() -> MetaGateway:
+    """A Meta adapter for parsing only: nothing is sent, so its Graph URL points nowhere."""
+    return MetaGateway(
+        app_secret=APP_SECRET,
+        verify_token=VERIFY_TOKEN,
+        access_token=ACCESS_TOKEN,
+        phone_number_id=PHONE_NUMBER_ID,
+        graph_url="http://127.0.0.1:9",
+    )
+
+
+# The catalog cart of the issue: quantity and price as strings in one item, as numbers in the other.
+ORDER = {
+    "catalog_id": "123456789",
+    "text": "Quero para amanhã",
+    "product_items": [
+        {"product_retailer_id": "bolo-cenoura", "quantity": "2", "item_price": "48.00", "currency": "BRL"},
+        {"product_retailer_id": "pao-queijo-kg", "quantity": 1, "item_price": 39.9, "currency": "BRL"},
+    ],
+}
+ORDER_TEXT = (
+    "[pedido pelo catálogo: 2 x bolo-cenoura (R$ 48,00 cada), 1 x pao-queijo-kg (R$ 39,90 cada); total R$ 135,90]"
+    "\nQuero para amanhã"
+)
+NO_ITEMS = "[pedido pelo catálogo recebido, sem itens legíveis]"
+
+
+def test_meta_catalog_order_is_a_message_in_words() -> None:
+    (message,) = parse_meta(meta_body(meta_message("order", ORDER)))
+    assert message == IncomingMessage(
+        chat=META_CHAT,
+        message_id="wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFjNFQjA=",
+        text=ORDER_TEXT,
+        kind="order",
+        phone_jid=f"{CUSTOMER}@s.whatsapp.net",
+        push_name="Ana Souza",
+        timestamp=1763900000,
+    )
+
+
+def item(product: Any = "bolo-cenoura", quantity: Any = 2, price: Any = 48, currency: Any = "BRL") -> dict[str, Any]:
+    return {"product_retailer_id": product, "quantity": quantity, "item_price": price, "currency": currency}
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        (
+            {"product_items": [item(quantity="3", price="1234.5")]},
+            "[pedido pelo catálogo: 3 x bolo-cenoura (R$ 1.234,50 cada); total R$ 3.703,50]",
+        ),
+        (
+            {"product_items": [item(quantity=3, price=1234.5)]},
+            "[pedido pelo catálogo: 3 x bolo-cenoura (R$ 1.234,50 cada); total R$ 3.703,50]",
+        ),
+        (
+            {"product_items": [item(price=None), item("pao", 1, "10")]},
+            "[pedido pelo catálogo: 2 x bolo-cenoura, 1 x pao (R$ 10,00 cada)]",  # no total without every price
+        ),
+        (
+            {"product_items": [{"product_retailer_id": "bolo-cenoura", "quantity": 2}]},
+            "[pedido pelo catálogo: 2 x bolo-cenoura]",
+        ),
+        (
+            {"product_items": [item("cafe-especial", 2, "3.5", "USD")]},
+            "[pedido pelo catálogo: 2 x cafe-especial (USD 3.50 cada); total USD 7.00]",
+        ),
+        (
+            {"product_items": [item("cafe", 1, 1500, "usd"), item("bolo", 1, 10, "BRL")]},
+            "[pedido pelo catálogo: 1 x cafe (USD 1,500.00 cada), 1 x bolo (R$ 10,00 cada)]",  # no total in two
+        ),
+        (
+            {"product_items": [item(currency=None)]},
+            "[pedido pelo catálogo: 2 x bolo-cenoura (48,00 cada); total 96,00]",  # no currency, no symbol
+        ),
+        ({"product_items": [], "text": "Quero para amanhã"}, f"{NO_ITEMS}\nQuero para amanhã"),
+        ({"text": "  "}, NO_ITEMS),
+        (
+            {"product_items": [item(product=1234, quantity="1.5")]},
+            "[pedido pelo catálogo: 1,5 x 1234 (R$ 48,00 cada); total R$ 72,00]",
+        ),
+    ],
+    ids=[
+        "strings",
+        "numbers",
+        "missing_price",
+        "price_and_currency_absent",
+        "other_currency",
+        "mixed_currencies",
+        "no_currency",
+        "empty_items",
+        "no_items_blank_note",
+        "numeric_id_fractional_quantity",
+    ],
+)
+def test_meta_order_in_words(order: dict[str, Any], expected: str) -> None:
+    assert order_text(order) == expected
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        (["bolo-cenoura", 2], NO_ITEMS),  # a list where the order should be
+        (None, NO_ITEMS),
+        ({"product_items": {"product_retailer_id": "bolo"}, "text": ["nota"]}, NO_ITEMS),
+        ({"product_items": [["bolo", 2], "bolo", 7, None, True]}, NO_ITEMS),
+        (
+            {
+                "product_items": [
+                    item(product=None),
+                    item(product=True),
+                    item(product=["bolo"]),
+                    item(product="   "),
+                    {"quantity": 1},
+                ]
+            },
+            NO_ITEMS,
+        ),
+        (
+            {"product_items": [item(quantity=[2], price={"valor": 48}, currency=986)]},
+            "[pedido pelo catálogo: bolo-cenoura]",
+        ),
+        (
+            {
+                "product_items": [
+                    item("a", quantity="dois"),
+                    item("b", quantity=True),
+                    item("c", quantity="NaN"),
+                    item("d", quantity="-1"),
+                    item("e", quantity="1e999999"),
+                    item("f", quantity=0),
+                    item("g", quantity="1e-999999"),
+                ]
+            },
+            "[pedido pelo catálogo: "
+            + ", ".join(f"{p} (R$ 48,00 cada)" for p in "abcdefg")
+            + "]",  # listed without a quantity, so with no total
+        ),
+        (
+            {"product_items": [item(price="48,00"), item("pao", 1, "Infinity"), item("x", 1, "1" * 500)]},
+            "[pedido pelo catálogo: 2 x bolo-cenoura, 1 x pao, 1 x x]",
+        ),
+        (
+            {"product_items": [item(currency="R$"), item(currency="REAIS")]},
+            "[pedido pelo catálogo: 2 x bolo-cenoura (48,00 cada), 2 x bolo-cenoura (48,00 cada); total 192,00]",
+        ),
+    ],
+    ids=[
+        "order_is_a_list",
+        "order_is_null",
+        "items_not_a_list",
+        "items_not_objects",
+        "no_readable_product_id",
+        "fields_of_the_wrong_type",
+        "garbled_quantities",
+        "garbled_prices",
+        "garbled_currencies",
+    ],
+)
+def test_meta_order_never_raises_and_skips_what_it_cannot_read(order: Any, expected: str) -> None:
+    assert order_text(order) == expected
+
+
+def test_meta_long_order_lists_30_items_and_counts_the_rest() -> None:
+    items = [item(f"doce-{n}", 1, 2) for n in range(32)]
+    text = order_text({"product_items": items, "text": "Para a festa"})
+    assert text.startswith("[pedido pelo catálogo: 1 x doce-0 (R$ 2,00 cada), ")
+    assert "doce-29 (R$ 2,00 cada), e mais 2 itens; total R$ 64,00]\nPara a festa" in text
+    assert "doce-30" not in text
+
+
+def test_meta_order_with_garbage_is_still_answered() -> None:
+    (message,) = parse_meta(meta_body(meta_message("order", {"product_items": "?"})))
+    assert isinstance(message, IncomingMessage)
+    assert (message.kind, message.text) == ("order", NO_ITEMS)
+    (message,) = parse_meta(meta_body({**meta_message("order", {}), "order": [1, 2]}))
+    assert isinstance(message, IncomingMessage) and message.text == NO_ITEMS
+
+
 def sign_meta(body: bytes, secret: str = APP_SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -462,12 +673,12 @@ def twilio_signature(url: str, form: dict[str, str], token: str = TWILIO_TOKEN) 
     return base64.b64encode(hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
 
 
-def twilio_gateway(api_url: str = "http://127.0.0.1:9") -> TwilioGateway:
+def twilio_gateway(api_url: str = "http://127.0.0.1:9", public_url: str = PUBLIC_URL + "/") -> TwilioGateway:
     return TwilioGateway(
         account_sid=TWILIO_SID,
         auth_token=TWILIO_TOKEN,
         whatsapp_from=TWILIO_FROM,
-        public_url=PUBLIC_URL + "/",
+        public_url=public_url,
         api_url=api_url,
         max_retries=1,
     )
@@ -497,6 +708,95 @@ def test_twilio_signature() -> None:
     gateway.verify(twilio_request(form, twilio_signature(f"{url}?{query}", form), query))
     with pytest.raises(AuthError):
         gateway.verify(twilio_request(form, twilio_signature(url, form), query))
+
+
+@pytest.mark.parametrize(
+    ("public_url", "signed_for", "accepted"),
+    [
+        ("https://bot.example.com", "https://bot.example.com", True),
+        ("https://bot.example.com", "https://bot.example.com:443", True),
+        ("https://bot.example.com", "https://bot.example.com:8443", False),
+        ("https://bot.example.com", "https://bot.example.com:80", False),
+        ("https://bot.example.com", "http://bot.example.com", False),
+        ("https://bot.example.com", "https://outro.example.com:443", False),
+        ("https://bot.example.com:443", "https://bot.example.com:443", True),
+        ("https://bot.example.com:443", "https://bot.example.com", True),
+        ("https://bot.example.com:443", "https://bot.example.com:8443", False),
+        ("https://bot.example.com:8443", "https://bot.example.com:8443", True),
+        # Twilio's validator strips any port; a port that is not the default one names another server
+        ("https://bot.example.com:8443", "https://bot.example.com", False),
+        ("https://bot.example.com:8443", "https://bot.example.com:443", False),
+        ("http://bot.example.com", "http://bot.example.com:80", True),
+        ("http://bot.example.com:80", "http://bot.example.com", True),
+        ("http://bot.example.com", "http://bot.example.com:443", False),
+    ],
+)
+@pytest.mark.parametrize("query", ["", "token=abc&loja=1"], ids=["no_query", "query"])
+def test_twilio_signature_over_either_default_port_form(
+    public_url: str, signed_for: str, accepted: bool, query: str
+) -> None:
+    gateway, form = twilio_gateway(public_url=public_url), twilio_form()
+    url = f"{signed_for}/webhook/twilio" + (f"?{query}" if query else "")
+    request = twilio_request(form, twilio_signature(url, form), query)
+    if accepted:
+        gateway.verify(request)
+    else:
+        with pytest.raises(AuthError):
+            gateway.verify(request)
+
+
+def test_twilio_port_form_still_signs_path_query_and_fields() -> None:
+    gateway, form = twilio_gateway(), twilio_form()
+    with_port = "https://bot.example.com:443/webhook/twilio"
+    query = "loja=centro"
+    with pytest.raises(AuthError):  # the query string left out of what was signed
+        gateway.verify(twilio_request(form, twilio_signature(with_port, form), query))
+    with pytest.raises(AuthError):
+        gateway.verify(twilio_request(form, twilio_signature("https://bot.example.com:443/webhook/outra", form)))
+    with pytest.raises(AuthError):
+        gateway.verify(twilio_request({**form, "Body": "alterado"}, twilio_signature(with_port, form)))
+    with pytest.raises(AuthError):
+        gateway.verify(twilio_request(form, twilio_signature(with_port, form, "outro-token")))
+
+
+@pytest.mark.parametrize(
+    ("url", "forms"),
+    [
+        ("https://h.example/w?a=1", ["https://h.example/w?a=1", "https://h.example:443/w?a=1"]),
+        ("https://h.example:443/w", ["https://h.example:443/w", "https://h.example/w"]),
+        ("http://h.example/w", ["http://h.example/w", "http://h.example:80/w"]),
+        ("https://[2001:db8::1]:443/w", ["https://[2001:db8::1]:443/w", "https://[2001:db8::1]/w"]),
+        ("https://h.example:8443/w", ["https://h.example:8443/w"]),
+        ("https://h.example:porta/w", ["https://h.example:porta/w"]),
+        ("ftp://h.example/w", ["ftp://h.example/w"]),
+    ],
+)
+def test_twilio_url_forms(url: str, forms: list[str]) -> None:
+    assert url_forms(url) == forms
+
+
+def test_twilio_lone_surrogates_become_replacement_characters() -> None:
+    form = twilio_form(MessageSid="SM11\ud800", Body="Oi \ud83d", ProfileName="Bruno \udc00")
+    for parsed in (
+        parse_twilio(form),
+        twilio_gateway().parse(InboundRequest(form=form), accept_groups=False, max_text_chars=4000),
+    ):
+        (message,) = parsed
+        assert isinstance(message, IncomingMessage)
+        assert (message.message_id, message.text, message.push_name) == ("SM11\ufffd", "Oi \ufffd", "Bruno \ufffd")
+        utf8_safe(message)
+    assert form["Body"] == "Oi \ud83d"  # the request's own form is left as it came: the signature covers it
+    (pair,) = parse_twilio(twilio_form(Body="Oi \ud83d\ude00"))  # both halves, as a lax decoder leaves them
+    assert isinstance(pair, IncomingMessage) and pair.text == "Oi \U0001f600"
+    (status,) = parse_twilio({"MessageSid": "SM2\udfff", "MessageStatus": "read\ud800"})
+    assert status == IgnoredEvent(reason="status:read\ufffd", message_id="SM2\ufffd")
+
+
+def test_twilio_lone_surrogates_in_a_forged_form_are_refused_not_a_crash() -> None:
+    form = twilio_form(Body="Oi \ud800")
+    request = InboundRequest(path="/webhook/twilio", headers={"x-twilio-signature": "AAAA"}, body=b"-", form=form)
+    with pytest.raises(AuthError):
+        twilio_gateway().verify(request)
 
 
 def test_twilio_message_is_normalized() -> None:
@@ -645,6 +945,23 @@ def test_mega_business_side_messages() -> None:
     ]
 
 
+def test_mega_lone_surrogates_become_replacement_characters() -> None:
+    body = mega_body(
+        key={"remoteJid": f"{CUSTOMER}@s.whatsapp.net", "fromMe": False, "id": "3EB0\udbffAAAA"},
+        pushName="Carla \ud83d",
+        message={"conversation": "Bom dia \udc00 tem pão \U0001f600?"},
+    )
+    gateway = MegaGateway(base_url="http://127.0.0.1:9", instance_id="megastart-TESTE01", token="mega-token")
+    (message,) = parse_body(gateway, body)
+    assert isinstance(message, IncomingMessage)
+    assert (message.message_id, message.text, message.push_name) == (
+        "3EB0\ufffdAAAA",
+        "Bom dia \ufffd tem pão \U0001f600?",
+        "Carla \ufffd",
+    )
+    utf8_safe(message)
+
+
 class FakeMega(FakeServer):
     def default_answer(self, recorded: Recorded) -> Any:
         return {"error": False, "message": "Message sent", "key": {"id": f"3EB0OUT{len(self.requests)}"}}
@@ -743,6 +1060,63 @@ def test_meta_routes(client: Any, redis_client: redis.Redis) -> None:
     signed = client.post("/webhook/meta", data=body, headers={**headers, "X-Hub-Signature-256": sign_meta(body)})
     assert signed.status_code == 200 and signed.json["buffered"] == 1
     assert due_chats(redis_client) == [f"meta:{PHONE_NUMBER_ID}:{CUSTOMER}"]
+
+
+def pending_records(redis_client: redis.Redis, chat_key: str) -> list[dict[str, Any]]:
+    return [json.loads(record) for record in redis_client.lrange(f"wa_assistant:chat:{chat_key}:pending", 0, -1)]
+
+
+def post_meta(client: Any, body: dict[str, Any]) -> Any:
+    raw = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign_meta(raw)}
+    return client.post("/webhook/meta", data=raw, headers=headers)
+
+
+def test_meta_route_buffers_lone_surrogates_instead_of_failing(client: Any, redis_client: redis.Redis) -> None:
+    """Redis cannot store a lone surrogate: before the parsers replaced them this request answered 500."""
+    body = meta_body(meta_message("text", {"body": "Oi \ud83d"}, msg_id="wamid.\ud800"))
+    answer = post_meta(client, body)
+    assert answer.status_code == 200 and answer.json["buffered"] == 1
+    (record,) = pending_records(redis_client, f"meta:{PHONE_NUMBER_ID}:{CUSTOMER}")
+    assert (record["id"], record["text"], record["name"]) == ("wamid.\ufffd", "Oi \ufffd", "Ana Souza")
+
+
+def test_meta_route_buffers_a_catalog_order(client: Any, redis_client: redis.Redis) -> None:
+    answer = post_meta(client, meta_body(meta_message("order", ORDER)))
+    assert answer.status_code == 200 and answer.json["buffered"] == 1
+    (record,) = pending_records(redis_client, f"meta:{PHONE_NUMBER_ID}:{CUSTOMER}")
+    assert (record["kind"], record["text"]) == ("order", ORDER_TEXT)
+
+
+def test_mega_and_evolution_routes_buffer_lone_surrogates(client: Any, redis_client: redis.Redis) -> None:
+    mega = mega_body(pushName="Carla \udc00", message={"conversation": "Oi \ud83d"})
+    answer = client.post("/webhook/mega?token=segredo-webhook", data=json.dumps(mega), content_type="application/json")
+    assert answer.status_code == 200 and answer.json["buffered"] == 1
+    (record,) = pending_records(redis_client, f"mega:megastart-TESTE01:{CUSTOMER}@s.whatsapp.net")
+    assert (record["text"], record["name"]) == ("Oi \ufffd", "Carla \ufffd")
+    evolution = {
+        "event": "messages.upsert",
+        "instance": "loja-centro",
+        "data": {
+            "key": {"remoteJid": f"{CUSTOMER}@s.whatsapp.net", "fromMe": False, "id": "3EB0\ud800"},
+            "pushName": "Dora \ud83d",
+            "message": {"conversation": "Tem \udfff entrega?"},
+            "messageTimestamp": 1763900000,
+        },
+    }
+    answer = client.post("/webhook?token=segredo-webhook", data=json.dumps(evolution), content_type="application/json")
+    assert answer.status_code == 200 and answer.json["buffered"] == 1
+    (record,) = pending_records(redis_client, f"evolution:loja-centro:{CUSTOMER}@s.whatsapp.net")
+    assert (record["id"], record["text"], record["name"]) == ("3EB0\ufffd", "Tem \ufffd entrega?", "Dora \ufffd")
+
+
+def test_twilio_route_accepts_a_signature_over_the_default_port(client: Any, redis_client: redis.Redis) -> None:
+    form = twilio_form()
+    signature = twilio_signature("https://bot.example.com:443/webhook/twilio", form)
+    assert client.post("/webhook/twilio", data=form, headers={"X-Twilio-Signature": signature}).status_code == 200
+    other_port = twilio_signature("https://bot.example.com:8443/webhook/twilio", form)
+    assert client.post("/webhook/twilio", data=form, headers={"X-Twilio-Signature": other_port}).status_code == 401
+    assert due_chats(redis_client) == [f"twilio:whatsapp%3A%2B14155550100:whatsapp:+{CUSTOMER}"]
 
 
 def test_twilio_route_answers_empty_twiml(client: Any, redis_client: redis.Redis) -> None:

@@ -16,7 +16,15 @@ import pytest
 
 from errors import PayloadError
 from models import ChatRef, IgnoredEvent, IncomingMessage, MediaRef
-from parser import extract_content, load_body, normalize_event_name, parse_evolution
+from parser import (
+    decode_json,
+    extract_content,
+    load_body,
+    may_hold_surrogates,
+    normalize_event_name,
+    parse_evolution,
+    replace_lone_surrogates,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "evolution"
 
@@ -311,6 +319,18 @@ CASES: dict[str, list[IncomingMessage | IgnoredEvent]] = {
             phone_jid=FERNANDA,
             push_name="Fernanda Costa",
             timestamp=1763648300,
+        )
+    ],
+    # --- lone UTF-16 surrogates (truncating clients, fuzzers) become U+FFFD; an escaped pair stays an emoji -
+    "messages_upsert_v2_lone_surrogates.json": [
+        incoming(
+            FERNANDA,
+            SP,
+            "3A61B2C3\ufffdD4E5F6A7",
+            "Quero o bolo \U0001f600 de hoje, cortado ao meio \ufffd",
+            phone_jid=FERNANDA,
+            push_name="Fernanda \ufffd",
+            timestamp=1763646900,
         )
     ],
     # --- the business side writing in a 1:1 chat: handed on, marked; pushName is the business's own ------
@@ -885,6 +905,120 @@ def test_load_body_keeps_a_list() -> None:
     decoded = load_body((FIXTURES / "messages_upsert_v2_batch_two_events.json").read_bytes())
     assert isinstance(decoded, list)
     assert [item["instance"] for item in decoded] == ["atendimento-sp", "atendimento-rj"]
+
+
+# --- lone surrogates ---------------------------------------------------------------------------------------
+
+SURROGATES_FIXTURE = "messages_upsert_v2_lone_surrogates.json"
+
+
+def utf8_safe(message: IncomingMessage) -> None:
+    """What buffer.append hands to Redis must encode; a lone surrogate made it raise (and the webhook answer 500)."""
+    for text in (message.message_id, message.text, message.push_name, message.chat.chat_id, message.chat.key):
+        text.encode("utf-8")
+
+
+def surrogate_event(message_id: str, text: str, push_name: str) -> dict[str, Any]:
+    event = v2_text_event()
+    event["data"]["key"]["id"] = message_id
+    event["data"]["message"]["conversation"] = text
+    event["data"]["pushName"] = push_name
+    return event
+
+
+def as_json_text(event: dict[str, Any]) -> str:
+    """`json.dumps` writes a lone surrogate as an escape, as a truncating client's JSON encoder does."""
+    return json.dumps(event)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        as_json_text(surrogate_event("3A00\ud800", "Oi \ud83d", "Fernanda \udc00")).encode(),
+        # the three bytes UTF-8 would use for U+D800: json.loads decodes bytes with "surrogatepass"
+        as_json_text(surrogate_event("3A00@@", "Oi @@", "Fernanda @@")).encode().replace(b"@@", b"\xed\xa0\x80"),
+        # a str body with the characters themselves
+        json.dumps(surrogate_event("3A00\ud800", "Oi \ud83d", "Fernanda \udc00"), ensure_ascii=False),
+        # Evolution's JSON-string body: the escapes sit in the inner text
+        json.dumps(as_json_text(surrogate_event("3A00\ud800", "Oi \ud83d", "Fernanda \udc00"))).encode(),
+        # ... or only appear once the outer string is decoded: "\u005c" is a backslash
+        json.dumps(as_json_text(surrogate_event("3A00@@", "Oi @@", "Fernanda @@")))
+        .replace("@@", "\\u005cud800")
+        .encode(),
+        # json.loads also reads UTF-16 and UTF-32 bodies
+        as_json_text(surrogate_event("3A00\ud800", "Oi \ud83d", "Fernanda \udc00")).encode("utf-16"),
+    ],
+    ids=["escapes", "utf8_bytes", "str_body", "json_string_body", "escape_built_by_the_outer_decode", "utf16_body"],
+)
+def test_lone_surrogates_become_replacement_characters(body: bytes | str) -> None:
+    result = only(parse_evolution(load_body(body)))
+    assert isinstance(result, IncomingMessage)
+    assert (result.message_id, result.text, result.push_name) == ("3A00\ufffd", "Oi \ufffd", "Fernanda \ufffd")
+    utf8_safe(result)
+
+
+def test_surrogate_fixture_messages_encode_to_utf8() -> None:
+    result = only(parse_file(SURROGATES_FIXTURE))
+    assert isinstance(result, IncomingMessage)
+    utf8_safe(result)
+    data = load(SURROGATES_FIXTURE)["data"]
+    assert data["\ufffd-campo"] == "\ufffd"  # keys are cleaned as well as values
+    assert json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"t": "\\ud83d\\ude00"}',  # the pair written as two escapes (Meta escapes every non-ASCII character)
+        b'{"t": "\\uD83D\\uDE00"}',
+        b'{"t": "\xf0\x9f\x98\x80"}',  # plain UTF-8
+        b'{"t": "\xed\xa0\xbd\xed\xb8\x80"}',  # each half as its own 3 bytes (CESU-8): joined again
+        '{"t": "\ud83d\ude00"}',  # a str body holding both halves
+    ],
+    ids=["escapes", "upper_case_escapes", "utf8", "cesu8", "str_halves"],
+)
+def test_a_surrogate_pair_stays_one_emoji(body: bytes | str) -> None:
+    assert decode_json(body) == {"t": "\U0001f600"}
+
+
+def test_replace_lone_surrogates_reaches_keys_and_every_depth() -> None:
+    value = {"a\ud800": [1, None, {"b": ["\udfff", {"\ud83d": "ok \U0001f600"}]}], "n": 2.5, "t": True}
+    assert replace_lone_surrogates(value) == {
+        "a\ufffd": [1, None, {"b": ["\ufffd", {"\ufffd": "ok \U0001f600"}]}],
+        "n": 2.5,
+        "t": True,
+    }
+    assert replace_lone_surrogates("x\udbff\udbff") == "x\ufffd\ufffd"  # two highs are two lone halves
+
+
+def test_a_body_as_deep_as_the_decoder_follows_is_cleaned() -> None:
+    """The walk keeps its own stack: where json.loads follows deeper than Python's recursion limit (3.12+), a
+    recursive walk would raise RecursionError after the decode succeeded."""
+    for depth in (20_000, 5_000, 2_000, 500):
+        body = b'{"x": ' + b"[" * depth + b'"\\ud800"' + b"]" * depth + b"}"
+        try:
+            decoded = decode_json(body)
+        except PayloadError:  # deeper than this Python's decoder follows: a 400, as before
+            continue
+        node = decoded["x"]
+        for _ in range(depth):
+            (node,) = node
+        assert node == "\ufffd"
+        return
+    pytest.fail("not even 500 levels were decoded")
+
+
+def test_only_bodies_that_could_hold_a_surrogate_are_walked() -> None:
+    """The fast path: no fixture without surrogates is walked; escapes and raw halves are always seen."""
+    assert [name for name in fixture_files() if may_hold_surrogates((FIXTURES / name).read_bytes())] == [
+        SURROGATES_FIXTURE
+    ]
+    assert not may_hold_surrogates('{"t": "ol\u00e1 \U0001f600"}'.encode())
+    assert not may_hold_surrogates('{"t": "\\u00e9 \\u2603"}')
+    assert may_hold_surrogates(b'{"t": "\\udc00"}')
+    assert may_hold_surrogates(b'{"t": "\xed\xbf\xbf"}')
+    assert may_hold_surrogates('{"t": "\udc00"}')
+    assert may_hold_surrogates('{"t": 1}'.encode("utf-16"))  # not UTF-8: always walked
 
 
 # --- malformed events and keys ----------------------------------------------------------------------
