@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEAD_LETTERS_KEPT = 1000
+NOT_SENDING = "{}"  # the `sending` note after a part the gateway refused: nothing to look for on a retry
 REPLY_WINDOW_SECONDS = 3600
 
 # A Lua function that pushes one record onto a chat's pending burst and slides its deadline; included by APPEND_LUA
@@ -72,9 +73,9 @@ return {1, n, string.format('%.3f', deadline)}
 # only: see conversation.py and memory.py)
 # ARGV: 1 chat key, 2 now, 3 lease expiry, 4 new token, 5 history turns to read
 # Returns false when not claimable, else {attempts, stored reply or '', stored turns or '', stored plan or '',
-# parts already sent, the chat's conversation fields (flat list), opted out (0/1), its last history turns (list),
-# message JSON...}. The conversation and the history come with the claim, so that deciding who answers and
-# writing the prompt cost no other round trip.
+# parts already sent, the part being sent when the last owner stopped (JSON or ''), the chat's conversation fields
+# (flat list), opted out (0/1), its last history turns (list), message JSON...}. The conversation and the history
+# come with the claim, so that deciding who answers and writing the prompt cost no other round trip.
 CLAIM_LUA = """
 local function history()
   local n = tonumber(ARGV[5])
@@ -88,8 +89,8 @@ if lease then
   local attempts = redis.call('HINCRBY', KEYS[5], 'attempts', 1)
   redis.call('HSET', KEYS[5], 'token', ARGV[4])
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-  local stored = redis.call('HMGET', KEYS[5], 'reply', 'turns', 'plan', 'sent')
-  return {attempts, stored[1] or '', stored[2] or '', stored[3] or '', tonumber(stored[4] or '0'),
+  local stored = redis.call('HMGET', KEYS[5], 'reply', 'turns', 'plan', 'sent', 'sending')
+  return {attempts, stored[1] or '', stored[2] or '', stored[3] or '', tonumber(stored[4] or '0'), stored[5] or '',
           redis.call('HGETALL', KEYS[6]), redis.call('EXISTS', KEYS[7]), history(),
           unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
 end
@@ -98,16 +99,17 @@ if not due or tonumber(due) > now then return false end
 redis.call('ZREM', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 0 then return false end
 redis.call('RENAME', KEYS[3], KEYS[4])
-redis.call('HDEL', KEYS[5], 'first_at', 'reply', 'turns', 'plan', 'sent')
+redis.call('HDEL', KEYS[5], 'first_at', 'reply', 'turns', 'plan', 'sent', 'sending')
 redis.call('HSET', KEYS[5], 'token', ARGV[4], 'attempts', 1)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-return {1, '', '', '', 0, redis.call('HGETALL', KEYS[6]), redis.call('EXISTS', KEYS[7]), history(),
+return {1, '', '', '', 0, '', redis.call('HGETALL', KEYS[6]), redis.call('EXISTS', KEYS[7]), history(),
         unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
 """
 
 # KEYS: 1 leases, 2 meta, [3 own-message marker of a part just sent (see conversation.py)]
 # ARGV: 1 chat key, 2 token, 3 new lease expiry, 4 reply to store ('' = keep), 5 history turns JSON ('' = keep),
-#       6 plan JSON ('' = keep), 7 parts sent ('' = keep), 8 dedup ttl s (with KEYS[3])
+#       6 plan JSON ('' = keep), 7 parts sent ('' = keep), 8 dedup ttl s (with KEYS[3]),
+#       9 the part about to be sent, JSON {"n", "hash", "at"} ('' = keep)
 # Extends the lease only while the caller still owns the batch. Returns 1 if owned, else 0. The id of a part just
 # sent is recorded either way (its echo is ours).
 RENEW_LUA = """
@@ -118,6 +120,7 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'reply', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'turns', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'plan', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'sent', ARGV[7]) end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[2], 'sending', ARGV[9]) end
 return 1
 """
 
@@ -136,7 +139,7 @@ if ARGV[3] ~= '' then
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[3], 'token', 'attempts', 'reply', 'turns', 'plan', 'sent')
+redis.call('HDEL', KEYS[3], 'token', 'attempts', 'reply', 'turns', 'plan', 'sent', 'sending')
 if redis.call('LLEN', KEYS[5]) > 0 then
   local deadline = redis.call('HGET', KEYS[3], 'deadline') or '0'
   redis.call('ZADD', KEYS[4], deadline, ARGV[1])
@@ -167,6 +170,7 @@ class Claim:
     turns: str = ""  # the history turns (JSON) stored with that reply, written to the history on ack
     plan: str = ""  # what else was decided with that reply (JSON, see worker.py), carried out again if needed
     sent: int = 0  # parts of that reply already accepted by the gateway
+    sending: str = ""  # the part being sent when the last owner stopped: JSON {"n", "hash", "at"} ('' = none)
     conversation: dict[str, str] | None = None  # the chat's conversation fields read with the claim (Redis only)
     opted_out: bool = False  # ... whether it opted out
     history: list[str] | None = None  # ... and its last history turns as stored (JSON), oldest first
@@ -297,10 +301,11 @@ class RedisStore:
                     turns=result[2] or "",
                     plan=result[3] or "",
                     sent=int(result[4] or 0),
-                    conversation=dict(zip(result[5][::2], result[5][1::2], strict=True)),
-                    opted_out=bool(result[6]),
-                    history=list(result[7]),
-                    messages=[json.loads(item) for item in result[8:]],
+                    sending=result[5] or "",
+                    conversation=dict(zip(result[6][::2], result[6][1::2], strict=True)),
+                    opted_out=bool(result[7]),
+                    history=list(result[8]),
+                    messages=[json.loads(item) for item in result[9:]],
                     store=self.name,
                 )
             )
@@ -316,17 +321,17 @@ class RedisStore:
         plan: str = "",
         sent: int | None = None,
         sent_id: str = "",
+        sending: str = "",
     ) -> bool:
-        """Extend the lease (and store the reply, its history turns, its plan and the parts sent) only if this
-        claim still owns the batch; record `sent_id` as one of ours in any case."""
+        """Extend the lease (and store the reply, its history turns, its plan, the parts sent and the part about to
+        be sent) only if this claim still owns the batch; record `sent_id` as one of ours in any case."""
         chat = claim.chat.key
         keys = [self.keys.leases(), self.keys.meta(chat)]
         if sent_id:
             keys.append(self.keys.own_message(chat, sent_id))
-        owned = self._renew(
-            keys=keys,
-            args=[chat, claim.token, lease_until, reply, turns, plan, "" if sent is None else sent, self.dedup_ttl],
-        )
+        progress = "" if sent is None else sent
+        args = [chat, claim.token, lease_until, reply, turns, plan, progress, self.dedup_ttl, sending]
+        owned = self._renew(keys=keys, args=args)
         return bool(owned)
 
     def media_blob(self, claim: Claim, message_id: str) -> str | None:
@@ -398,6 +403,7 @@ class _LocalChat:
     turns: str = ""
     plan: str = ""
     sent: int = 0
+    sending: str = ""
 
 
 class LocalStore:
@@ -449,6 +455,7 @@ class LocalStore:
                 elif chat.pending and chat.deadline <= now:
                     chat.batch, chat.pending = chat.pending, []
                     chat.first_at, chat.attempts, chat.reply, chat.turns, chat.plan, chat.sent = None, 1, "", "", "", 0
+                    chat.sending = ""
                 else:
                     continue
                 chat.token = uuid.uuid4().hex
@@ -462,6 +469,7 @@ class LocalStore:
                         turns=chat.turns,
                         plan=chat.plan,
                         sent=chat.sent,
+                        sending=chat.sending,
                         messages=[json.loads(item) for item in chat.batch],
                         store=self.name,
                     )
@@ -478,11 +486,13 @@ class LocalStore:
         plan: str = "",
         sent: int | None = None,
         sent_id: str = "",  # remembered by conversation.py's in-process store instead (see the worker)
+        sending: str = "",
     ) -> bool:
         with self._lock:
             chat = self._chats.get(claim.chat.key)
             if chat is None or chat.token != claim.token:
                 return False
+            chat.sending = sending or chat.sending
             chat.lease_until = lease_until
             chat.reply = reply or chat.reply
             chat.turns = turns or chat.turns
@@ -507,7 +517,7 @@ class LocalStore:
                 self._dead = [dead_letter, *self._dead[: DEAD_LETTERS_KEPT - 1]]
             self._drop_blobs(claim.chat.key, [str(json.loads(item).get("id")) for item in chat.batch])
             chat.batch, chat.token, chat.lease_until, chat.attempts = [], "", None, 0
-            chat.reply, chat.turns, chat.plan, chat.sent = "", "", "", 0
+            chat.reply, chat.turns, chat.plan, chat.sent, chat.sending = "", "", "", 0, ""
             if not chat.pending:
                 del self._chats[claim.chat.key]
             return True
@@ -622,10 +632,12 @@ class Buffer:
         plan: str = "",
         sent: int | None = None,
         sent_id: str = "",
+        sending: str = "",
     ) -> bool:
         """True while `claim` still owns its batch; extends the lease and stores `reply`, the history `turns` and
-        the `plan` that go with it, and how many of its parts were `sent`, when given. On Redis, `sent_id` (the
-        part just sent) is remembered as the assistant's own in the same call. Raises on Redis errors."""
+        the `plan` that go with it, how many of its parts were `sent` and the part about to be sent (`sending`,
+        which a new owner after a crash reconciles instead of sending blindly), when given. On Redis, `sent_id`
+        (the part just sent) is remembered as the assistant's own in the same call. Raises on Redis errors."""
         return self._store(claim).renew(
             claim,
             lease_until=now + self.lease_seconds,
@@ -634,11 +646,13 @@ class Buffer:
             plan=plan,
             sent=sent,
             sent_id=sent_id,
+            sending=sending,
         )
 
-    def release(self, claim: Claim, *, retry_at: float) -> bool:
-        """Give the batch back, to be claimed again at `retry_at` (keeps a generated reply and its progress)."""
-        return self._store(claim).renew(claim, lease_until=retry_at)
+    def release(self, claim: Claim, *, retry_at: float, sending: str = "") -> bool:
+        """Give the batch back, to be claimed again at `retry_at` (keeps a generated reply and its progress;
+        `sending` replaces the note of the part being sent, e.g. NOT_SENDING when the gateway refused it)."""
+        return self._store(claim).renew(claim, lease_until=retry_at, sending=sending)
 
     def media_blob(self, claim: Claim, message_id: str) -> str | None:
         """The base64 the webhook carried for a message of this batch, if it was kept and has not expired, and

@@ -112,22 +112,32 @@ local function business_action(conv, action, now_str, seconds, idle, ttl)
 end
 """
 
-# KEYS: 1 own-message marker of this id, 2 outbox, 3 seen, 4 conversation, 5 pending, 6 meta, 7 due, 8 leases
+# KEYS: 1 own-message marker of this id, 2 outbox, 3 seen, 4 conversation, 5 pending, 6 meta, 7 due, 8 leases,
+#       9 echoes
 # ARGV: 1 now, 2 text hash ('' = not a text), 3 echo window s, 4 dedup ttl s, 5 action (pause|resume|close),
 #       6 pause seconds or 'inf', 7 record JSON to keep in the burst ('' = none), 8 chat key, 9 debounce s,
 #       10 max wait s, 11 idle s, 12 conversation ttl s
-# Returns 'own' (an echo of the assistant's own message), 'dup' (this id was seen), else the state after it.
+# Returns 'own' (an echo of the assistant's own message, noted in the echoes), 'dup' (this id was seen), else the
+# state after it.
 BUSINESS_MESSAGE_LUA = (
     PUSH_PENDING_LUA
     + CONVERSATION_LUA
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'own' end
 local now = tonumber(ARGV[1])
+local function own()
+  if ARGV[2] ~= '' then
+    redis.call('ZADD', KEYS[9], now, ARGV[2])
+    redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', now - tonumber(ARGV[3]))
+    redis.call('EXPIRE', KEYS[9], ARGV[3])
+  end
+  return 'own'
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return own() end
 if ARGV[2] ~= '' then
   local marked = redis.call('ZSCORE', KEYS[2], ARGV[2])
   if marked and tonumber(marked) >= now - tonumber(ARGV[3]) then
     redis.call('SET', KEYS[1], '1', 'EX', ARGV[4])
-    return 'own'
+    return own()
   end
 end
 if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return 'dup' end
@@ -319,6 +329,7 @@ class RedisConversations:
                     k.meta(chat),
                     k.due(),
                     k.leases(),
+                    k.echoes(chat),
                 ],
                 args=[
                     stamp(now),
@@ -369,6 +380,10 @@ class RedisConversations:
     def mark_sent(self, chat: ChatRef, message_id: str, *, dedup_ttl: int) -> None:
         self.client.set(self.keys.own_message(chat.key, message_id), "1", ex=dedup_ttl)
 
+    def echo_seen(self, chat: ChatRef, hashed: str, since: float) -> bool:
+        at = self.client.zscore(self.keys.echoes(chat.key), hashed)
+        return at is not None and at >= since
+
     def set_opt_out(self, chat: ChatRef, opted_out: bool, at: float) -> None:
         key = self.keys.opt_out(chat.key)
         if opted_out:
@@ -395,6 +410,7 @@ class Params:
 class _LocalChat:
     fields: dict[str, str] = field(default_factory=dict)
     outbox: dict[str, float] = field(default_factory=dict)  # text hash -> marked at
+    echoes: dict[str, float] = field(default_factory=dict)  # text hash -> an own echo came back at
 
 
 class LocalConversations:
@@ -422,13 +438,21 @@ class LocalConversations:
         with self._lock:
             self._forget(now)
             id_key = f"{message.chat.key}:{message.message_id}"
-            if self._own_ids.get(id_key, 0.0) > now:
-                return True
-            marked = self._chat(message.chat).outbox.get(text_hash(message.text)) if message.text else None
-            if message.kind == "text" and marked is not None and marked >= now - ECHO_WINDOW_SECONDS:
-                self._own_ids[id_key] = now + ECHO_WINDOW_SECONDS
-                return True
-            return False
+            hashed = text_hash(message.text) if message.kind == "text" and message.text else ""
+            local = self._chat(message.chat)
+            marked = local.outbox.get(hashed) if hashed else None
+            own = self._own_ids.get(id_key, 0.0) > now or (marked is not None and marked >= now - ECHO_WINDOW_SECONDS)
+            if own:
+                if self._own_ids.get(id_key, 0.0) <= now:
+                    self._own_ids[id_key] = now + ECHO_WINDOW_SECONDS
+                if hashed:
+                    local.echoes[hashed] = now
+            return own
+
+    def echo_seen(self, chat: ChatRef, hashed: str, since: float) -> bool:
+        with self._lock:
+            at = self._chat(chat).echoes.get(hashed)
+            return at is not None and at >= since
 
     def first_sight(self, message: IncomingMessage, now: float, dedup_ttl: int) -> bool:
         """False when this command's id was seen before (messages kept in the burst dedupe in the buffer)."""
@@ -671,6 +695,16 @@ class Conversations:
                 lambda: self.local.settle(
                     chat, changes, now=now, sending=hashes, decided_with=decided_with, p=self.params
                 ),
+            )
+        )
+
+    def echo_seen(self, chat: ChatRef, text: str, *, since: float) -> bool:
+        """True when an echo of the assistant's own message with this text came back at or after `since` (Evolution
+        posts one for every message that goes out): proof that a part went out."""
+        hashed = text_hash(text)
+        return bool(
+            self._shared(
+                lambda store: store.echo_seen(chat, hashed, since), lambda: self.local.echo_seen(chat, hashed, since)
             )
         )
 

@@ -50,6 +50,11 @@ class RedisKeys:
         post before sendText returns the id) is known as ours. Trimmed to the echo window; TTL = the window."""
         return f"{self.prefix}:chat:{chat}:outbox"
 
+    def echoes(self, chat: str) -> str:
+        """ZSET hash of an own echo's text -> when it came back (send.message / fromMe), so that a new owner after a
+        crash can tell a part that went out from one that did not. Trimmed to the echo window; TTL = the window."""
+        return f"{self.prefix}:chat:{chat}:echoes"
+
     def own_message(self, chat: str, message_id: str) -> str:
         """STRING marker of a message id a send returned (or an echo matched by text); TTL = DEDUP_TTL_SECONDS."""
         return f"{self.prefix}:own:{chat}:{message_id}"

@@ -18,9 +18,9 @@ from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 
 from ai_service import AIService, Generated
-from buffer import Buffer, Claim
+from buffer import NOT_SENDING, Buffer, Claim
 from config import Settings
-from conversation import Changes, Conversations
+from conversation import Changes, Conversations, text_hash
 from counters import Counters
 from errors import AIServiceError, SendError
 from media import (
@@ -213,10 +213,13 @@ class Worker:
         if claim.reply:
             plan = Plan.from_json(claim.plan)
             turns = self._stored_turns(claim, parts_of(claim))
-            if not self.buffer.renew(claim, now=self.clock()):  # fence: still ours, right before sending
+            parts = self._parts(chat, claim.reply)
+            start = self._first_unsent(claim, parts)
+            # Fence: still ours, right before sending; and which part is about to go out.
+            if not self.buffer.renew(claim, now=self.clock(), sent=start, sending=self._mark(parts, start)):
                 log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
                 return
-            self._deliver(claim, claim.reply, turns, plan)
+            self._deliver(claim, claim.reply, turns, plan, parts, start)
             return
         read_with_claim = (claim.conversation, claim.opted_out) if claim.conversation is not None else None
         status = self.conversations.status(chat, read=read_with_claim)
@@ -235,15 +238,22 @@ class Worker:
             reply_to=_last_id(decision),
             written_at=self.clock(),
         )
-        # Fence: store the reply, its history turns and its plan with the batch, and check we still own it.
+        parts = self._parts(chat, reply)
+        # Fence: store the reply, its history turns and its plan with the batch (and the first part as the one about
+        # to go out, for a new owner after a crash), and check we still own it.
         owned = self.buffer.renew(
-            claim, now=self.clock(), reply=reply, turns=encode_turns(turns), plan=json.dumps(plan.to_json())
+            claim,
+            now=self.clock(),
+            reply=reply,
+            turns=encode_turns(turns),
+            plan=json.dumps(plan.to_json()),
+            sending=self._mark(parts, 0),
         )
         if not owned:
             log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
             return
         self._forget_media(claim)
-        self._deliver(claim, reply, turns, plan)
+        self._deliver(claim, reply, turns, plan, parts, 0)
 
     def _note(self, claim: Claim, decision: Decision) -> None:
         """Log (masked) and count every decision; a request for a person is also notified."""
@@ -310,12 +320,11 @@ class Worker:
             Turn(role="model", text=reply, at=self.clock()),
         ]
 
-    def _deliver(self, claim: Claim, reply: str, turns: list[Turn], plan: Plan) -> None:
-        """Record the decision's changes, then send what is left of the reply, remember it, ack. Not one part
-        goes out when a person acted in the chat after the decision (they answer); once the first part is out,
-        the rest follows (the parts are one delivery unit)."""
+    def _deliver(self, claim: Claim, reply: str, turns: list[Turn], plan: Plan, parts: list[str], start: int) -> None:
+        """Record the decision's changes, then send the parts from `start` on, remember the reply, ack. Not one
+        part goes out when a person acted in the chat after the decision (they answer); once the first part is
+        out, the rest follows (the parts are one delivery unit)."""
         chat = claim.chat
-        parts = self._parts(chat, reply)
         max_age = self.settings.reply_max_age_minutes * 60
         if plan.written_at and self.clock() - plan.written_at > max_age:
             # Late is worse than never for a chat reply ("Desculpe, instabilidade" an hour later); what the
@@ -328,8 +337,8 @@ class Worker:
             chat,
             plan.changes,
             now=self.clock(),
-            sending=parts[claim.sent :],
-            decided_with=plan.decided_with if claim.sent == 0 else None,
+            sending=parts[start:],
+            decided_with=plan.decided_with if start == 0 else None,
         )
         if not go_ahead:
             self.counters.add("paused_skips")
@@ -338,7 +347,7 @@ class Worker:
             self.history.append(chat, replied)
             self.buffer.ack(claim)
             return
-        last_id = self._send(claim, parts, plan)
+        last_id = self._send(claim, parts, plan, start)
         if last_id is None:
             return
         # History before ack: once acked, the chat's next burst may be claimed at once and must see this turn.
@@ -356,6 +365,44 @@ class Worker:
             claim.attempts,
             len(reply),
         )
+
+    def _first_unsent(self, claim: Claim, parts: list[str]) -> int:
+        """How many parts are out already. When the last owner stopped while sending a part (a crash between the
+        gateway taking it and the progress reaching Redis), that part is looked for before it is sent again: among
+        the assistant's own echoes received since (Evolution posts one for each message), then at the gateway
+        where it can tell (`find_sent`); only a part found nowhere is sent again."""
+        sent = claim.sent
+        mark = _parse_mark(claim.sending)
+        if mark is None or mark[0] != sent or sent >= len(parts) or mark[1] != text_hash(parts[sent]):
+            return sent
+        chat, part, since = claim.chat, parts[sent], mark[2]
+        where = "echo" if self.conversations.echo_seen(chat, part, since=since) else ""
+        if not where:
+            find_sent = getattr(self.senders.get(chat.gateway), "find_sent", None)
+            where = "gateway" if find_sent is not None and find_sent(chat, part, since=since) else ""
+        if where:
+            self.counters.add("parts_found_after_crash")
+            log.info(
+                "part %d of chat=%s went out before the last owner stopped (%s): not sent again",
+                sent + 1,
+                chat.label,
+                where,
+            )
+            return sent + 1
+        self.counters.add("parts_resent_after_crash")
+        log.warning(
+            "part %d of chat=%s may have gone out before the last owner stopped, but neither an echo nor the "
+            "gateway shows it: sending it again",
+            sent + 1,
+            chat.label,
+        )
+        return sent
+
+    def _mark(self, parts: list[str], n: int) -> str:
+        """The batch's note that part `n` is about to be sent (its text hash, and when), or '' past the end."""
+        if n >= len(parts):
+            return ""
+        return json.dumps({"n": n, "hash": text_hash(parts[n]), "at": round(self.clock(), 3)})
 
     def _parts(self, chat: ChatRef, reply: str) -> list[str]:
         sender = self.senders.get(chat.gateway)
@@ -435,13 +482,13 @@ class Worker:
             log.error("gemini failed chat=%s: %s; sending FALLBACK_REPLY", claim.chat.label, exc)
             return None, parts
 
-    def _send(self, claim: Claim, parts: list[str], plan: Plan) -> str | None:
+    def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> str | None:
         """Send the parts not sent yet, in order, through the chat's own gateway, each after its typing pause;
         remember each part's id (its echo is ours) and how many went out. Returns the last part's id ('' when
         the gateway gives none), or None when it failed: then retry later with backoff (the parts already out are
         not sent again) or dead-letter."""
         sender = self.senders.get(claim.chat.gateway)
-        sent = claim.sent
+        sent = start
         message_id = ""
         try:
             if sender is None:
@@ -456,7 +503,9 @@ class Worker:
                 if not claim.records_sent_ids:  # Redis records it with the progress below, or with the ack
                     self.conversations.mark_sent(claim.chat, message_id)
                 if sent < len(parts):  # a re-claim after a crash sends only what is left
-                    self.buffer.renew(claim, now=self.clock(), sent=sent, sent_id=message_id)
+                    self.buffer.renew(
+                        claim, now=self.clock(), sent=sent, sent_id=message_id, sending=self._mark(parts, sent)
+                    )
             return message_id
         except SendError as exc:
             self.counters.add("send_failures")
@@ -464,7 +513,9 @@ class Worker:
                 delay = min(
                     self.settings.delivery_retry_base_seconds * 2 ** (claim.attempts - 1), MAX_RETRY_DELAY_SECONDS
                 )
-                self.buffer.release(claim, retry_at=self.clock() + delay)
+                # A refusal the gateway answered means the part did not go out: the retry need not look for it.
+                refused = NOT_SENDING if exc.status_code is not None else ""
+                self.buffer.release(claim, retry_at=self.clock() + delay, sending=refused)
                 log.warning(
                     "send failed chat=%s attempt=%d part=%d/%d: %s; retrying in %.0fs",
                     claim.chat.label,
@@ -529,6 +580,15 @@ class Plan:
             )
         except (ValueError, TypeError, AttributeError):
             return cls()
+
+
+def _parse_mark(raw: str) -> tuple[int, str, float] | None:
+    """(part number, text hash, when) of a batch's "about to send" note, or None."""
+    try:
+        data = json.loads(raw) if raw else None
+        return (int(data["n"]), str(data["hash"]), float(data["at"])) if isinstance(data, dict) else None
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _last_id(decision: Decision) -> str:

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,6 +26,7 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     at: float
+    status: int = 0  # what the fake answered (0 while it is still answering)
 
     @property
     def json(self) -> Any:
@@ -97,7 +99,9 @@ class FakeServer:
             canned = self.script.popleft() if self.script else Canned()
         body = canned.body if canned.body is not None else self.default_answer(recorded)
         if isinstance(body, Canned):  # a default answer with its own status
+            recorded.status = body.status
             return body.status, body.body, canned.delay or self.delay
+        recorded.status = canned.status
         return canned.status, body, canned.delay or self.delay
 
     def default_answer(self, recorded: Recorded) -> Any:
@@ -159,6 +163,13 @@ class FakeGemini(FakeServer):
         return [r.json for r in self.received() if ":generateContent" in r.path]
 
 
+def js_date_seconds(value: Any) -> int:
+    """`Math.floor(new Date(value).getTime() / 1000)`: a number is milliseconds, a string an ISO date."""
+    if isinstance(value, int | float):
+        return int(value // 1000)
+    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())
+
+
 class FakeEvolution(FakeServer):
     """sendText: answers 201-like JSON with a fresh message id, as Evolution does. getBase64FromMediaMessage:
     answers the base64 of `media[key id]` (set by the test), or Evolution's 400 shape for an unknown id."""
@@ -169,6 +180,8 @@ class FakeEvolution(FakeServer):
     on_send: Callable[[Recorded, dict[str, Any]], None] | None = None
 
     def default_answer(self, recorded: Recorded) -> Any:
+        if "/chat/findMessages/" in recorded.path:
+            return self.find_messages(recorded.json)
         if "/chat/getBase64FromMediaMessage/" in recorded.path:
             message_id = recorded.json.get("message", {}).get("key", {}).get("id", "")
             if message_id not in getattr(self, "media", {}):
@@ -193,6 +206,33 @@ class FakeEvolution(FakeServer):
 
     def sends(self) -> list[Recorded]:
         return [r for r in self.received() if "/message/sendText/" in r.path]
+
+    def find_messages(self, query: dict[str, Any]) -> dict[str, Any]:
+        """`POST /chat/findMessages/{instance}` the way Evolution 2.x answers it: the messages it sent (here: every
+        sendText it took, stored as it arrived unless answered with an error), filtered by `key.remoteJid` and,
+        only when both bounds are given, `messageTimestamp` {gte, lte} read as JavaScript's `new Date(value)` does
+        (so a bare number counts as milliseconds since 1970); newest first, one page of `offset`."""
+        where = query.get("where") or {}
+        jid = (where.get("key") or {}).get("remoteJid")
+        bounds = where.get("messageTimestamp") or {}
+        records = []
+        for n, send in enumerate(self.sends()):
+            body = send.json
+            if (jid and body.get("number") != jid) or send.status >= 300:  # refused: never stored
+                continue
+            records.append(
+                {
+                    "key": {"remoteJid": body.get("number"), "fromMe": True, "id": f"FAKE{n:06d}"},
+                    "message": {"conversation": body.get("text", "")},
+                    "messageTimestamp": int(send.at),
+                }
+            )
+        if bounds.get("gte") and bounds.get("lte"):
+            low, high = js_date_seconds(bounds["gte"]), js_date_seconds(bounds["lte"])
+            records = [r for r in records if low <= r["messageTimestamp"] <= high]
+        records.reverse()
+        page = records[: int(query.get("offset") or 50)]
+        return {"messages": {"total": len(records), "pages": 1, "currentPage": 1, "records": page}}
 
     def media_requests(self) -> list[Recorded]:
         return [r for r in self.received() if "/chat/getBase64FromMediaMessage/" in r.path]

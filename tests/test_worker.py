@@ -26,7 +26,7 @@ from models import ChatRef, IncomingMessage
 from redis_keys import RedisKeys
 from redis_link import RedisLink
 from sender import TextSender
-from tests.fakes import Canned, FakeEvolution, FakeGemini, gemini_error
+from tests.fakes import Canned, FakeEvolution, FakeGemini, gemini_answer, gemini_error
 from webhook import build_components
 from worker import Worker
 
@@ -533,3 +533,92 @@ def test_the_reply_text_is_logged_at_debug_only(pipeline: PipelineFactory, caplo
     debug = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG" and "reply text" in r.getMessage()]
     assert debug == ["reply text chat=evolution:loja:5511*****4321 text='Resposta: Qual o horário?'"]
     assert all("Resposta" not in r.getMessage() for r in caplog.records if r.levelname != "DEBUG")
+
+
+# ----- a crash between the gateway taking a part and the progress reaching Redis ------------------------------
+
+
+class Crash(BaseException):
+    """Stands for SIGKILL: nothing after it runs (not even the worker's own error handling)."""
+
+
+class CrashAfterAccepting:
+    """The real Evolution adapter, but the process "dies" right after the gateway took the part `crash_on`."""
+
+    def __init__(self, real: TextSender, crash_on: str) -> None:
+        self.real = real
+        self.crash_on = crash_on
+        self.crashed = False
+        self.max_text_chars = 4096
+
+    def send_text(self, chat: ChatRef, text: str, **typing: object) -> str:
+        message_id = self.real.send_text(chat, text, **typing)  # type: ignore[call-arg]
+        if text == self.crash_on and not self.crashed:
+            self.crashed = True
+            raise Crash
+        return message_id
+
+    def find_sent(self, chat: ChatRef, text: str, *, since: float) -> bool | None:
+        return self.real.find_sent(chat, text, since=since)  # type: ignore[attr-defined]
+
+
+THREE_PARTS = "Olá! Temos sim.\n\nCusta R$ 48.\n\nEntregamos hoje."
+
+
+def crash_mid_reply(
+    pipeline: PipelineFactory, settings: Settings, fake_gemini: FakeGemini, **overrides: object
+) -> Pipeline:
+    fake_gemini.queue(Canned(200, gemini_answer(THREE_PARTS)))
+    real = build_gateways(settings)["evolution"]
+    p = pipeline(
+        senders={"evolution": CrashAfterAccepting(real, "Custa R$ 48.")},
+        split_messages=True,
+        typing_ms_per_char=0,
+        **overrides,
+    )
+    p.receive(1, "Tem bolo de cenoura?")
+    p.clock.advance(5)
+    with pytest.raises(Crash):
+        p.worker.run_once(wait=True)
+    return p
+
+
+def test_after_a_crash_a_part_whose_echo_came_back_is_not_sent_again(
+    pipeline: PipelineFactory, settings: Settings, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    p = crash_mid_reply(pipeline, settings, fake_gemini)
+    assert sent_texts(fake_evolution) == ["Olá! Temos sim.", "Custa R$ 48."]
+    # Evolution's send.message for the part reached the webhook (of any process).
+    echo = IncomingMessage(chat=CHAT, message_id="3EB0ECHO", text="Custa R$ 48.", from_me=True)
+    assert p.worker.conversations.from_business_side(echo, now=p.clock()) == "own_echo"
+    p.clock.advance(p.settings.lease_seconds + 1)
+    assert p.worker.run_once(wait=True) == 1
+    assert sent_texts(fake_evolution) == ["Olá! Temos sim.", "Custa R$ 48.", "Entregamos hoje."]
+    assert not [r for r in fake_evolution.received() if "/chat/findMessages/" in r.path]  # no need to ask
+    assert p.counters.snapshot()["parts_found_after_crash"] == 1
+    assert roles_and_texts(p.history.recent(CHAT))[-1] == ("model", THREE_PARTS)
+
+
+def test_after_a_crash_without_an_echo_evolution_is_asked_with_iso_bounds(
+    pipeline: PipelineFactory, settings: Settings, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    p = crash_mid_reply(pipeline, settings, fake_gemini, clock=Clock(time.time()))
+    p.clock.advance(p.settings.lease_seconds + 1)
+    assert p.worker.run_once(wait=True) == 1
+    assert sent_texts(fake_evolution) == ["Olá! Temos sim.", "Custa R$ 48.", "Entregamos hoje."]
+    (asked,) = [r for r in fake_evolution.received() if "/chat/findMessages/" in r.path]
+    where = asked.json["where"]
+    assert where["key"] == {"remoteJid": CHAT.chat_id, "fromMe": True}
+    assert all(isinstance(bound, str) and bound.endswith("Z") for bound in where["messageTimestamp"].values())
+    assert p.counters.snapshot()["parts_found_after_crash"] == 1
+
+
+def test_after_a_crash_a_part_found_nowhere_is_sent_again(
+    pipeline: PipelineFactory, settings: Settings, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    p = crash_mid_reply(pipeline, settings, fake_gemini, clock=Clock(time.time()))
+    fake_evolution.queue(Canned(200, {"messages": {"total": 0, "records": []}}))  # it has no trace of the part
+    p.clock.advance(p.settings.lease_seconds + 1)
+    assert p.worker.run_once(wait=True) == 1
+    assert sent_texts(fake_evolution) == ["Olá! Temos sim.", "Custa R$ 48.", "Custa R$ 48.", "Entregamos hoje."]
+    assert p.counters.snapshot()["parts_resent_after_crash"] == 1
