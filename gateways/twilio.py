@@ -14,7 +14,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +30,11 @@ from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage,
 from parser import replace_lone_surrogates
 from sender import post_or_raise, retrying_session
 
+log = logging.getLogger(__name__)
+
 NAME = "twilio"
+FIND_MAX_BYTES = 2 * 1024 * 1024  # one page of the Messages list
+FIND_PAGE = 50
 MAX_TEXT_CHARS = 1600
 WEBHOOK_PATH = "/webhook/twilio"
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
@@ -213,6 +220,33 @@ class TwilioGateway:
                 transient=transient,
             )
         return str(data.get("sid") or "") if isinstance(data, dict) else ""
+
+    def find_sent(self, chat: ChatRef, text: str, *, since: float) -> bool | None:
+        """Whether Twilio lists a message from our number to this chat with exactly this text, sent on or after
+        `since`'s UTC date (the list's `DateSent>` filter takes a date, not a time); None when it cannot tell."""
+        sender = self.whatsapp_from or chat.instance
+        if not sender.startswith("whatsapp:"):
+            sender = f"whatsapp:{sender}"
+        day = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d")
+        try:
+            body, _ = fetch_bytes(
+                self.media_session,
+                "GET",
+                f"{self.api_url}/2010-04-01/Accounts/{self.account_sid}/Messages.json",
+                what="twilio messages list",
+                max_bytes=FIND_MAX_BYTES,
+                timeout=self.timeout_seconds,
+                params={"To": chat.chat_id, "From": sender, "DateSent>": day, "PageSize": FIND_PAGE},
+                auth=(self.account_sid, self.auth_token),
+            )
+            messages = json.loads(body).get("messages")
+        except (MediaError, ValueError, AttributeError) as exc:
+            log.warning("cannot ask Twilio whether a part went out chat=%s: %s", chat.label, exc.__class__.__name__)
+            return None
+        if not isinstance(messages, list):
+            return None
+        wanted = text.strip()
+        return any(isinstance(m, dict) and str(m.get("body") or "").strip() == wanted for m in messages)
 
     def mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Twilio has no read receipts for WhatsApp through the Messages API."""

@@ -10,8 +10,9 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 import redis
@@ -1145,3 +1146,22 @@ def test_unconfigured_gateway_answers_404(redis_server: RedisServer, redis_clien
     assert client.post("/webhook/meta", json={}).status_code == 404
     assert client.get("/webhook/meta").status_code == 404
     assert client.post("/webhook/twilio", data={"Body": "oi"}).status_code == 404
+
+
+def test_twilio_find_sent_lists_our_messages_to_the_chat_since_a_date(twilio_api: FakeTwilio) -> None:
+    gateway = twilio_gateway(twilio_api.url)
+    listed = {"messages": [{"body": "Outra coisa", "status": "sent"}, {"body": " Custa R$ 48. ", "status": "sent"}]}
+    twilio_api.queue(Canned(200, listed), Canned(200, {"messages": []}), Canned(500, {"message": "boom"}))
+    since = datetime(2026, 12, 4, 23, 59, 30, tzinfo=UTC).timestamp()
+    assert gateway.find_sent(TWILIO_CHAT, "Custa R$ 48.", since=since) is True
+    assert gateway.find_sent(TWILIO_CHAT, "Custa R$ 48.", since=since) is False
+    assert gateway.find_sent(TWILIO_CHAT, "Custa R$ 48.", since=since) is None  # cannot tell: send again
+    request = twilio_api.received()[0]
+    path, _, query = request.path.partition("?")
+    assert (request.method, path) == ("GET", f"/2010-04-01/Accounts/{TWILIO_SID}/Messages.json")
+    assert parse_qs(query) == {
+        "To": [f"whatsapp:+{CUSTOMER}"],
+        "From": [TWILIO_FROM],
+        "DateSent>": ["2026-12-04"],  # a date: Twilio's filter takes no time of day
+        "PageSize": ["50"],
+    }

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 
@@ -137,6 +137,8 @@ class FakeTwilio(_GatewayFake):
     media: dict[str, bytes]  # path -> bytes served on GET (MediaUrl0)
 
     def default_answer(self, recorded: Recorded) -> Any:
+        if recorded.method == "GET" and recorded.path.split("?")[0].endswith("/Messages.json"):
+            return self.messages_list(recorded)
         if recorded.method == "GET":
             data = getattr(self, "media", {}).get(recorded.path)
             return Canned(404, twilio_error(20404, "not found", 404)) if data is None else data
@@ -161,7 +163,32 @@ class FakeTwilio(_GatewayFake):
         }
 
     def sends(self) -> list[Recorded]:
-        return [r for r in self.received() if r.path.endswith("/Messages.json")]
+        return [r for r in self.received() if r.method == "POST" and r.path.endswith("/Messages.json")]
+
+    def messages_list(self, recorded: Recorded) -> dict[str, Any]:
+        """`GET .../Messages.json?To=&From=&DateSent>=YYYY-MM-DD` as Twilio answers it: the messages this fake took
+        (each sent at once), filtered by To, From and the UTC date they were sent, newest first."""
+        query = {k: v[0] for k, v in parse_qs(urlsplit(recorded.path).query).items()}
+        since = query.get("DateSent>", "")
+        listed = []
+        for send in self.sends():
+            form = form_of(send)
+            day = time.strftime("%Y-%m-%d", time.gmtime(send.at))
+            if query.get("To") not in (None, form.get("To")) or query.get("From") not in (None, form.get("From")):
+                continue
+            if since and day < since:
+                continue
+            listed.append(
+                {
+                    "body": form.get("Body", ""),
+                    "to": form.get("To"),
+                    "from": form.get("From"),
+                    "status": "sent",
+                    "date_sent": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(send.at)),
+                }
+            )
+        listed.reverse()
+        return {"messages": listed[: int(query.get("PageSize") or 50)], "page": 0}
 
 
 def twilio_error(code: int, message: str, status: int = 400) -> dict[str, Any]:
