@@ -69,7 +69,9 @@ def pause_minutes(body: Any) -> float | None | str:
     minutes = body.get("minutes")
     if minutes is None:
         return None
-    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not math.isfinite(minutes):
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float):
+        return "minutes must be a number"
+    if isinstance(minutes, float) and not math.isfinite(minutes):  # NaN / Infinity: JSON allows them here
         return "minutes must be a number"
     if not 0 < minutes <= MAX_PAUSE_MINUTES:
         return f"minutes must be more than 0 and at most {MAX_PAUSE_MINUTES}"
@@ -138,7 +140,10 @@ def chats_api(
 
     @api.post("/<path:raw>/pause")
     def pause(raw: str) -> tuple[Response, int]:
-        body = request.get_json(silent=True) if request.get_data() else None
+        try:
+            body = request.get_json(silent=True) if request.get_data() else None
+        except RecursionError:  # nested deeper than the JSON decoder goes
+            body = None
         if body is None and request.get_data().strip():
             return jsonify(error="bad request", detail='the body must be JSON, e.g. {"minutes": 30}'), 400
         minutes = pause_minutes(body)

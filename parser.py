@@ -200,11 +200,18 @@ def _parse_event(event: dict[str, Any], event_hint: str, accept_groups: bool, ma
     ]
 
 
+MAX_INSTANCE_CHARS = 100  # Evolution's instance names are short; anything else is not an instance name
+
+
 def _instance_name(event: dict[str, Any]) -> str:
+    """The event's instance: a name (v2) or an object holding one (v1); anything else (a number, a list, a huge
+    string) counts as none, since it would end up in Redis keys, send URLs and logs."""
     instance = event.get("instance")
     if isinstance(instance, dict):
         instance = instance.get("instanceName") or instance.get("name")
-    return str(instance or "default")
+    if not isinstance(instance, str) or not instance.strip() or len(instance) > MAX_INSTANCE_CHARS:
+        return "default"
+    return instance
 
 
 def message_from_baileys(
@@ -372,7 +379,8 @@ def _media_detail(kind: str, media: dict[str, Any]) -> str:
         )
     if kind == "contact":
         names = [media.get("displayName")]
-        names += [c.get("displayName") for c in media.get("contacts") or [] if isinstance(c, dict)]
+        contacts = media.get("contacts")
+        names += [c.get("displayName") for c in contacts if isinstance(c, dict)] if isinstance(contacts, list) else []
         return words_detail(names)
     return ""
 

@@ -105,6 +105,12 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
+def _field(record: dict[str, Any], outer: str, inner: str) -> Any:
+    """record[outer][inner] when record[outer] is an object, else None (payloads put odd types anywhere)."""
+    container = record.get(outer)
+    return container.get(inner) if isinstance(container, dict) else None
+
+
 def _phone_number_id(value: dict[str, Any]) -> str:
     metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
     return str(metadata.get("phone_number_id") or "")
@@ -112,9 +118,7 @@ def _phone_number_id(value: dict[str, Any]) -> str:
 
 def _parse_value(value: dict[str, Any], max_chars: int) -> list[Parsed]:
     phone_number_id = _phone_number_id(value)
-    names = {
-        str(c.get("wa_id")): str((c.get("profile") or {}).get("name") or "") for c in _dicts(value.get("contacts"))
-    }
+    names = {str(c.get("wa_id")): str(_field(c, "profile", "name") or "") for c in _dicts(value.get("contacts"))}
     results: list[Parsed] = []
     for status in _dicts(value.get("statuses")):
         results.append(
@@ -154,7 +158,7 @@ def _parse_message(
         return IgnoredEvent(reason="empty", message_id=message_id, chat=chat)
     try:
         timestamp = int(message.get("timestamp") or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
         timestamp = 0
     return IncomingMessage(
         chat=chat,
@@ -298,7 +302,7 @@ def _media(kind: str, message: dict[str, Any]) -> MediaRef | None:
         detail = location_detail(place.get("name"), place.get("address"), place.get("latitude"), place.get("longitude"))
         return MediaRef(kind="location", detail=detail)
     if kind == "contact":
-        names = [(c.get("name") or {}).get("formatted_name") for c in _dicts(message.get("contacts"))]
+        names = [_field(c, "name", "formatted_name") for c in _dicts(message.get("contacts"))]
         return MediaRef(kind="contact", detail=words_detail(names))
     body = message.get(kind)
     if kind not in MEDIA_TYPES or not isinstance(body, dict):

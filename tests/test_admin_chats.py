@@ -393,3 +393,10 @@ def test_close_answer_says_closed(client: FlaskClient, clock: Clock, fraction: f
     clock.now = whole_second() + 1 + fraction
     response = call(client, "POST", CHAT.key, "close", headers=AUTH)
     assert response.json["state"] == "closed"
+
+
+@pytest.mark.parametrize("body", ['{"minutes": ' + "9" * 400 + "}", "[" * 1000 + "]" * 1000])
+def test_pause_bodies_found_by_fuzzing_get_400(client: FlaskClient, body: str) -> None:
+    """A number too large for a float and JSON nested past the decoder's depth answered 500 before."""
+    response = client.post(url(CHAT.key, "pause"), data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text

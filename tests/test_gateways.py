@@ -1165,3 +1165,14 @@ def test_twilio_find_sent_lists_our_messages_to_the_chat_since_a_date(twilio_api
         "DateSent>": ["2026-12-04"],  # a date: Twilio's filter takes no time of day
         "PageSize": ["50"],
     }
+
+
+def test_meta_odd_types_found_by_fuzzing_do_not_raise() -> None:
+    """Each of these answered 500 before (AttributeError / OverflowError in the parser)."""
+    value = {"metadata": {"phone_number_id": "1065403"}, "contacts": [{"wa_id": "5511900", "profile": "texto"}]}
+    text = {"from": "5511900", "id": "wamid.A", "type": "text", "text": {"body": "Oi"}, "timestamp": float("-inf")}
+    card = {"from": "5511900", "id": "wamid.B", "type": "contacts", "contacts": [{"name": "0"}]}
+    payload = {"entry": [{"changes": [{"field": "messages", "value": {**value, "messages": [text, card]}}]}]}
+    first, second = parse_meta(json.loads(json.dumps(payload)))
+    assert isinstance(first, IncomingMessage) and (first.text, first.timestamp, first.push_name) == ("Oi", 0, "")
+    assert isinstance(second, IncomingMessage) and second.kind == "contact"

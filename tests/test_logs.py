@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
 
-from logs import mask_phone, setup_logging
+from logs import OneLine, mask_phone, setup_logging
 from models import ChatRef
 
 
@@ -112,3 +113,20 @@ def test_setup_logging_leaves_existing_handlers_alone() -> None:
 def test_twilio_and_meta_addresses_are_masked_like_jids() -> None:
     assert mask_phone("whatsapp:+5511987654321") == "5511*****4321"
     assert mask_phone("5511987654321") == "5511*****4321"
+
+
+def test_payload_values_cannot_forge_log_lines_or_flood_them() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(OneLine())
+    logger = logging.getLogger("test.one_line")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("ignored msg=%s reason=%s", "3EB0\n2026-12-05 INFO forged line", "status:\x00read\r")
+        logger.warning("huge %s", "x" * 10_000)
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "ignored msg=3EB0\\n2026-12-05 INFO forged line reason=status:\\x00read\\r"
+    assert len(lines) == 2 and len(lines[1]) < 2100 and lines[1].endswith("(10005 chars)")

@@ -1251,3 +1251,16 @@ def test_size_falls_back_to_the_inline_base64_length() -> None:
     result = only(parse_evolution(event))
     assert isinstance(result, IncomingMessage) and result.media is not None
     assert (result.media.size, result.media.inline, result.media.voice) == (6, "QUJDRA==", True)
+
+
+def test_odd_types_found_by_fuzzing_do_not_raise() -> None:
+    """A shared contact whose `contacts` is not a list, and an instance that is not a name (both were 500s)."""
+    data = {
+        "key": {"remoteJid": "5511900@s.whatsapp.net", "id": "3EB09"},
+        "message": {"contactsArrayMessage": {"contacts": True}},
+    }
+    (parsed,) = parse_evolution({"event": "messages.upsert", "instance": list(range(9)), "data": data})
+    assert isinstance(parsed, IncomingMessage) and parsed.kind == "contact"
+    assert parsed.chat.instance == "default"  # not "[0, 1, 2, ...]" in Redis keys and send URLs
+    (long_name,) = parse_evolution({"event": "messages.upsert", "instance": "x" * 500, "data": data})
+    assert long_name.chat.instance == "default"  # type: ignore[union-attr]

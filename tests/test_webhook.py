@@ -11,6 +11,7 @@ import redis
 from flask import Flask
 
 from config import Settings
+from models import ChatRef
 from webhook import Components, create_app
 from webhook_token import TOKEN_FILE_NAME
 
@@ -21,6 +22,9 @@ def app(settings: Settings) -> Iterator[Flask]:
     yield app
     parts: Components = app.extensions["assistant"]
     parts.watcher.stop()
+
+
+CUSTOMER = "5511987654321@s.whatsapp.net"
 
 
 def upsert(text: str, n: int, **envelope: object) -> dict[str, object]:
@@ -112,3 +116,35 @@ def test_webhook_auth_off_opens_it_and_a_configured_token_replaces_the_generated
     )
     assert mine.post("/webhook", json=upsert("Oi", 3, instance="loja")).status_code == 401
     assert redis_client.get("wa_assistant:webhook:token") is None  # nothing generated when one is configured
+
+
+# ----- payloads found by fuzzing (bench/fuzz_webhook.py) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # a shared contact whose "contacts" is not a list
+        {
+            "event": "messages.upsert",
+            "data": {
+                "key": {"remoteJid": "5511900@s.whatsapp.net", "id": "3EB09"},
+                "message": {"contactsArrayMessage": {"contacts": True}},
+            },
+        },
+        # an instance that is a list: not an instance name
+        {"event": "messages.upsert", "instance": list(range(50)), **upsert("Oi", 77)},
+    ],
+)
+def test_odd_shapes_are_answered_not_500(app: Flask, payload: dict[str, object]) -> None:
+    response = app.test_client().post("/webhook", json=payload)
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 200 and payload.get("instance") is not None:
+        parts: Components = app.extensions["assistant"]
+        assert parts.buffer.pending_info(ChatRef(gateway="evolution", instance="default", chat_id=CUSTOMER)) is not None
+
+
+def test_a_webhook_with_too_many_events_reads_only_the_first_hundred(app: Flask) -> None:
+    events = [upsert("Oi", n, instance="loja") for n in range(150)]
+    summary = app.test_client().post("/webhook", json=events).json
+    assert (summary["buffered"], summary["ignored"]) == (100, 1)
