@@ -5,12 +5,14 @@ The suite never touches a Redis it did not start: it runs its own on a free port
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from flask import Flask
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -83,3 +85,20 @@ def settings(
 ) -> Settings:
     """Settings wired to this test's Redis and fakes."""
     return make_settings(redis_uri=redis_server.url, gemini_base_url=fake_gemini.url, evolution_api=fake_evolution.url)
+
+
+@pytest.fixture
+def make_app(settings: Settings) -> Iterator[Callable[..., Flask]]:
+    """Builds apps from the factory with the test settings plus overrides, worker off; stops their watchers."""
+    apps: list[Flask] = []
+
+    def build(**overrides: object) -> Flask:
+        from webhook import create_app  # imported late: it wires the whole service
+
+        app = create_app(dataclasses.replace(settings, **overrides), start_worker=False)  # type: ignore[arg-type]
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["assistant"].watcher.stop()

@@ -4,19 +4,15 @@ Redis: ADMIN_TOKEN as a bearer token (401 without it, 404 when unset), bad input
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-from config import Settings
-from webhook import MAX_PREVIEW_CHARS, Components, create_app
+from webhook import MAX_PREVIEW_CHARS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "knowledge"
 ADMIN_TOKEN = "admin-token-teste-5f2c9a"
@@ -28,21 +24,6 @@ def kb_dir(tmp_path: Path) -> Path:
     target = tmp_path / "conhecimento"
     shutil.copytree(FIXTURES, target)
     return target
-
-
-@pytest.fixture
-def make_app(settings: Settings) -> Iterator[object]:
-    apps: list[Flask] = []
-
-    def build(**overrides: object) -> Flask:
-        app = create_app(dataclasses.replace(settings, **overrides), start_worker=False)  # type: ignore[arg-type]
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        parts: Components = app.extensions["assistant"]
-        parts.watcher.stop()
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ chat shows (state, pending burst, last messages, opt-out), and what the actions 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -18,11 +17,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import admin
-from config import Settings
 from conversation import Changes
 from memory import Turn
 from models import ChatRef, IncomingMessage
-from webhook import Components, create_app
+from webhook import Components
 
 ADMIN_TOKEN = "admin-token-chats-7c1e04"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -56,20 +54,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock(whole_second() + 0.2504)  # stored as ".250": a little before now, as with most real clocks
     monkeypatch.setattr(admin, "time", clock)
     return clock
-
-
-@pytest.fixture
-def make_app(settings: Settings) -> Iterator[Callable[..., Flask]]:
-    apps: list[Flask] = []
-
-    def build(**overrides: object) -> Flask:
-        app = create_app(dataclasses.replace(settings, **overrides), start_worker=False)  # type: ignore[arg-type]
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        app.extensions["assistant"].watcher.stop()
 
 
 @pytest.fixture

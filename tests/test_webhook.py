@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
 from flask import Flask
 
-from config import Settings
 from models import ChatRef
-from webhook import Components, create_app
+from webhook import Components
 from webhook_token import TOKEN_FILE_NAME
 
 
 @pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    app = create_app(dataclasses.replace(settings, webhook_auth=False), start_worker=False)
-    yield app
-    parts: Components = app.extensions["assistant"]
-    parts.watcher.stop()
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app(webhook_auth=False)
 
 
 CUSTOMER = "5511987654321@s.whatsapp.net"
@@ -50,19 +45,9 @@ def test_an_evolution_payload_without_instance_is_said_once(app: Flask, caplog: 
 
 
 @pytest.fixture
-def closed(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+def closed(make_app: Callable[..., Flask], tmp_path: Path) -> Callable[..., Flask]:
     """Apps with the default WEBHOOK_AUTH (on) and no secret configured, their .env folder in tmp_path."""
-    apps: list[Flask] = []
-
-    def build(**overrides: object) -> Flask:
-        values = {"webhook_auth": True, "env_file": str(tmp_path / ".env"), **overrides}
-        app = create_app(dataclasses.replace(settings, **values), start_worker=False)  # type: ignore[arg-type]
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        app.extensions["assistant"].watcher.stop()
+    return lambda **overrides: make_app(**{"webhook_auth": True, "env_file": str(tmp_path / ".env"), **overrides})
 
 
 def test_without_a_secret_the_webhook_is_closed_with_a_generated_token(
