@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from buffer import Buffer  # noqa: E402
+from components import build_components  # noqa: E402
 from config import Settings  # noqa: E402
 from models import ChatRef, IncomingMessage  # noqa: E402
 from tests.fakes import FakeEvolution, FakeGemini  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
-from webhook import build_components  # noqa: E402
 
 
 def main() -> None:

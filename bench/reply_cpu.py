@@ -27,11 +27,14 @@ def measure(source: Path, chats: int) -> dict[str, float]:
     """Run in a child process with `source` first on sys.path; returns its CPU figures."""
     sys.path.insert(0, str(source))
     sys.path.insert(1, str(ROOT))  # tests.redis_server and tests.fakes of this tree
+    try:
+        from components import build_components  # type: ignore[import-not-found]
+    except ImportError:  # a checkout from before components.py
+        from webhook import build_components  # type: ignore[import-not-found,no-redef]
     from config import Settings  # type: ignore[import-not-found]
     from models import ChatRef, IncomingMessage  # type: ignore[import-not-found]
     from tests.fakes import FakeEvolution, FakeGemini
     from tests.redis_server import RedisServer
-    from webhook import build_components  # type: ignore[import-not-found]
 
     redis_server = RedisServer(Path(tempfile.mkdtemp(prefix="bench-cpu-"))).start()
     gemini, evolution = FakeGemini(), FakeEvolution()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from webhook import MAX_PREVIEW_CHARS
+from web.knowledge_admin import MAX_PREVIEW_CHARS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "knowledge"
 ADMIN_TOKEN = "admin-token-teste-5f2c9a"

@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-import admin
+import web.chats_api as chats_api_module
 from conversation import Changes
 from memory import Turn
 from models import ChatRef, IncomingMessage
@@ -35,7 +35,7 @@ def url(chat_key: str, action: str = "") -> str:
 
 
 class Clock:
-    """admin.py's clock, pinned (monkeypatch is for the clock), so that the tests at the end can put the time
+    """The chats API's clock, pinned (monkeypatch is for the clock), so that the tests at the end can put the time
     just where it rounds up to the millisecond the conversation store keeps."""
 
     def __init__(self, now: float) -> None:
@@ -52,7 +52,7 @@ def whole_second() -> float:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock(whole_second() + 0.2504)  # stored as ".250": a little before now, as with most real clocks
-    monkeypatch.setattr(admin, "time", clock)
+    monkeypatch.setattr(chats_api_module, "time", clock)
     return clock
 
 

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from buffer import Buffer
+from components import build_components
 from config import Settings
 from counters import Counters
 from errors import SendError
@@ -27,7 +28,6 @@ from redis_keys import RedisKeys
 from redis_link import RedisLink
 from sender import TextSender
 from tests.fakes import Canned, FakeEvolution, FakeGemini, gemini_answer, gemini_error
-from webhook import build_components
 from worker import Worker
 
 T0 = 1_700_000_000.0

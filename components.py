@@ -1,0 +1,113 @@
+"""The pipeline's parts wired together once per process: Redis, buffer, history, conversations, gateways,
+knowledge and the worker. The web layer (web/) and the worker both take what they need from `Components`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ai_service import AIService
+from buffer import Buffer
+from config import Settings
+from conversation import Commands, Conversations, Params
+from counters import Counters
+from gateways import build_gateways
+from gateways.base import Gateway
+from knowledge import KnowledgeBase, ReloadSignal, Watcher
+from memory import History
+from notify import HandoffNotifier
+from redis_keys import RedisKeys
+from redis_link import RedisLink
+from sender import TextSender
+from worker import Worker
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Components:
+    """The pipeline's parts, wired once per process."""
+
+    settings: Settings
+    link: RedisLink
+    keys: RedisKeys
+    buffer: Buffer
+    history: History
+    conversations: Conversations
+    counters: Counters
+    gateways: dict[str, Gateway]
+    worker: Worker
+    knowledge: KnowledgeBase
+    watcher: Watcher
+
+
+def build_components(
+    settings: Settings, *, senders: dict[str, TextSender] | None = None, clock: Callable[[], float] = time.time
+) -> Components:
+    """Wire Redis, buffer, history, gateways and the worker from `settings` (tests may swap senders/clock)."""
+    link = RedisLink(settings.redis_uri if settings.redis_enabled else None, retry_seconds=settings.redis_retry_seconds)
+    keys = RedisKeys(settings.redis_prefix)
+    buffer = Buffer(
+        link,
+        keys,
+        debounce_seconds=settings.debounce_seconds,
+        max_wait_seconds=settings.debounce_max_wait_seconds,
+        dedup_ttl_seconds=settings.dedup_ttl_seconds,
+        lease_seconds=settings.lease_seconds,
+        media_max_bytes=settings.media_max_bytes,
+        history_turns=settings.history_max_turns,
+    )
+    history = History(link, keys, max_turns=settings.history_max_turns, ttl_seconds=settings.history_ttl_seconds)
+    conversations = Conversations(
+        link,
+        keys,
+        buffer,
+        params=Params(
+            debounce=settings.debounce_seconds,
+            max_wait=settings.debounce_max_wait_seconds,
+            dedup_ttl=settings.dedup_ttl_seconds,
+            idle=settings.conversation_idle_seconds,
+        ),
+        commands=Commands(
+            pause=settings.bot_pause_keyword,
+            resume=settings.bot_resume_keyword,
+            close=settings.bot_close_keyword,
+            handoff_seconds=settings.handoff_pause_seconds,
+        ),
+    )
+    counters = Counters()
+    gateways = build_gateways(settings)
+    knowledge = KnowledgeBase(
+        settings.knowledge_dir, top_k=settings.rag_top_k, whole_max_chars=settings.rag_whole_max_chars
+    )
+    knowledge.reload()
+    watcher = Watcher(
+        knowledge,
+        interval_seconds=settings.rag_watch_interval,
+        watch_files=settings.rag_auto_reload,
+        signal=ReloadSignal(link, keys.knowledge_generation()) if link.enabled else None,
+    )
+    worker = Worker(
+        settings,
+        buffer=buffer,
+        history=history,
+        conversations=conversations,
+        ai=AIService(settings, knowledge),
+        senders=senders if senders is not None else gateways,  # type: ignore[arg-type] (a Gateway is a TextSender)
+        counters=counters,
+        notifier=HandoffNotifier(settings.handoff_notify_url, counters),
+        clock=clock,
+    )
+    return Components(
+        settings=settings,
+        link=link,
+        keys=keys,
+        buffer=buffer,
+        history=history,
+        conversations=conversations,
+        counters=counters,
+        gateways=gateways,
+        worker=worker,
+        knowledge=knowledge,
+        watcher=watcher,
+    )

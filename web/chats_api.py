@@ -1,0 +1,141 @@
+"""The owner's HTTP API to see and steer a chat (`/admin/api/chats/...`), behind ADMIN_TOKEN (web/admin_auth.py).
+
+A chat is named by its identity `gateway:instance:chat_id`, as in the Redis keys (URL-encoded in the path).
+Numbers are not masked here: this is the owner's own data, behind the token. State changes go through
+conversation.py, as for a person typing in the chat.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from conversation import CLOSE, PAUSE, RESUME
+from models import ChatRef
+from web import components
+from web.admin_auth import admin_refusal
+
+log = logging.getLogger(__name__)
+
+GATEWAY_NAMES = frozenset({"evolution", "meta", "mega", "twilio"})
+MAX_PAUSE_MINUTES = 366 * 24 * 60  # a year; "no limit" is the absent field
+
+
+def chat_from_path(raw: str) -> ChatRef | None:
+    """The chat named in the URL, or None when it is not `gateway:instance:chat_id` of a known gateway."""
+    try:
+        chat = ChatRef.from_key(raw)
+    except ValueError:
+        return None
+    if chat.gateway not in GATEWAY_NAMES or not chat.instance or not chat.chat_id:
+        return None
+    return chat
+
+
+def pause_minutes(body: Any) -> float | None | str:
+    """Minutes of a pause request (None = no limit), or the reason the body is refused."""
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        return 'the body must be a JSON object, e.g. {"minutes": 30}, or empty for no limit'
+    minutes = body.get("minutes")
+    if minutes is None:
+        return None
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float):
+        return "minutes must be a number"
+    if isinstance(minutes, float) and not math.isfinite(minutes):  # NaN / Infinity: JSON allows them here
+        return "minutes must be a number"
+    if not 0 < minutes <= MAX_PAUSE_MINUTES:
+        return f"minutes must be more than 0 and at most {MAX_PAUSE_MINUTES}"
+    return float(minutes)
+
+
+chats_api = Blueprint("chats_api", __name__, url_prefix="/admin/api/chats")
+chats_api.before_request(admin_refusal)
+
+
+def view(chat: ChatRef, now: float) -> dict[str, Any]:
+    """What the API answers about a chat: its conversation state, opt-out, pending burst and last messages."""
+    parts = components()
+    status = parts.conversations.status(chat)
+    state = status.state_at(now, parts.settings.conversation_idle_seconds)
+    paused_until = None
+    if state == "paused" and status.paused_until != math.inf:
+        paused_until = round(status.paused_until, 3)
+    return {
+        "chat": chat.key,
+        "gateway": chat.gateway,
+        "instance": chat.instance,
+        "chat_id": chat.chat_id,
+        "state": state,
+        "paused_until": paused_until,
+        "opted_out": status.opted_out,
+        "pending": parts.buffer.pending_info(chat),
+        "conversation": {
+            "opened_at": status.opened_at or None,
+            "last_message_at": status.last_at or None,
+            "last_human_action_at": status.business_at or None,
+        },
+        "last_messages": [{"role": turn.by, "text": turn.text, "at": turn.at} for turn in parts.history.recent(chat)],
+    }
+
+
+def known(body: dict[str, Any]) -> bool:
+    return bool(body["conversation"]["opened_at"] or body["opted_out"] or body["pending"] or body["last_messages"])
+
+
+def bad_chat() -> tuple[Response, int]:
+    return jsonify(error="bad chat", detail="expected gateway:instance:chat_id of a known gateway"), 400
+
+
+@chats_api.get("/<path:raw>")
+def show(raw: str) -> tuple[Response, int]:
+    chat = chat_from_path(raw)
+    if chat is None:
+        return bad_chat()
+    body = view(chat, time.time())
+    if not known(body):
+        return jsonify(error="unknown chat", chat=chat.key), 404
+    return jsonify(body), 200
+
+
+def act(raw: str, action: str, seconds: float = 0.0) -> tuple[Response, int]:
+    chat = chat_from_path(raw)
+    if chat is None:
+        return bad_chat()
+    parts = components()
+    now = round(time.time(), 3)  # the time as stored, so the view below sees the action just taken
+    parts.conversations.business_action(chat, action=action, seconds=seconds, now=now)
+    parts.counters.add({PAUSE: "handoffs", RESUME: "bot_resumes", CLOSE: "conversations_closed"}[action])
+    log.info("admin %s chat=%s", action, chat.label)
+    return jsonify(view(chat, now)), 200
+
+
+@chats_api.post("/<path:raw>/pause")
+def pause(raw: str) -> tuple[Response, int]:
+    """{"minutes": N}; absent = until resumed, or until the conversation closes after CONVERSATION_IDLE_MINUTES
+    without messages."""
+    try:
+        body = request.get_json(silent=True) if request.get_data() else None
+    except RecursionError:  # nested deeper than the JSON decoder goes
+        body = None
+    if body is None and request.get_data().strip():
+        return jsonify(error="bad request", detail='the body must be JSON, e.g. {"minutes": 30}'), 400
+    minutes = pause_minutes(body)
+    if isinstance(minutes, str):
+        return jsonify(error="bad request", detail=minutes), 400
+    return act(raw, PAUSE, math.inf if minutes is None else minutes * 60)
+
+
+@chats_api.post("/<path:raw>/resume")
+def resume(raw: str) -> tuple[Response, int]:
+    return act(raw, RESUME)
+
+
+@chats_api.post("/<path:raw>/close")
+def close(raw: str) -> tuple[Response, int]:
+    return act(raw, CLOSE)

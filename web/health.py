@@ -1,0 +1,63 @@
+"""`GET /health`, never behind auth: ok / degraded / not_configured, Redis, Gemini, gateways, the worker, the
+knowledge base, the buffer's counts and this process's counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from web import components
+
+# Shown from the start (at 0), so an owner can tell "never happened" from "not counted".
+CONVERSATION_COUNTERS = (
+    "handoffs",
+    "handoff_requests",
+    "opt_outs",
+    "opt_ins",
+    "out_of_hours_notices",
+    "paused_skips",
+    "bot_resumes",
+    "conversations_closed",
+    "own_echoes",
+)
+
+health = Blueprint("health", __name__)
+
+
+@health.get("/health")
+def show_health() -> tuple[Response, int]:
+    parts = components()
+    settings, knowledge = parts.settings, parts.knowledge
+    redis_state = "disabled"
+    if parts.link.enabled:
+        redis_state = "up" if parts.link.ping() else "down"
+    worker = worker_state()
+    # not_configured: nothing could be answered yet (no model or no gateway); degraded: something that was working
+    # is not (Redis down, the worker stopped); ok otherwise.
+    status = "ok" if redis_state != "down" and worker != "stopped" else "degraded"
+    if not settings.gemini_configured or not settings.any_gateway_configured:
+        status = "not_configured"
+    body: dict[str, Any] = {
+        "status": status,
+        "redis": redis_state,
+        "gemini": "configured" if settings.gemini_configured else "missing GEMINI_API_KEY",
+        "gateway": "configured" if settings.gateway_configured else "missing EVOLUTION_API",
+        "gateways": sorted(parts.gateways),
+        "worker": worker,
+        "knowledge": {
+            "mode": knowledge.mode,
+            "files": len(knowledge.snapshot.files),
+            "chunks": len(knowledge.snapshot.chunks),
+            "problems": len(knowledge.snapshot.problems),
+        },
+        **parts.buffer.counts(),
+        "counters": dict(sorted({**dict.fromkeys(CONVERSATION_COUNTERS, 0), **parts.counters.snapshot()}.items())),
+    }
+    return jsonify(body), 200
+
+
+def worker_state() -> str:
+    if not current_app.extensions["worker_enabled"]:
+        return "disabled"
+    return "alive" if components().worker.is_alive() else "stopped"

@@ -1,0 +1,232 @@
+"""The gateways' webhooks: `POST /webhook` (and `/webhook/<event>`) for Evolution, `GET|POST /webhook/meta`,
+`POST /webhook/mega`, `POST /webhook/twilio`. Each request is verified, parsed, deduped and buffered, and answered at
+once: Gemini and the gateway are called by the worker, never here. A message typed on the business side goes to
+conversation.py (handoff), the assistant's own echoes are recognised there and ignored.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+import jwt
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from errors import AuthError, PayloadError
+from gateways.base import Gateway, InboundRequest, Parsed
+from gateways.meta import MetaGateway, verify_handshake
+from models import IgnoredEvent, IncomingMessage
+from web import components
+from webhook_token import WebhookSecret
+
+log = logging.getLogger(__name__)
+
+JWT_LEEWAY_SECONDS = 30
+MAX_EVENTS_PER_REQUEST = 100  # gateways post one message, or a few; more is noise that must not hold a worker
+
+webhooks = Blueprint("webhooks", __name__)
+
+
+@webhooks.post("/webhook")
+@webhooks.post("/webhook/<event>")
+def receive_evolution(event: str = "") -> Response | tuple[Response, int]:
+    return handle(components().gateways["evolution"], event)
+
+
+@webhooks.get("/webhook/meta")
+def meta_handshake() -> Response | tuple[Response, int]:
+    gateway = components().gateways.get("meta")
+    if not isinstance(gateway, MetaGateway):
+        return jsonify(error="gateway not configured", gateway="meta"), 404
+    challenge = verify_handshake(request.args, gateway.verify_token)
+    if challenge is None:
+        components().counters.add("signature_failures")
+        log.warning("meta verification handshake refused")
+        return jsonify(error="verification failed"), 403
+    return Response(challenge, 200, mimetype="text/plain")
+
+
+@webhooks.post("/webhook/meta")
+@webhooks.post("/webhook/mega")
+@webhooks.post("/webhook/twilio")
+def receive_other() -> Response | tuple[Response, int]:
+    name = request.path.rsplit("/", 1)[-1]
+    gateway = components().gateways.get(name)
+    if gateway is None:
+        return jsonify(error="gateway not configured", gateway=name), 404
+    return handle(gateway, "")
+
+
+def is_authorized(secret: WebhookSecret, authorization: str, query_token: str) -> bool:
+    """True when the webhook is open (WEBHOOK_AUTH=off), or the request carries the token (WEBHOOK_TOKEN or the
+    generated one) or a valid HS256 JWT signed with WEBHOOK_JWT_SECRET."""
+    if secret.is_open:
+        return True
+    bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+    if secret.token:
+        for candidate in (bearer, query_token):
+            if candidate and hmac.compare_digest(candidate.encode(), secret.token.encode()):
+                return True
+    if secret.jwt_secret and bearer:
+        try:
+            jwt.decode(
+                bearer,
+                secret.jwt_secret,
+                algorithms=["HS256"],
+                leeway=JWT_LEEWAY_SECONDS,
+                options={"require": ["exp"]},  # Evolution's tokens expire after 10 minutes; refuse eternal ones
+            )
+            return True
+        except jwt.PyJWTError:
+            return False
+    return False
+
+
+def handle(gateway: Gateway, event: str) -> Response | tuple[Response, int]:
+    """Verify, parse, dedupe and buffer one webhook request of `gateway`."""
+    inbound = InboundRequest(
+        method=request.method,
+        path=request.path,
+        query_string=request.query_string.decode("latin-1"),
+        query=request.args.to_dict(),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=request.get_data(cache=True),
+        form=request.form.to_dict() if request.mimetype == "application/x-www-form-urlencoded" else {},
+        event_hint=event,
+    )
+    refusal = unauthorized(gateway, inbound)
+    if refusal is not None:
+        return refusal
+    if not inbound.body.strip():
+        return jsonify(error="empty body"), 400
+    parsed = parse(gateway, inbound)
+    if not isinstance(parsed, list):
+        return parsed
+    summary, status = buffer_parsed(parsed)
+    special = gateway.answer(summary)
+    if special is not None:
+        return Response(special.body, special.status, content_type=special.content_type)
+    return jsonify(summary), status
+
+
+def unauthorized(gateway: Gateway, inbound: InboundRequest) -> tuple[Response, int] | None:
+    """The 401 for a request without the gateway's credentials (signature, or the shared token), else None."""
+    secret: WebhookSecret = current_app.extensions["webhook_secret"]
+    try:
+        if gateway.uses_shared_token:
+            if not is_authorized(secret, inbound.header("Authorization"), inbound.query.get("token", "")):
+                raise AuthError("missing or invalid credentials")
+        else:
+            gateway.verify(inbound)
+    except AuthError as exc:
+        components().counters.add("auth_failures" if gateway.uses_shared_token else "signature_failures")
+        log.warning("webhook rejected gateway=%s: %s", gateway.name, exc)
+        return jsonify(error="unauthorized"), 401
+    return None
+
+
+def parse(gateway: Gateway, inbound: InboundRequest) -> list[Parsed] | tuple[Response, int]:
+    """The request's messages and ignored events (at most MAX_EVENTS_PER_REQUEST), or the 400 to answer."""
+    settings = components().settings
+    try:
+        parsed = gateway.parse(
+            inbound, accept_groups=settings.groups_enabled, max_text_chars=settings.max_message_chars
+        )
+    except PayloadError as exc:
+        log.warning("webhook body rejected gateway=%s bytes=%d: %s", gateway.name, len(inbound.body), exc)
+        return jsonify(error=str(exc)), 400
+    except Exception as exc:  # an odd shape a parser did not foresee: a clear 400, never a 500 and a retry storm
+        problem = exc.__class__.__name__
+        components().counters.add("unreadable_payloads")
+        log.warning("webhook body could not be read gateway=%s bytes=%d: %s", gateway.name, len(inbound.body), problem)
+        return jsonify(error="payload could not be read", detail=problem), 400
+    if len(parsed) > MAX_EVENTS_PER_REQUEST:
+        log.warning(
+            "webhook with %d events gateway=%s: only the first %d are read",
+            len(parsed),
+            gateway.name,
+            MAX_EVENTS_PER_REQUEST,
+        )
+        parsed = parsed[:MAX_EVENTS_PER_REQUEST] + [IgnoredEvent(reason="too_many_events")]
+    return parsed
+
+
+def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent]) -> tuple[dict[str, Any], int]:
+    parts = components()
+    buffer, counters = parts.buffer, parts.counters
+    buffered, duplicates, human, reasons = 0, 0, 0, []
+    now = time.time()
+    for item in parsed:
+        if isinstance(item, IgnoredEvent):
+            counters.add("ignored")
+            reasons.append(item.reason)
+            chat = item.chat.label if item.chat else "-"
+            log.info("ignored chat=%s msg=%s reason=%s", chat, item.message_id or "-", item.reason)
+            continue
+        if item.from_me:
+            outcome = from_business_side(item, now)
+            if outcome in ("own_echo", "ignored"):
+                reasons.append("own_echo" if outcome == "own_echo" else "from_me")
+            elif outcome == "duplicate":
+                duplicates += 1
+            else:
+                human += 1
+            continue
+        if item.chat.gateway == "evolution" and item.chat.instance == "default":
+            warn_default_instance_once()
+        result = buffer.append(item, now=now)
+        if not result.accepted:
+            duplicates += 1
+            counters.add("duplicates")
+            log.info("duplicate chat=%s msg=%s", item.chat.label, item.message_id)
+            continue
+        buffered += 1
+        counters.add("received")
+        log.info(
+            "received chat=%s msg=%s kind=%s pending=%d due_in=%.1fs store=%s",
+            item.chat.label,
+            item.message_id,
+            item.kind,
+            result.pending,
+            result.deadline - now,
+            result.store,
+        )
+        log.debug("text chat=%s msg=%s text=%.80r", item.chat.label, item.message_id, item.text)
+    if not buffered and not duplicates and not human:
+        return {"status": "ignored", "reason": ",".join(dict.fromkeys(reasons)) or "no_message"}, 200
+    summary = {"status": "buffered", "buffered": buffered, "duplicates": duplicates, "ignored": len(reasons)}
+    if human:
+        summary["human"] = human
+    return summary, 200
+
+
+def from_business_side(item: IncomingMessage, now: float) -> str:
+    """A message typed on the business side (a person on the phone, another tool): it may pause, resume or
+    close the chat; the assistant's own echoes are recognised and ignored."""
+    parts = components()
+    outcome = parts.conversations.from_business_side(item, now=now)
+    counter = {
+        "own_echo": "own_echoes",
+        "ignored": "ignored",
+        "duplicate": "duplicates",
+        "pause": "handoffs",
+        "resume": "bot_resumes",
+        "close": "conversations_closed",
+    }[outcome]
+    parts.counters.add(counter)
+    log.info("business-side message chat=%s msg=%s outcome=%s", item.chat.label, item.message_id, outcome)
+    return outcome
+
+
+def warn_default_instance_once() -> None:
+    """Said once per process (per app), not per message."""
+    warned: set[str] = current_app.extensions.setdefault("warned", set())
+    if "default_instance" in warned:
+        return
+    warned.add("default_instance")
+    log.warning(
+        "an Evolution webhook named no instance: its replies go to the instance called 'default' (unless "
+        "EVOLUTION_API is an instance's full sendText URL); check that the webhook sends its `instance` field"
+    )
