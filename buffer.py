@@ -352,6 +352,23 @@ class RedisStore:
         done = self._ack(keys=keys, args=[chat, claim.token, dead_letter, DEAD_LETTERS_KEPT, self.dedup_ttl])
         return bool(done)
 
+    def dead_letter_records(self) -> list[str]:
+        return list(self.client.lrange(self.keys.dead_letters(), 0, -1))
+
+    def take_dead_letter(self, letter_id: str) -> str | None:
+        """LREM of the record with this id (a racing owner may take it first: then None)."""
+        for raw in self.dead_letter_records():
+            record = _json_object(raw)
+            if record is not None and record.get("id") == letter_id:
+                return raw if self.client.lrem(self.keys.dead_letters(), 1, raw) else None
+        return None
+
+    def put_dead_letter(self, raw: str) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.lpush(self.keys.dead_letters(), raw)
+            pipe.ltrim(self.keys.dead_letters(), 0, DEAD_LETTERS_KEPT - 1)
+            pipe.execute()
+
     def count_reply(self, chat: ChatRef) -> int:
         """Count one more reply to `chat` in its one-hour window (INCR + EXPIRE NX in one MULTI)."""
         key = self.keys.replies_this_hour(chat.key)
@@ -527,6 +544,23 @@ class LocalStore:
         for message_id in message_ids:
             self._blobs.pop(f"{chat_key}:{message_id}", None)
 
+    def dead_letter_records(self) -> list[str]:
+        with self._lock:
+            return list(self._dead)
+
+    def take_dead_letter(self, letter_id: str) -> str | None:
+        with self._lock:
+            for raw in self._dead:
+                record = _json_object(raw)
+                if record is not None and record.get("id") == letter_id:
+                    self._dead.remove(raw)
+                    return raw
+            return None
+
+    def put_dead_letter(self, raw: str) -> None:
+        with self._lock:
+            self._dead = [raw, *self._dead[: DEAD_LETTERS_KEPT - 1]]
+
     def count_reply(self, chat: ChatRef, now: float) -> int:
         with self._lock:
             started, count = self._replies.get(chat.key, (now, 0))
@@ -552,6 +586,14 @@ class LocalStore:
         with self._lock:
             times = [c.lease_until if c.lease_until is not None else c.deadline for c in self._chats.values()]
         return min(times) if times else None
+
+
+def _json_object(raw: Any) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _pending_info(typing: int, answering: int, deadline: Any) -> dict[str, Any] | None:
@@ -677,12 +719,37 @@ class Buffer:
             return self.redis.count_reply(claim.chat)
         return self.local.count_reply(claim.chat, now)
 
-    def dead_letter(self, claim: Claim, *, reason: str, now: float) -> bool:
-        record = json.dumps(
-            {"chat": claim.chat.key, "reason": reason, "at": now, "messages": claim.messages},
-            ensure_ascii=False,
-        )
-        return self._store(claim).ack(claim, dead_letter=record)
+    def dead_letter(
+        self, claim: Claim, *, reason: str, now: float, reply: str = "", unsent: list[str] | None = None
+    ) -> bool:
+        """Finish the batch as a dead letter: {"id", "chat", "reply", "unsent" (the parts not sent), "error",
+        "attempts", "at", "messages"}, kept for the owner to retry or discard."""
+        record = {
+            "id": uuid.uuid4().hex[:16],
+            "chat": claim.chat.key,
+            "reply": reply,
+            "unsent": unsent if unsent is not None else ([reply] if reply else []),
+            "error": reason,
+            "attempts": claim.attempts,
+            "at": now,
+            "messages": claim.messages,
+        }
+        return self._store(claim).ack(claim, dead_letter=json.dumps(record, ensure_ascii=False))
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Every dead letter kept (Redis and this process's), newest first."""
+        raw = self._shared(lambda store: store.dead_letter_records(), list) + self.local.dead_letter_records()
+        return [record for record in (_json_object(item) for item in raw) if record is not None]
+
+    def take_dead_letter(self, letter_id: str) -> dict[str, Any] | None:
+        """Remove a dead letter by id and return it (None when there is none with that id)."""
+        taken = self._shared(lambda store: store.take_dead_letter(letter_id), lambda: None)
+        return _json_object(taken or self.local.take_dead_letter(letter_id))
+
+    def put_dead_letter(self, record: dict[str, Any]) -> None:
+        """Keep a dead letter again (a retry that failed once more)."""
+        raw = json.dumps(record, ensure_ascii=False)
+        self._shared(lambda store: store.put_dead_letter(raw), lambda: self.local.put_dead_letter(raw))
 
     def counts(self) -> dict[str, int]:
         totals = self.local.counts()

@@ -331,7 +331,9 @@ class Worker:
             # decision changed (an opt-out, say) still holds.
             self.conversations.settle(chat, plan.changes, now=self.clock())
             self.counters.add("stale_replies")
-            self._dead_letter(claim, f"stale: not delivered within REPLY_MAX_AGE_MINUTES ({max_age / 60:g} min)")
+            self._dead_letter(
+                claim, f"stale: not delivered within REPLY_MAX_AGE_MINUTES ({max_age / 60:g} min)", reply, parts[start:]
+            )
             return
         go_ahead = self.conversations.settle(
             chat,
@@ -526,12 +528,13 @@ class Worker:
                     delay,
                 )
             else:
-                self._dead_letter(claim, str(exc))
+                self._dead_letter(claim, str(exc), "\n\n".join(parts), parts[sent:])
             return None
 
-    def _dead_letter(self, claim: Claim, reason: str) -> None:
-        """Give up on this burst's reply: keep it in the dead letters, log and count it."""
-        if not self.buffer.dead_letter(claim, reason=reason, now=self.clock()):
+    def _dead_letter(self, claim: Claim, reason: str, reply: str, unsent: list[str]) -> None:
+        """Give up on this burst's reply: keep it in the dead letters (with the reply and the parts not sent, for
+        the owner to retry or discard), log and count it."""
+        if not self.buffer.dead_letter(claim, reason=reason, now=self.clock(), reply=reply, unsent=unsent):
             log.warning("lease lost chat=%s before dead-lettering; the new owner decides", claim.chat.label)
             return
         self.counters.add("dead_lettered")

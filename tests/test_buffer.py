@@ -364,7 +364,7 @@ def test_dead_letters_and_stats_in_redis(redis_buffer: Buffer, redis_client: red
     (raw,) = redis_client.lrange(KEYS.dead_letters(), 0, -1)
     record = json.loads(raw)
     assert record["chat"] == chat_ref().key
-    assert record["reason"] == "evolution answered 400"
+    assert record["error"] == "evolution answered 400"
     assert record["at"] == T0 + 11
     assert [m["text"] for m in record["messages"]] == ["Oi"]
     assert redis_client.hget(KEYS.stats(), "dead_lettered") == "1"

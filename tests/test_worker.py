@@ -303,8 +303,10 @@ def test_a_rejected_send_is_dead_lettered(
     assert redis_client.hget(p.keys.stats(), "dead_lettered") == "1"
     (record,) = [json.loads(item) for item in redis_client.lrange(p.keys.dead_letters(), 0, -1)]
     assert record["chat"] == CHAT.key
-    assert "400" in record["reason"]
+    assert "400" in record["error"]
     assert [m["text"] for m in record["messages"]] == ["Oi"]
+    assert (record["reply"], record["unsent"], record["attempts"]) == ("Resposta: Oi", ["Resposta: Oi"], 1)
+    assert len(record["id"]) == 16  # the owner retries or discards it by this id
     assert p.history.recent(CHAT) == []  # nothing was delivered
     p.clock.advance(3600)
     assert p.worker.run_once(wait=True) == 0
@@ -507,7 +509,7 @@ def test_a_reply_older_than_reply_max_age_is_dead_lettered_not_sent(
     assert len(fake_evolution.sends()) == 1, "the stale reply must not go out"
     assert p.counters.snapshot()["stale_replies"] == 1
     assert p.buffer.counts()["dead_letters"] == 1
-    reason = json.loads(p.buffer.redis.client.lindex(p.keys.dead_letters(), 0))["reason"]  # type: ignore[union-attr]
+    reason = json.loads(p.buffer.redis.client.lindex(p.keys.dead_letters(), 0))["error"]  # type: ignore[union-attr]
     assert reason.startswith("stale: not delivered within REPLY_MAX_AGE_MINUTES (30 min)")
 
 

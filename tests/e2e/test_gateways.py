@@ -269,7 +269,7 @@ def test_meta_outside_the_24h_window_is_dead_lettered_not_retried(e2e: Harness, 
     assert (health["dead_letters"], health["chats_pending"], health["chats_in_progress"]) == (1, 0, 0)
     (record,) = [json.loads(item) for item in e2e.redis.lrange(f"{REDIS_PREFIX}:dead", 0, -1)]
     assert record["chat"] == f"meta:{META_PHONE_NUMBER_ID}:{CUSTOMER_NUMBER}"
-    assert "131047" in record["reason"] and "24 h" in record["reason"]
+    assert "131047" in record["error"] and "24 h" in record["error"]
     assert [m["text"] for m in record["messages"]] == ["Oi, ainda estão abertos?"]
     assert "outside the 24 h customer service window" in server.logs()
 
