@@ -313,7 +313,15 @@ class RedisConversations:
         return Status.from_fields(fields, opted_out=bool(opted_out))
 
     def business_message(
-        self, message: IncomingMessage, *, action: str, seconds: float, keep: bool, now: float, p: Params
+        self,
+        message: IncomingMessage,
+        *,
+        action: str,
+        seconds: float,
+        keep: bool,
+        now: float,
+        p: Params,
+        echo_check: bool = True,
     ) -> str:
         chat = message.chat.key
         k = self.keys
@@ -333,7 +341,7 @@ class RedisConversations:
                 ],
                 args=[
                     stamp(now),
-                    text_hash(message.text) if message.kind == "text" and message.text else "",
+                    text_hash(message.text) if echo_check and message.kind == "text" and message.text else "",
                     ECHO_WINDOW_SECONDS,
                     p.dedup_ttl,
                     action,
@@ -637,17 +645,21 @@ class Conversations:
         result = self.business_message(message, action=action, seconds=seconds, keep=keep, now=now)
         return {"own": "own_echo", "dup": "duplicate"}.get(result, action)
 
-    def business_message(self, message: IncomingMessage, *, action: str, seconds: float, keep: bool, now: float) -> str:
+    def business_message(
+        self, message: IncomingMessage, *, action: str, seconds: float, keep: bool, now: float, echo_check: bool = True
+    ) -> str:
         """A message from the business side of a chat (`from_me`): 'own' when it is an echo of the assistant's
         own message, 'dup' when seen before, else it applies `action` (pause for `seconds`, resume, close), keeps
         the message in the chat's burst when `keep` (so the history has it after the customer's messages it
         answers), and returns the conversation's state after it."""
 
         def on_redis(store: RedisConversations) -> str:
-            return store.business_message(message, action=action, seconds=seconds, keep=keep, now=now, p=self.params)
+            return store.business_message(
+                message, action=action, seconds=seconds, keep=keep, now=now, p=self.params, echo_check=echo_check
+            )
 
         def locally() -> str:
-            if self.local.is_own(message, now):
+            if echo_check and self.local.is_own(message, now):
                 return "own"
             if keep:
                 appended = self.buffer.local.append(

@@ -19,7 +19,7 @@ from components import Components, build_components
 from config import Settings, load_settings, missing_for_production
 from errors import ConfigError
 from logs import setup_logging
-from web.chats_api import chats_api
+from web.chats_api import chats_api, dead_letters_api
 from web.errors import register_error_handlers
 from web.health import health
 from web.knowledge_admin import knowledge_admin
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     secret = webhook_secret(settings, parts.link, parts.keys)
     worker_enabled = settings.worker_enabled if start_worker is None else start_worker
     app.extensions.update(assistant=parts, webhook_secret=secret, worker_enabled=worker_enabled)
-    for blueprint in (webhooks, chats_api, knowledge_admin, health):
+    for blueprint in (webhooks, chats_api, dead_letters_api, knowledge_admin, health):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     if worker_enabled:

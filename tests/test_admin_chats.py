@@ -20,6 +20,7 @@ import web.chats_api as chats_api_module
 from conversation import Changes
 from memory import Turn
 from models import ChatRef, IncomingMessage
+from tests.fakes import Canned, FakeEvolution
 from webhook import Components
 
 ADMIN_TOKEN = "admin-token-chats-7c1e04"
@@ -384,3 +385,59 @@ def test_pause_bodies_found_by_fuzzing_get_400(client: FlaskClient, body: str) -
     """A number too large for a float and JSON nested past the decoder's depth answered 500 before."""
     response = client.post(url(CHAT.key, "pause"), data=body, headers={**AUTH, "Content-Type": "application/json"})
     assert response.status_code == 400, response.text
+
+
+# ----- writing as a person, dead letters ------------------------------------------------------------------------
+
+
+def test_writing_as_a_person_sends_through_the_gateway_and_pauses_the_bot(
+    client: FlaskClient, parts: Components, fake_evolution: FakeEvolution
+) -> None:
+    response = client.post(url(CHAT.key, "messages"), json={"text": "Oi! Aqui é a Ana da loja."}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert (response.json["status"], response.json["state"]) == ("sent", "paused")
+    (send,) = fake_evolution.sends()
+    assert send.json == {"number": CHAT.chat_id, "text": "Oi! Aqui é a Ana da loja."}
+    assert response.json["pending"]["messages"] == 1  # joins the burst: the history keeps it in order
+    # Evolution's echo of it (send.message) is known as ours, not as a second person's message.
+    echo = IncomingMessage(chat=CHAT, message_id="3EB0ECHO1", text="Oi! Aqui é a Ana da loja.", from_me=True)
+    assert parts.conversations.from_business_side(echo, now=time.time()) == "own_echo"
+    refused = [{}, {"text": ""}, {"text": "x" * 5000}, {"texto": "oi"}]
+    assert [client.post(url(CHAT.key, "messages"), json=b, headers=AUTH).status_code for b in refused] == [400] * 4
+    assert client.post(url(CHAT.key, "messages"), json={"text": "oi"}).status_code == 401
+
+
+def test_dead_letters_are_listed_retried_and_discarded(
+    client: FlaskClient, parts: Components, fake_evolution: FakeEvolution
+) -> None:
+    fake_evolution.queue(Canned(400, {"error": "number not on WhatsApp"}))
+    parts.buffer.append(message(CHAT, "M1", "Oi"), now=time.time() - 600)
+    parts.worker.run_once(wait=True)
+    (letter,) = client.get("/admin/api/dead-letters", headers=AUTH).json
+    assert set(letter) == {"id", "chat", "reply", "error", "attempts", "at"}
+    assert (letter["chat"], letter["reply"], letter["attempts"]) == (CHAT.key, "Resposta: Oi", 1)
+    assert "400" in letter["error"]
+
+    fake_evolution.queue(Canned(400, {"error": "still not"}))
+    failed = client.post(f"/admin/api/dead-letters/{letter['id']}/retry", headers=AUTH)
+    assert failed.status_code == 502 and "400" in failed.json["detail"]
+    (kept,) = client.get("/admin/api/dead-letters", headers=AUTH).json
+    assert (kept["id"], kept["attempts"]) == (letter["id"], 2)
+
+    assert client.post(f"/admin/api/dead-letters/{letter['id']}/retry", headers=AUTH).json == {
+        "status": "sent",
+        "id": letter["id"],
+    }
+    assert [s.json["text"] for s in fake_evolution.sends()][-1] == "Resposta: Oi"
+    assert client.get("/admin/api/dead-letters", headers=AUTH).json == []
+    assert [(t.role, t.text) for t in parts.history.recent(CHAT)] == [("user", "Oi"), ("model", "Resposta: Oi")]
+    assert client.post(f"/admin/api/dead-letters/{letter['id']}/retry", headers=AUTH).status_code == 404
+
+    fake_evolution.queue(Canned(400, {"error": "no"}))
+    parts.buffer.append(message(CHAT, "M2", "De novo"), now=time.time() - 600)
+    parts.worker.run_once(wait=True)
+    (second,) = client.get("/admin/api/dead-letters", headers=AUTH).json
+    assert client.delete(f"/admin/api/dead-letters/{second['id']}", headers=AUTH).json["status"] == "discarded"
+    assert client.get("/admin/api/dead-letters", headers=AUTH).json == []
+    assert client.delete(f"/admin/api/dead-letters/{second['id']}", headers=AUTH).status_code == 404
+    assert client.get("/admin/api/dead-letters").status_code == 401

@@ -1,4 +1,6 @@
-"""The owner's HTTP API to see and steer a chat (`/admin/api/chats/...`), behind ADMIN_TOKEN (web/admin_auth.py).
+"""The owner's HTTP API, behind ADMIN_TOKEN (web/admin_auth.py): see and steer a chat (`/admin/api/chats/...`: its
+state, pause, resume, close, write as a person) and the dead letters (`/admin/api/dead-letters`: list, retry,
+discard).
 
 A chat is named by its identity `gateway:instance:chat_id`, as in the Redis keys (URL-encoded in the path).
 Numbers are not masked here: this is the owner's own data, behind the token. State changes go through
@@ -16,6 +18,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from conversation import CLOSE, PAUSE, RESUME
 from models import ChatRef
+from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person
 from web import components
 from web.admin_auth import admin_refusal
 
@@ -139,3 +142,50 @@ def resume(raw: str) -> tuple[Response, int]:
 @chats_api.post("/<path:raw>/close")
 def close(raw: str) -> tuple[Response, int]:
     return act(raw, CLOSE)
+
+
+MAX_PERSON_MESSAGE_CHARS = 4096
+
+
+@chats_api.post("/<path:raw>/messages")
+def send_as_a_person(raw: str) -> tuple[Response, int]:
+    """{"text": ...}: sent through the chat's gateway as a person on the business side; the bot pauses."""
+    chat = chat_from_path(raw)
+    if chat is None:
+        return bad_chat()
+    body = request.get_json(silent=True)
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_PERSON_MESSAGE_CHARS:
+        return jsonify(
+            error="bad request", detail=f'expected {{"text": "..."}} of 1 to {MAX_PERSON_MESSAGE_CHARS} characters'
+        ), 400
+    outcome = send_as_person(components(), chat, text.strip())
+    if not outcome.ok:
+        return jsonify(error="not sent", detail=outcome.detail), 502
+    return jsonify(status="sent", message_id=outcome.message_id, **view(chat, round(time.time(), 3))), 200
+
+
+dead_letters_api = Blueprint("dead_letters_api", __name__, url_prefix="/admin/api/dead-letters")
+dead_letters_api.before_request(admin_refusal)
+
+
+@dead_letters_api.get("")
+def list_dead_letters() -> tuple[Response, int]:
+    return jsonify([dead_letter_view(record) for record in components().buffer.dead_letters()]), 200
+
+
+@dead_letters_api.post("/<letter_id>/retry")
+def retry(letter_id: str) -> tuple[Response, int]:
+    outcome = retry_dead_letter(components(), letter_id)
+    if outcome is None:
+        return jsonify(error="unknown dead letter", id=letter_id), 404
+    if not outcome.ok:
+        return jsonify(error="not sent", detail=outcome.detail, id=letter_id), 502
+    return jsonify(status="sent", id=letter_id), 200
+
+
+@dead_letters_api.delete("/<letter_id>")
+def discard(letter_id: str) -> tuple[Response, int]:
+    if not discard_dead_letter(components(), letter_id):
+        return jsonify(error="unknown dead letter", id=letter_id), 404
+    return jsonify(status="discarded", id=letter_id), 200

@@ -1,0 +1,96 @@
+"""What the owner does from the panel or the admin API, outside the worker: write to a customer as a person (through
+the chat's own gateway, the bot paused as when typing on the phone), and retry or discard a dead letter. These calls
+reach the gateway from the owner's request, with its timeouts: never from a webhook.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from components import Components
+from conversation import PAUSE, Changes
+from errors import SendError
+from media import parts_of_records, user_record
+from memory import Turn
+from models import ChatRef, IncomingMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    detail: str = ""
+    message_id: str = ""
+
+
+def send_as_person(parts: Components, chat: ChatRef, text: str) -> Outcome:
+    """Send `text` to the chat as a person on the business side: the bot pauses for HANDOFF_PAUSE_MINUTES (or, with
+    handoff off, until resumed), the text joins the chat's burst so the history keeps it after the customer's
+    messages it answers, and its echo is known as the assistant's (it is not a second person's message)."""
+    gateway = parts.gateways.get(chat.gateway)
+    if gateway is None:
+        return Outcome(False, f"the {chat.gateway} gateway is not configured")
+    now = time.time()
+    parts.conversations.settle(chat, Changes(), now=now, sending=[text])  # its echo is ours
+    try:
+        message_id = gateway.send_text(chat, text)
+    except SendError as exc:
+        log.warning("owner's message not sent chat=%s: %s", chat.label, exc)
+        return Outcome(False, str(exc))
+    seconds = parts.settings.handoff_pause_seconds or float("inf")
+    record = IncomingMessage(chat=chat, message_id=message_id or f"panel-{uuid.uuid4().hex}", text=text, from_me=True)
+    parts.conversations.business_message(record, action=PAUSE, seconds=seconds, keep=True, now=now, echo_check=False)
+    parts.counters.add("handoffs")
+    log.info("owner wrote as a person chat=%s: bot paused", chat.label)
+    return Outcome(True, message_id=message_id)
+
+
+def dead_letter_view(record: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter as the API shows it."""
+    return {name: record.get(name) for name in ("id", "chat", "reply", "error", "attempts", "at")}
+
+
+def retry_dead_letter(parts: Components, letter_id: str) -> Outcome | None:
+    """Send a dead letter's parts not sent yet, now; on success the burst and the reply go into the history and the
+    dead letter is gone, on failure it is kept with the new error. None when there is no such dead letter."""
+    record = parts.buffer.take_dead_letter(letter_id)
+    if record is None:
+        return None
+    try:
+        chat = ChatRef.from_key(str(record.get("chat")))
+    except ValueError:
+        return Outcome(False, "the dead letter names no chat")
+    gateway = parts.gateways.get(chat.gateway)
+    unsent = [str(part) for part in record.get("unsent") or []]
+    try:
+        if gateway is None:
+            raise SendError(f"the {chat.gateway} gateway is not configured", transient=False)
+        while unsent:
+            gateway.send_text(chat, unsent[0])
+            unsent.pop(0)
+    except SendError as exc:
+        parts.buffer.put_dead_letter(
+            {**record, "unsent": unsent, "error": str(exc), "attempts": int(record.get("attempts") or 0) + 1}
+        )
+        log.warning("dead letter retried and failed again chat=%s: %s", chat.label, exc)
+        return Outcome(False, str(exc))
+    messages = [m for m in record.get("messages") or [] if isinstance(m, dict)]
+    turns = [Turn(role="user", text=user_record(parts_of_records(messages)), at=float(record.get("at") or 0))]
+    turns.append(Turn(role="model", text=str(record.get("reply") or ""), at=time.time()))
+    parts.history.append(chat, [turn for turn in turns if turn.text])
+    parts.counters.add("dead_letters_retried")
+    log.info("dead letter delivered on retry chat=%s", chat.label)
+    return Outcome(True)
+
+
+def discard_dead_letter(parts: Components, letter_id: str) -> bool:
+    """Forget a dead letter; False when there is none with that id."""
+    found = parts.buffer.take_dead_letter(letter_id) is not None
+    if found:
+        parts.counters.add("dead_letters_discarded")
+    return found
