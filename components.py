@@ -1,5 +1,5 @@
-"""The pipeline's parts wired together once per process: Redis, buffer, history, conversations, gateways,
-knowledge and the worker. The web layer (web/) and the worker both take what they need from `Components`.
+"""The pipeline's parts wired together once per process: Redis, buffer, history, conversations, the webhook secret,
+gateways, knowledge and the worker. The web layer (web/) and the worker both take what they need from `Components`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from conversation import Commands, Conversations, Params
 from counters import Counters
 from gateways import build_gateways
 from gateways.base import Gateway
+from gateways.simulator import SimulatorGateway
 from knowledge import KnowledgeBase, ReloadSignal, Watcher
 from memory import History
 from notify import HandoffNotifier
 from redis_keys import RedisKeys
 from redis_link import RedisLink
-from sender import TextSender
+from simulator import Transcript
+from webhook_token import WebhookSecret, webhook_secret
 from worker import Worker
 
 
@@ -35,16 +37,20 @@ class Components:
     history: History
     conversations: Conversations
     counters: Counters
+    webhook_secret: WebhookSecret  # what Evolution's and Mega's webhooks must carry (their adapters check it)
     gateways: dict[str, Gateway]
     worker: Worker
     knowledge: KnowledgeBase
     watcher: Watcher
+    transcript: Transcript  # the WhatsApp simulator's chats (simulator.py)
 
 
 def build_components(
-    settings: Settings, *, senders: dict[str, TextSender] | None = None, clock: Callable[[], float] = time.time
+    settings: Settings, *, gateways: dict[str, Gateway] | None = None, clock: Callable[[], float] = time.time
 ) -> Components:
-    """Wire Redis, buffer, history, gateways and the worker from `settings` (tests may swap senders/clock)."""
+    """Wire Redis, buffer, history, the webhook secret, gateways and the worker from `settings` (tests may pass
+    their own gateways and clock). The webhook secret is the configured one, or the one generated and kept at the
+    first start (webhook_token.py); the adapters of gateways that sign nothing check it."""
     link = RedisLink(settings.redis_uri if settings.redis_enabled else None, retry_seconds=settings.redis_retry_seconds)
     keys = RedisKeys(settings.redis_prefix)
     buffer = Buffer(
@@ -76,7 +82,12 @@ def build_components(
         ),
     )
     counters = Counters()
-    gateways = build_gateways(settings)
+    secret = webhook_secret(settings, link, keys)
+    if gateways is None:
+        gateways = build_gateways(settings, shared_secret=secret.verifier())
+    transcript = Transcript(link, keys)
+    if settings.simulator_enabled:
+        gateways["simulator"] = SimulatorGateway(transcript)
     knowledge = KnowledgeBase(
         settings.knowledge_dir, top_k=settings.rag_top_k, whole_max_chars=settings.rag_whole_max_chars
     )
@@ -93,7 +104,7 @@ def build_components(
         history=history,
         conversations=conversations,
         ai=AIService(settings, knowledge),
-        senders=senders if senders is not None else gateways,  # type: ignore[arg-type] (a Gateway is a TextSender)
+        gateways=gateways,
         counters=counters,
         notifier=HandoffNotifier(settings.handoff_notify_url, counters),
         clock=clock,
@@ -106,8 +117,10 @@ def build_components(
         history=history,
         conversations=conversations,
         counters=counters,
+        webhook_secret=secret,
         gateways=gateways,
         worker=worker,
         knowledge=knowledge,
         watcher=watcher,
+        transcript=transcript,
     )

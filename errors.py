@@ -3,9 +3,10 @@
 AssistantError
 ├── ConfigError       config: a variable is set but invalid
 ├── PayloadError      parser: the body cannot be read at all
-├── AuthError         webhook: missing or wrong credentials
+├── AuthError         gateways: a webhook without the shared token (WEBHOOK_TOKEN / JWT)
+│   └── SignatureError  gateways: a signed gateway's webhook with a missing or wrong signature (Meta, Twilio)
 ├── AIServiceError    ai_service: Gemini failed, empty or blocked (.transient)
-├── SendError         sender: gateway refused or unreachable (.status_code, .transient)
+├── SendError         gateways: gateway refused or unreachable (.status_code, .transient)
 └── MediaError        gateways: a media item could not be fetched or is not acceptable (.problem)
 """
 
@@ -25,7 +26,12 @@ class PayloadError(AssistantError):
 
 
 class AuthError(AssistantError):
-    """A webhook request without valid credentials."""
+    """A webhook request without valid credentials (counted as `auth_failures`)."""
+
+
+class SignatureError(AuthError):
+    """A webhook request whose gateway signs its requests, without a valid signature (counted as
+    `signature_failures`)."""
 
 
 class AIServiceError(AssistantError):

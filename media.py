@@ -1,22 +1,24 @@
-"""A burst's media, for the worker: which items Gemini gets as bytes (type allowed, within MEDIA_MAX_BYTES and
-the burst's MEDIA_MAX_BURST_BYTES), fetching those bytes (the base64 the webhook carried, else the chat's
-gateway), and the pt-BR words that stand for each item in the prompt, the history and the customer notice.
+"""A burst's media, for the worker: `MediaLoader.burst(chat, messages)` builds the `Burst` once, deciding which
+items Gemini gets as bytes (type allowed, within MEDIA_MAX_BYTES and the burst's MEDIA_MAX_BURST_BYTES) and fetching
+them (the base64 the webhook carried, else through the chat's gateway); the burst then gives the pt-BR words that
+stand for each item in the prompt and the history, and the notice that tells the customer what could not be read.
 
 An item that cannot be read (too large, type not allowed, fetch failing) never fails its burst: it becomes a
-`BurstPart` with a `problem`, the reply covers the rest, and MEDIA_FAILED_NOTICE tells the customer.
+`BurstPart` with a `problem`, the reply covers the rest, and MEDIA_FAILED_NOTICE tells the customer. Knows nothing
+of the buffer: a burst is a chat and its message records.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
-from buffer import Claim, is_human_record
 from counters import Counters
 from errors import MediaError
-from gateways.downloads import decode_base64
+from gateways.base import Gateway
+from gateways.http import decode_base64
 from models import ChatRef, MediaRef
 
 log = logging.getLogger(__name__)
@@ -84,11 +86,6 @@ class BurstPart:
         return f"[mídia {number}: {', '.join([name, *extra])}]"
 
 
-def parts_of(claim: Claim) -> list[BurstPart]:
-    """The burst's customer messages in arrival order, without any bytes yet."""
-    return parts_of_records([m for m in claim.messages if not is_human_record(m)])
-
-
 def parts_of_records(records: Sequence[dict[str, Any]]) -> list[BurstPart]:
     """Buffered message records in the order given, without any bytes yet."""
     parts = []
@@ -107,7 +104,7 @@ def drop_bytes(part: BurstPart) -> BurstPart:
     return replace(part, data=None, problem="unreadable") if part.readable else part
 
 
-def user_record(parts: list[BurstPart], transcripts: dict[int, str] | None = None) -> str:
+def user_record(parts: Sequence[BurstPart], transcripts: dict[int, str] | None = None) -> str:
     """The customer's turn as the history keeps it: texts, and each media item in words (with the transcript
     or description Gemini gave, keyed by the item's number in the prompt)."""
     transcripts = transcripts or {}
@@ -120,7 +117,7 @@ def user_record(parts: list[BurstPart], transcripts: dict[int, str] | None = Non
     return "\n".join(line for line in lines if line)
 
 
-def failed_notice(parts: list[BurstPart], template: str) -> str:
+def failed_notice(parts: Sequence[BurstPart], template: str) -> str:
     """MEDIA_FAILED_NOTICE with {items} naming what could not be read ("o áudio e a imagem"), or ''."""
     names = list(dict.fromkeys(_words(p.media)[3] for p in parts if p.problem and p.media is not None))
     if not names or not template:
@@ -132,8 +129,31 @@ def failed_notice(parts: list[BurstPart], template: str) -> str:
         return template
 
 
-class MediaFetcher(Protocol):
-    def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]: ...
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Burst:
+    """A chat's burst as the worker uses it, built once by `MediaLoader.burst`: the customer's messages in arrival
+    order, each readable media item with its bytes or the problem that kept them out."""
+
+    parts: tuple[BurstPart, ...]
+    notice_template: str = ""  # MEDIA_FAILED_NOTICE
+
+    @property
+    def has_readable_media(self) -> bool:
+        """True when some part carries bytes Gemini will read."""
+        return any(part.readable for part in self.parts)
+
+    @property
+    def notice(self) -> str:
+        """What is added to the reply when an item could not be read ("Não consegui abrir o áudio..."), or ''."""
+        return failed_notice(self.parts, self.notice_template)
+
+    def record(self, transcripts: dict[int, str] | None = None) -> str:
+        """The customer's turn as the history keeps it (see `user_record`)."""
+        return user_record(self.parts, transcripts)
+
+    def without_media(self) -> Burst:
+        """The same burst with every item's bytes dropped as unreadable (Gemini refused them)."""
+        return replace(self, parts=tuple(drop_bytes(part) for part in self.parts))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,46 +172,50 @@ def base_type(mime: str) -> str:
 
 
 class MediaLoader:
-    """Gets the bytes of a burst's readable media, within the limits, in burst order."""
+    """Builds bursts: gets the bytes of a burst's readable media, within the limits, in burst order."""
 
     def __init__(
         self,
         limits: MediaLimits,
         *,
-        blob_of: Callable[[Claim, str], str | None],
-        fetchers: dict[str, Any],
+        gateways: Mapping[str, Gateway],
         counters: Counters,
+        notice_template: str = "",
     ) -> None:
         self.limits = limits
-        self.blob_of = blob_of
-        self.fetchers = fetchers
+        self.gateways = gateways
         self.counters = counters
+        self.notice_template = notice_template
 
-    def load(self, claim: Claim, parts: list[BurstPart]) -> list[BurstPart]:
-        """The same parts, each readable item with its bytes or a problem. Items beyond the burst's budget
-        are "too_large"; earlier items keep theirs (the customer's first words usually matter most)."""
+    def burst(
+        self, chat: ChatRef, messages: Sequence[dict[str, Any]], *, blob_of: Callable[[str], str | None]
+    ) -> Burst:
+        """The burst of `chat` made of these customer message records, each readable item with its bytes or a
+        problem. `blob_of(message_id)` is the base64 the webhook carried for a message, when it is still kept.
+        Items beyond the burst's budget are "too_large"; earlier items keep theirs (the customer's first words
+        usually matter most)."""
         budget = self.limits.max_burst_bytes
         loaded = []
-        for part in parts:
+        for part in parts_of_records(messages):
             if part.media is None or not part.media.readable:
                 loaded.append(part)
                 continue
-            part = self._load_one(claim, part, budget)
+            part = self._load_one(chat, part, budget, blob_of)
             if part.data is not None:
                 budget -= len(part.data)
             if part.problem:
                 self.counters.add("media_unreadable")
                 log.warning(
                     "media not read chat=%s msg=%s kind=%s problem=%s",
-                    claim.chat.label,
+                    chat.label,
                     part.message_id,
                     part.media.kind if part.media else "-",
                     part.problem,
                 )
             loaded.append(part)
-        return loaded
+        return Burst(parts=tuple(loaded), notice_template=self.notice_template)
 
-    def _load_one(self, claim: Claim, part: BurstPart, budget: int) -> BurstPart:
+    def _load_one(self, chat: ChatRef, part: BurstPart, budget: int, blob_of: Callable[[str], str | None]) -> BurstPart:
         media = part.media
         assert media is not None
         limit = min(self.limits.max_bytes, budget)
@@ -200,12 +224,13 @@ class MediaLoader:
         if media.size > limit:
             return replace(part, problem="too_large")
         try:
-            data, mime = self._fetch(claim, media, part.message_id, part.has_blob, limit)
+            blob = blob_of(part.message_id) if part.has_blob else None
+            data, mime = self._fetch(chat, media, part.message_id, blob, limit)
         except MediaError as exc:
-            log.info("media fetch failed chat=%s msg=%s: %s", claim.chat.label, part.message_id, exc)
+            log.info("media fetch failed chat=%s msg=%s: %s", chat.label, part.message_id, exc)
             return replace(part, problem=exc.problem)
         except Exception:  # a bug in one download must cost that item, never the burst (it would retry forever)
-            log.exception("media fetch crashed chat=%s msg=%s", claim.chat.label, part.message_id)
+            log.exception("media fetch crashed chat=%s msg=%s", chat.label, part.message_id)
             return replace(part, problem="unreadable")
         mime = mime or media.mime
         if not self.limits.allows(mime):
@@ -213,19 +238,20 @@ class MediaLoader:
         self.counters.add("media_read")
         return replace(part, data=data, mime=mime)
 
-    def _fetch(self, claim: Claim, media: MediaRef, message_id: str, has_blob: bool, limit: int) -> tuple[bytes, str]:
-        """The base64 the webhook carried when it is still kept and valid, else a download by the gateway."""
-        if has_blob:
-            blob = self.blob_of(claim, message_id)
-            if blob:
-                try:
-                    return decode_base64(blob, what="webhook base64", max_bytes=limit), media.mime
-                except MediaError as exc:
-                    if exc.problem == "too_large":
-                        raise
-                    log.info("webhook base64 unusable chat=%s msg=%s: %s", claim.chat.label, message_id, exc)
-        fetcher = self.fetchers.get(claim.chat.gateway)
-        if fetcher is None or not hasattr(fetcher, "fetch_media"):
-            raise MediaError(f"gateway {claim.chat.gateway!r} cannot download media")
+    def _fetch(
+        self, chat: ChatRef, media: MediaRef, message_id: str, blob: str | None, limit: int
+    ) -> tuple[bytes, str]:
+        """The base64 the webhook carried (`blob`) when it is still kept and valid, else a download by the chat's
+        gateway."""
+        if blob:
+            try:
+                return decode_base64(blob, what="webhook base64", max_bytes=limit), media.mime
+            except MediaError as exc:
+                if exc.problem == "too_large":
+                    raise
+                log.info("webhook base64 unusable chat=%s msg=%s: %s", chat.label, message_id, exc)
+        gateway = self.gateways.get(chat.gateway)
+        if gateway is None:
+            raise MediaError(f"gateway {chat.gateway!r} cannot download media")
         self.counters.add("media_fetches")
-        return fetcher.fetch_media(claim.chat, media, max_bytes=limit)
+        return gateway.fetch_media(chat, media, max_bytes=limit)

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from counters import Counters
+from gateways.http import retrying_session
 from models import ChatRef
-from sender import retrying_session
 
 log = logging.getLogger(__name__)
 

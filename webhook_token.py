@@ -1,7 +1,7 @@
-"""The shared secret that Evolution and Mega webhooks must carry when the owner configured none: the webhook is
-closed by default. Generated once, kept in Redis (every process and host on it agrees) and in a file beside `.env`
-(so a start while Redis is down, or a restart, keeps it); WEBHOOK_TOKEN or WEBHOOK_JWT_SECRET replace it, and
-WEBHOOK_AUTH=off opens the webhook explicitly.
+"""Secrets the service generates when the owner set none, kept in Redis (every process and host on it agrees) and
+in a file beside `.env` (so a restart, or a start while Redis is down, keeps them): the token Evolution and Mega
+webhooks must carry (the webhook is closed by default; WEBHOOK_TOKEN or WEBHOOK_JWT_SECRET replace it, and
+WEBHOOK_AUTH=off opens it explicitly), and the key that signs the admin session cookie (SECRET_KEY).
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from pathlib import Path
 import redis
 
 from config import Settings
+from gateways.shared_secret import SharedSecretVerifier
 from redis_keys import RedisKeys
 from redis_link import RedisLink
 
 log = logging.getLogger(__name__)
 
 TOKEN_FILE_NAME = ".webhook_token"
+SECRET_KEY_FILE_NAME = ".secret_key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,31 +39,47 @@ class WebhookSecret:
     def is_open(self) -> bool:
         return not self.token and not self.jwt_secret
 
+    def verifier(self) -> SharedSecretVerifier:
+        """The check the Evolution and Mega adapters run on each of their webhook requests."""
+        return SharedSecretVerifier(token=self.token, jwt_secret=self.jwt_secret, is_open=self.is_open)
 
-def token_file(settings: Settings) -> Path:
+
+def kept_file(settings: Settings, name: str) -> Path:
     """Beside the `.env` that was read, else in the working directory."""
     folder = Path(settings.env_file).parent if settings.env_file else Path.cwd()
-    return folder / TOKEN_FILE_NAME
+    return folder / name
+
+
+def kept_secret(link: RedisLink, key: str, path: Path) -> tuple[str, bool]:
+    """(the secret kept under `key` in Redis and in `path`, True when this process just created it)."""
+    kept = _read(path)
+    fresh = secrets.token_urlsafe(24)
+
+    def from_redis(client: redis.Redis) -> str:
+        # SET NX: whichever process or host starts first decides; the others read what it chose.
+        client.set(key, kept or fresh, nx=True)
+        return str(client.get(key) or kept or fresh)
+
+    value = link.run(from_redis, lambda: kept or _create(path, fresh))
+    if value != kept:
+        _write(path, value)
+    return value, value == fresh
 
 
 def webhook_secret(settings: Settings, link: RedisLink, keys: RedisKeys) -> WebhookSecret:
     """The configured secret, or the generated one (created now if this is the first start)."""
     if settings.webhook_token or settings.webhook_jwt_secret or not settings.webhook_auth:
         return WebhookSecret(settings.webhook_token, settings.webhook_jwt_secret)
-    path = token_file(settings)
-    kept = _read(path)
-    fresh = secrets.token_urlsafe(24)
+    path = kept_file(settings, TOKEN_FILE_NAME)
+    token, generated = kept_secret(link, keys.webhook_token(), path)
+    return WebhookSecret(token, "", generated_here=generated, source=f"Redis key {keys.webhook_token()} and {path}")
 
-    def from_redis(client: redis.Redis) -> str:
-        # SET NX: whichever process or host starts first decides; the others read what it chose.
-        client.set(keys.webhook_token(), kept or fresh, nx=True)
-        return str(client.get(keys.webhook_token()) or kept or fresh)
 
-    token = link.run(from_redis, lambda: kept or _create(path, fresh))
-    if token != kept:
-        _write(path, token)
-    source = f"Redis key {keys.webhook_token()} and {path}"
-    return WebhookSecret(token, "", generated_here=token == fresh, source=source)
+def session_key(settings: Settings, link: RedisLink, keys: RedisKeys) -> str:
+    """SECRET_KEY, or the one generated at the first start: every process must sign sessions alike."""
+    if settings.secret_key:
+        return settings.secret_key
+    return kept_secret(link, keys.secret_key(), kept_file(settings, SECRET_KEY_FILE_NAME))[0]
 
 
 def _read(path: Path) -> str:

@@ -1,5 +1,6 @@
-"""The background worker: claim due chats -> decide who answers (reply_policy) -> media -> prompt -> reply ->
-send -> history -> ack. Handles no HTTP itself (media downloads and sends go through the chat's gateway).
+"""The background worker: claim due chats -> decide who answers (reply_policy) -> the burst, media loaded (media.py)
+-> prompt -> reply -> send -> history -> ack. Handles no HTTP itself: read receipts, media downloads, sends and
+"did this part go out?" go through the chat's gateway (`gateways.base.Gateway`).
 
 One daemon thread per serving process runs `run_forever`; each claimed chat is processed on a small
 thread pool so replies go out concurrently. Claims are leased: the loop renews the leases of the chats it
@@ -12,38 +13,30 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 
 from ai_service import AIService, Generated
-from buffer import NOT_SENDING, Buffer, Claim
+from buffer import NOT_SENDING, Buffer, Claim, is_human_record, profile_name
 from config import Settings
 from conversation import Changes, Conversations, text_hash
 from counters import Counters
 from errors import AIServiceError, SendError
-from media import (
-    BurstPart,
-    MediaLimits,
-    MediaLoader,
-    drop_bytes,
-    failed_notice,
-    parts_of,
-    parts_of_records,
-    user_record,
-)
+from gateways.base import Gateway
+from media import Burst, MediaLimits, MediaLoader, parts_of_records, user_record
 from memory import History, Turn
 from models import ChatRef
 from notify import HandoffNotifier
+from reply_parts import reply_parts, split_text
 from reply_policy import NONE, TEXT, Decision, Rules, dated, decide, now_note
-from sender import TextSender, reply_parts, split_text
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY_SECONDS = 600.0
 MAX_IDLE_BACKOFF_SECONDS = 5.0
-DEFAULT_MAX_TEXT_CHARS = 4096
+DEFAULT_MAX_TEXT_CHARS = 4096  # WhatsApp's own limit, for a chat whose gateway is not configured (never sent)
 
 
 class Worker:
@@ -57,7 +50,7 @@ class Worker:
         history: History,
         conversations: Conversations,
         ai: AIService,
-        senders: dict[str, TextSender],
+        gateways: Mapping[str, Gateway],
         counters: Counters,
         notifier: HandoffNotifier | None = None,
         clock: Callable[[], float] = time.time,
@@ -69,7 +62,7 @@ class Worker:
         self.rules = Rules.from_settings(settings)
         self.notifier = notifier or HandoffNotifier(settings.handoff_notify_url, counters)
         self.ai = ai
-        self.senders = senders
+        self.gateways = gateways
         self.counters = counters
         self.clock = clock
         self.media = MediaLoader(
@@ -78,9 +71,9 @@ class Worker:
                 max_burst_bytes=settings.media_max_burst_bytes,
                 allowed_types=settings.media_allowed_types,
             ),
-            blob_of=buffer.media_blob,
-            fetchers=senders,
+            gateways=gateways,
             counters=counters,
+            notice_template=settings.media_failed_notice,
         )
         self._stop = threading.Event()
         self._slot_free = threading.Event()  # set when a reply finishes or on stop
@@ -212,7 +205,7 @@ class Worker:
             return
         if claim.reply:
             plan = Plan.from_json(claim.plan)
-            turns = self._stored_turns(claim, parts_of(claim))
+            turns = self._stored_turns(claim)
             parts = self._parts(chat, claim.reply)
             start = self._first_unsent(claim, parts)
             # Fence: still ours, right before sending; and which part is about to go out.
@@ -273,7 +266,7 @@ class Worker:
         if decision.notify:
             self.notifier.notify(
                 claim.chat,
-                customer_name=next((str(r.get("name")) for r in reversed(decision.answered) if r.get("name")), ""),
+                customer_name=profile_name(decision.answered),
                 text="\n".join(str(r.get("text") or "") for r in decision.answered if r.get("text")),
                 at=decision.changes.last_at or self.clock(),
             )
@@ -290,6 +283,7 @@ class Worker:
         """(reply, history turns) for the burst; None when it is settled without one (loop guard, or Gemini
         failed and FALLBACK_REPLY is empty)."""
         earlier = list(decision.earlier)
+        name = profile_name(decision.answered)
         asked_at = self._last_at(decision)  # the customer's turn is dated when its last message came in
         if decision.action == TEXT:
             return decision.text, [
@@ -297,26 +291,29 @@ class Worker:
                 *decision.user_turn(asked_at),
                 Turn(role="model", text=decision.text, at=self.clock()),
             ]
-        parts = parts_of_records(decision.answered)
         if self._is_a_loop(claim):
             self._settle_without_reply(claim, decision)
             return None
-        self._mark_read(claim, _last_id(decision))
-        generated, parts = self._ask_gemini(claim, self.media.load(claim, parts), decision)
+        self._mark_read(claim.chat, _last_id(decision))
+        burst = self.media.burst(
+            claim.chat, decision.answered, blob_of=lambda message_id: self.buffer.media_blob(claim, message_id)
+        )
+        generated, burst = self._ask_gemini(claim, burst, decision)
         if generated is None:
             if not self.settings.fallback_reply:  # the owner chose silence over an apology
                 self._settle_without_reply(claim, decision)
                 log.error("no reply sent chat=%s: gemini failed and FALLBACK_REPLY is empty", claim.chat.label)
                 return None
             # The fallback is not a model turn: the unanswered burst joins the next prompt instead.
-            return self.settings.fallback_reply, [*earlier, Turn(role="user", text=user_record(parts), at=asked_at)]
-        reply = generated.reply
-        notice = failed_notice(parts, self.settings.media_failed_notice)
-        if notice:
-            reply = f"{reply}\n\n{notice}"
+            return self.settings.fallback_reply, [
+                *earlier,
+                Turn(role="user", text=burst.record(), at=asked_at, name=name),
+            ]
+        notice = burst.notice
+        reply = f"{generated.reply}\n\n{notice}" if notice else generated.reply
         return reply, [
             *earlier,
-            Turn(role="user", text=user_record(parts, generated.transcripts), at=asked_at),
+            Turn(role="user", text=burst.record(generated.transcripts), at=asked_at, name=name),
             Turn(role="model", text=reply, at=self.clock()),
         ]
 
@@ -379,9 +376,9 @@ class Worker:
             return sent
         chat, part, since = claim.chat, parts[sent], mark[2]
         where = "echo" if self.conversations.echo_seen(chat, part, since=since) else ""
-        if not where:
-            find_sent = getattr(self.senders.get(chat.gateway), "find_sent", None)
-            where = "gateway" if find_sent is not None and find_sent(chat, part, since=since) else ""
+        gateway = self.gateways.get(chat.gateway)
+        if not where and gateway is not None and gateway.find_sent(chat, part, since=since):
+            where = "gateway"
         if where:
             self.counters.add("parts_found_after_crash")
             log.info(
@@ -407,9 +404,8 @@ class Worker:
         return json.dumps({"n": n, "hash": text_hash(parts[n]), "at": round(self.clock(), 3)})
 
     def _parts(self, chat: ChatRef, reply: str) -> list[str]:
-        sender = self.senders.get(chat.gateway)
-        # Test doubles and future gateways may not declare a limit; WhatsApp's own is 4096 characters.
-        limit = getattr(sender, "max_text_chars", DEFAULT_MAX_TEXT_CHARS)
+        gateway = self.gateways.get(chat.gateway)
+        limit = gateway.max_text_chars if gateway is not None else DEFAULT_MAX_TEXT_CHARS
         if not self.settings.split_messages:
             return split_text(reply, limit)
         return reply_parts(reply, max_parts=self.settings.split_max_parts, limit=limit)
@@ -423,14 +419,17 @@ class Worker:
     def _last_at(self, decision: Decision) -> float:
         return decision.changes.last_at or self.clock()
 
-    def _stored_turns(self, claim: Claim, parts: list[BurstPart]) -> list[Turn]:
+    def _stored_turns(self, claim: Claim) -> list[Turn]:
         """The history turns stored with an earlier attempt's reply (or, for a reply stored by an older version
-        without them, the burst's text and the reply)."""
+        without them, the burst's customer messages in words and the reply)."""
         try:
             return [Turn(**turn) for turn in json.loads(claim.turns)]
         except (ValueError, TypeError):
             now = self.clock()
-            turns = [Turn(role="user", text=user_record(parts), at=now)]
+            customer = [m for m in claim.messages if not is_human_record(m)]
+            turns = [
+                Turn(role="user", text=user_record(parts_of_records(customer)), at=now, name=profile_name(customer))
+            ]
             if claim.reply != self.settings.fallback_reply:
                 turns.append(Turn(role="model", text=claim.reply, at=now))
             return turns
@@ -452,16 +451,14 @@ class Worker:
         log.warning("reply limit reached chat=%s (%d/hour): not answering, possible bot loop", claim.chat.label, limit)
         return True
 
-    def _mark_read(self, claim: Claim, message_id: str) -> None:
+    def _mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Read receipt for the customer's last message, where the gateway offers one (best effort)."""
-        mark_read = getattr(self.senders.get(claim.chat.gateway), "mark_read", None)
-        if mark_read is not None and message_id:
-            mark_read(claim.chat, message_id)
+        gateway = self.gateways.get(chat.gateway)
+        if gateway is not None and message_id:
+            gateway.mark_read(chat, message_id)
 
-    def _ask_gemini(
-        self, claim: Claim, parts: list[BurstPart], decision: Decision
-    ) -> tuple[Generated | None, list[BurstPart]]:
-        """(Gemini's reply and media transcripts, or None when Gemini keeps failing; the parts it was given).
+    def _ask_gemini(self, claim: Claim, burst: Burst, decision: Decision) -> tuple[Generated | None, Burst]:
+        """(Gemini's reply and media transcripts, or None when Gemini keeps failing; the burst it was given).
 
         The history holds the turns this burst puts before the answered messages (a person's, say), and the turns
         of earlier conversations carry their dates. When Gemini refuses a burst's media (400: a corrupt voice
@@ -473,34 +470,34 @@ class Worker:
         history, marked = dated([*recent, *decision.earlier], decision.conversation_since, self.settings.hours)
         note = now_note(self.clock(), self.settings.hours) if marked else ""
         try:
-            return self.ai.generate(history, parts, note=note), parts
+            return self.ai.generate(history, list(burst.parts), note=note), burst
         except AIServiceError as exc:
-            if exc.status_code == 400 and any(part.readable for part in parts):
+            if exc.status_code == 400 and burst.has_readable_media:
                 self.counters.add("media_refused")
                 log.warning("gemini refused the media of chat=%s (%s); asking again without it", claim.chat.label, exc)
-                return self._ask_gemini(claim, [drop_bytes(part) for part in parts], decision)
+                return self._ask_gemini(claim, burst.without_media(), decision)
             self.counters.add("ai_failures")
             self.counters.add("fallbacks")
             log.error("gemini failed chat=%s: %s; sending FALLBACK_REPLY", claim.chat.label, exc)
-            return None, parts
+            return None, burst
 
     def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> str | None:
         """Send the parts not sent yet, in order, through the chat's own gateway, each after its typing pause;
         remember each part's id (its echo is ours) and how many went out. Returns the last part's id ('' when
         the gateway gives none), or None when it failed: then retry later with backoff (the parts already out are
         not sent again) or dead-letter."""
-        sender = self.senders.get(claim.chat.gateway)
+        gateway = self.gateways.get(claim.chat.gateway)
         sent = start
         message_id = ""
         try:
-            if sender is None:
+            if gateway is None:
                 raise SendError(f"no sender for gateway {claim.chat.gateway!r}", transient=False)
             while sent < len(parts):
                 part = parts[sent]
                 typing_ms = self._typing_ms(part)
                 # Only a split reply shows "typing…" before each part; otherwise each gateway's own default.
                 typing = {"typing_ms": typing_ms, "reply_to": plan.reply_to} if typing_ms else {}
-                message_id = sender.send_text(claim.chat, part, **typing)
+                message_id = gateway.send_text(claim.chat, part, **typing)
                 sent += 1
                 if not claim.records_sent_ids:  # Redis records it with the progress below, or with the ack
                     self.conversations.mark_sent(claim.chat, message_id)

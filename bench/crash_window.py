@@ -42,11 +42,12 @@ def main() -> None:
             gemini_base_url=gemini.url,
             evolution_api=evolution.url,
             worker_enabled=False,
+            webhook_auth=False,  # no webhook is served: nothing to generate a token for
             max_replies_per_hour=0,
             log_level="WARNING",
         )
         parts = build_components(settings)
-        gateway = parts.worker.senders["evolution"]
+        gateway = parts.worker.gateways["evolution"]
         send_text = gateway.send_text
         ack = Buffer.ack
 

@@ -45,6 +45,7 @@ def measure(source: Path, chats: int) -> dict[str, float]:
             gemini_base_url=gemini.url,
             evolution_api=evolution.url,
             worker_enabled=False,
+            webhook_auth=False,  # no webhook is served: nothing to generate a token for
             max_replies_per_hour=0,
             worker_concurrency=64,
             log_level="WARNING",

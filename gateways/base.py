@@ -1,16 +1,18 @@
-"""The interface every gateway adapter implements, the request/response values it works on, and the typing
-pause adapters share.
+"""The contract every gateway adapter implements (`Gateway`), the request/response values it works on, and the
+typing pause adapters share.
 
 Adapters never see Flask: the webhook turns a request into an `InboundRequest` and the adapter's
-`WebhookAnswer` back into a response, so adapters stay testable with plain values.
+`WebhookAnswer` back into a response, so adapters stay testable with plain values. Every method of `Gateway` is
+required: a gateway without some feature says so in its own way (a no-op, None), so the web layer and the worker
+call each method without asking first whether it is there.
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from models import ChatRef, IgnoredEvent, IncomingMessage, MediaRef
 
@@ -43,40 +45,60 @@ class WebhookAnswer:
     content_type: str = "application/json"
 
 
-class Gateway(Protocol):
-    """One WhatsApp gateway: verify and parse its webhooks, send texts through it."""
+class Gateway(ABC):
+    """One WhatsApp gateway, whole: check and read its webhooks (in the web layer), send texts through it and
+    fetch its media (in the worker)."""
 
-    name: str
-    max_text_chars: int  # longer replies are split at paragraph/sentence boundaries
-    uses_shared_token: bool  # True: unsigned, so the route checks WEBHOOK_TOKEN (and WEBHOOK_JWT_SECRET)
+    name: str  # the `gateway` of every ChatRef it parses, and its key in `build_gateways`
+    max_text_chars: int  # the longest text one message may carry; longer replies are split before `send_text`
 
+    # ----- webhook side (web/webhooks.py) -------------------------------------------------------------------
+
+    @abstractmethod
     def verify(self, request: InboundRequest) -> None:
-        """Raise AuthError when the request is not signed/authorized as this gateway requires."""
-        ...
+        """Check a webhook request's credentials: its signature (SignatureError), or the shared token / JWT
+        (AuthError) for a gateway that signs nothing. Returns None when the request may go on."""
 
+    @abstractmethod
+    def handshake(self, query: Mapping[str, str]) -> str | None:
+        """The text to answer a subscription handshake (`GET` on the gateway's webhook with this query) with, or
+        None to refuse it. Only Meta has one; the others always answer None."""
+
+    @abstractmethod
     def parse(self, request: InboundRequest, *, accept_groups: bool, max_text_chars: int) -> list[Parsed]:
-        """Normalized messages and ignored events in the request. Raises PayloadError if unreadable."""
-        ...
+        """Normalized messages and ignored events in a verified request; texts cut to `max_text_chars`, group
+        chats kept only with `accept_groups`. Raises PayloadError when the body cannot be read at all."""
 
-    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
-        """Send one text (within max_text_chars); first show "typing…" for about `typing_ms` where the gateway
-        can (0 = none beyond the gateway's own defaults). `reply_to` is the id of the customer's last message
-        (Meta needs it for its typing indicator). Returns the gateway's message id ('' when none). Raises
-        SendError."""
-        ...
-
+    @abstractmethod
     def answer(self, summary: dict[str, object]) -> WebhookAnswer | None:
-        """A gateway-specific answer to a handled webhook, or None for the default JSON summary."""
-        ...
+        """A gateway-specific answer to a handled webhook (Twilio's empty TwiML), or None for the default JSON
+        `summary`."""
 
+    # ----- worker side (worker.py, media.py) ----------------------------------------------------------------
+
+    @abstractmethod
+    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
+        """Send one text (within `max_text_chars`); first show "typing…" for about `typing_ms` where the gateway
+        can, else just wait that long (0 = none beyond the gateway's own defaults). `reply_to` is the id of the
+        customer's last message (Meta needs it for its typing indicator). Returns the gateway's message id ('' when
+        it gives none). Raises SendError (`.transient`: whether a later retry can succeed)."""
+
+    @abstractmethod
     def mark_read(self, chat: ChatRef, message_id: str) -> None:
-        """Best effort read receipt for the burst's last message (a no-op where not configured)."""
-        ...
+        """Best effort read receipt for the customer's last message (a no-op where the gateway has none or it is
+        not configured); a failure is logged, not raised."""
 
+    @abstractmethod
     def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
-        """(bytes, mime type) of a media item from its `source`, at most `max_bytes`. Called by the worker,
-        never in a webhook request. Raises MediaError."""
-        ...
+        """(bytes, mime type) of a media item from its `source`, at most `max_bytes`. Called by the worker, never
+        in a webhook request. Raises MediaError."""
+
+    @abstractmethod
+    def find_sent(self, chat: ChatRef, text: str, *, since: float) -> bool | None:
+        """Whether the gateway holds a message of ours with exactly this text in this chat, sent at or after
+        `since` (unix seconds): asked after a crash between the gateway taking a part and the progress reaching
+        Redis. None when it cannot tell (no such lookup, unreachable, an odd answer): the part is then sent
+        again. Never raises."""
 
 
 def typing_pause(typing_ms: int) -> None:

@@ -1,7 +1,8 @@
 """Mega API: parse its Baileys-like webhook (`instance_key`, `key`, `message`, `messageType`), send with
 `POST {base}/rest/sendMessage/{instance}/text`, and download media with
-`POST {base}/rest/instance/downloadMediaMessage/{instance}`. Mega signs nothing: its webhook is protected by
-WEBHOOK_TOKEN.
+`POST {base}/rest/instance/downloadMediaMessage/{instance}`. Mega signs nothing: its webhook must carry the shared
+token (WEBHOOK_TOKEN or the generated one), checked by the `SharedSecretVerifier` it is built with. It has no way
+to look up what was sent (`find_sent` cannot tell) and no read receipts.
 
 A chat is (mega, instance key, key.remoteJid as received). Message content is read by the same extractors as
 Evolution's, since both carry WhatsApp's own message object; as there, what the business side sent in a 1:1
@@ -10,16 +11,25 @@ chat (`key.fromMe`) comes out with `from_me=True`. Mega has no typing indicator:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import requests
 
 from errors import MediaError
-from gateways.base import InboundRequest, Parsed, WebhookAnswer, typing_pause
-from gateways.downloads import base64_limit, decode_base64, download_session, fetch_json
+from gateways.base import Gateway, InboundRequest, Parsed, WebhookAnswer, typing_pause
+from gateways.http import (
+    base64_limit,
+    decode_base64,
+    download_session,
+    fetch_json,
+    key_id_or_raise,
+    post_or_raise,
+    retrying_session,
+)
+from gateways.shared_secret import SharedSecretVerifier
 from models import ChatRef, IgnoredEvent, MediaRef
 from parser import decode_json, message_from_baileys
-from sender import key_id_or_raise, post_or_raise, retrying_session
 
 NAME = "mega"
 MAX_TEXT_CHARS = 4096
@@ -49,16 +59,16 @@ def parse_mega(payload: Any, *, accept_groups: bool = False, max_text_chars: int
     return results
 
 
-class MegaGateway:
+class MegaGateway(Gateway):
     """Mega API adapter."""
 
     name = NAME
     max_text_chars = MAX_TEXT_CHARS
-    uses_shared_token = True
 
     def __init__(
         self,
         *,
+        shared_secret: SharedSecretVerifier,
         base_url: str,
         instance_id: str,
         token: str,
@@ -68,6 +78,7 @@ class MegaGateway:
         media_timeout_seconds: float = 30.0,
         session: requests.Session | None = None,
     ) -> None:
+        self.shared_secret = shared_secret
         self.media_session = download_session(media_attempts)
         self.media_timeout_seconds = media_timeout_seconds
         self.base_url = base_url.rstrip("/")
@@ -77,7 +88,12 @@ class MegaGateway:
         self.session = session or retrying_session(max_retries)
 
     def verify(self, request: InboundRequest) -> None:
-        """Mega signs nothing; the route checks WEBHOOK_TOKEN (see `uses_shared_token`)."""
+        """Mega signs nothing: the request must carry the shared token."""
+        self.shared_secret.verify(request)
+
+    def handshake(self, query: Mapping[str, str]) -> str | None:
+        """Mega has no subscription handshake."""
+        return None
 
     def parse(self, request: InboundRequest, *, accept_groups: bool, max_text_chars: int) -> list[Parsed]:
         payload = decode_json(request.body)  # lone surrogates replaced, as for every gateway
@@ -104,6 +120,10 @@ class MegaGateway:
 
     def mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Not used for Mega."""
+
+    def find_sent(self, chat: ChatRef, text: str, *, since: float) -> bool | None:
+        """Mega offers no lookup of sent messages: cannot tell."""
+        return None
 
     def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
         """Mega decrypts the media from the fields of the WhatsApp message and answers its base64 as `data`."""

@@ -5,7 +5,7 @@ short-lived URL -> bytes, both with the access token).
 A chat is (meta, phone_number_id, customer wa_id); replies go out from the phone number id the message came
 in on. The `smb_message_echoes` field (what the business typed in the WhatsApp Business app beside the Cloud
 API) comes out as messages with `from_me=True`. Graph errors are translated with their meaning and retried
-only where retrying can help.
+only where retrying can help. The Cloud API has no lookup of sent messages, so `find_sent` cannot tell.
 
 A cart sent from the business's catalog (`type: "order"`) becomes a message of kind "order" whose text states
 the order in pt-BR words, then the customer's note on its own line:
@@ -25,17 +25,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import requests
 
-from errors import AuthError, MediaError, PayloadError, SendError
-from gateways.base import InboundRequest, Parsed, WebhookAnswer, typing_pause
-from gateways.downloads import download_session, fetch_bytes, fetch_json
+from errors import MediaError, PayloadError, SendError, SignatureError
+from gateways.base import Gateway, InboundRequest, Parsed, WebhookAnswer, typing_pause
+from gateways.http import download_session, fetch_bytes, fetch_json, post_or_raise, retrying_session
 from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail, words_detail
 from parser import decode_json
-from sender import post_or_raise, retrying_session
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def signature_is_valid(body: bytes, header: str, app_secret: str) -> bool:
     return hmac.compare_digest(header[7:].strip().lower(), expected)
 
 
-def verify_handshake(query: dict[str, str] | Any, verify_token: str) -> str | None:
+def verify_handshake(query: Mapping[str, str], verify_token: str) -> str | None:
     """The challenge to echo for a valid subscription handshake, else None."""
     mode = query.get("hub.mode", "")
     token = query.get("hub.verify_token", "")
@@ -318,12 +318,11 @@ def _media(kind: str, message: dict[str, Any]) -> MediaRef | None:
     )
 
 
-class MetaGateway:
+class MetaGateway(Gateway):
     """Cloud API adapter."""
 
     name = NAME
     max_text_chars = MAX_TEXT_CHARS
-    uses_shared_token = False  # signed with X-Hub-Signature-256
 
     def __init__(
         self,
@@ -354,8 +353,13 @@ class MetaGateway:
         self.session = session or retrying_session(max_retries)
 
     def verify(self, request: InboundRequest) -> None:
+        """Every webhook request is signed with the app secret (X-Hub-Signature-256)."""
         if not signature_is_valid(request.body, request.header("X-Hub-Signature-256"), self.app_secret):
-            raise AuthError("missing or invalid X-Hub-Signature-256")
+            raise SignatureError("missing or invalid X-Hub-Signature-256")
+
+    def handshake(self, query: Mapping[str, str]) -> str | None:
+        """`hub.challenge` when the subscription handshake carries META_VERIFY_TOKEN, else None."""
+        return verify_handshake(query, self.verify_token)
 
     def parse(self, request: InboundRequest, *, accept_groups: bool, max_text_chars: int) -> list[Parsed]:
         payload = decode_json(request.body)  # lone surrogates replaced, as for every gateway
@@ -395,6 +399,10 @@ class MetaGateway:
             self._post(chat, {"messaging_product": "whatsapp", "status": "read", "message_id": message_id})
         except SendError as exc:
             log.info("mark-as-read failed chat=%s: %s", chat.label, exc)
+
+    def find_sent(self, chat: ChatRef, text: str, *, since: float) -> bool | None:
+        """The Cloud API offers no lookup of sent messages: cannot tell."""
+        return None
 
     def _show_typing(self, chat: ChatRef, reply_to: str) -> None:
         """Best effort: a refused or failed indicator must not cost the customer the reply."""

@@ -23,12 +23,11 @@ from urllib.parse import urlsplit
 
 import requests
 
-from errors import AuthError, MediaError, PayloadError, SendError
-from gateways.base import InboundRequest, Parsed, WebhookAnswer, typing_pause
-from gateways.downloads import download_session, fetch_bytes
+from errors import MediaError, PayloadError, SendError, SignatureError
+from gateways.base import Gateway, InboundRequest, Parsed, WebhookAnswer, typing_pause
+from gateways.http import download_session, fetch_bytes, post_or_raise, retrying_session
 from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail
 from parser import replace_lone_surrogates
-from sender import post_or_raise, retrying_session
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +138,11 @@ def _media_kind(content_type: str) -> str:
     return {"image": "image", "video": "video", "audio": "audio"}.get(major, "document")
 
 
-class TwilioGateway:
+class TwilioGateway(Gateway):
     """Twilio WhatsApp adapter."""
 
     name = NAME
     max_text_chars = MAX_TEXT_CHARS
-    uses_shared_token = False  # signed with X-Twilio-Signature
 
     def __init__(
         self,
@@ -175,9 +173,14 @@ class TwilioGateway:
         return f"{self.public_url}{request.path or WEBHOOK_PATH}{query}"
 
     def verify(self, request: InboundRequest) -> None:
+        """Every webhook request is signed with the auth token (X-Twilio-Signature, see the module docstring)."""
         signature = request.header("X-Twilio-Signature")
         if not signature_is_valid(self.signed_url(request), request.form, signature, self.auth_token):
-            raise AuthError("missing or invalid X-Twilio-Signature")
+            raise SignatureError("missing or invalid X-Twilio-Signature")
+
+    def handshake(self, query: Mapping[str, str]) -> str | None:
+        """Twilio has no subscription handshake."""
+        return None
 
     def parse(self, request: InboundRequest, *, accept_groups: bool, max_text_chars: int) -> list[Parsed]:
         if not request.form:

@@ -17,13 +17,18 @@ from urllib.parse import parse_qs, urlencode
 import pytest
 import redis
 
-from errors import AuthError, SendError
-from gateways.base import InboundRequest
+from errors import AuthError, MediaError, PayloadError, SendError, SignatureError
+from gateways.base import Gateway, InboundRequest
 from gateways.mega import MegaGateway, parse_mega
 from gateways.meta import MetaGateway, order_text, parse_meta, signature_is_valid, verify_handshake
+from gateways.shared_secret import SharedSecretVerifier
+from gateways.simulator import SimulatorGateway, parse_simulator
 from gateways.twilio import TwilioGateway, parse_twilio, url_forms
 from models import ChatRef, IgnoredEvent, IncomingMessage, MediaRef
-from sender import split_text
+from redis_keys import RedisKeys
+from redis_link import RedisLink
+from reply_parts import split_text
+from simulator import Transcript, chat_of
 from tests.conftest import RedisServer, make_settings
 from tests.fakes import Canned, FakeServer, Recorded
 
@@ -952,7 +957,12 @@ def test_mega_lone_surrogates_become_replacement_characters() -> None:
         pushName="Carla \ud83d",
         message={"conversation": "Bom dia \udc00 tem pão \U0001f600?"},
     )
-    gateway = MegaGateway(base_url="http://127.0.0.1:9", instance_id="megastart-TESTE01", token="mega-token")
+    gateway = MegaGateway(
+        base_url="http://127.0.0.1:9",
+        instance_id="megastart-TESTE01",
+        token="mega-token",
+        shared_secret=SharedSecretVerifier(),
+    )
     (message,) = parse_body(gateway, body)
     assert isinstance(message, IncomingMessage)
     assert (message.message_id, message.text, message.push_name) == (
@@ -971,7 +981,13 @@ class FakeMega(FakeServer):
 def test_mega_send_text() -> None:
     fake = FakeMega()
     try:
-        gateway = MegaGateway(base_url=fake.url, instance_id="megastart-TESTE01", token="mega-token", max_retries=1)
+        gateway = MegaGateway(
+            base_url=fake.url,
+            instance_id="megastart-TESTE01",
+            token="mega-token",
+            shared_secret=SharedSecretVerifier(),
+            max_retries=1,
+        )
         chat = ChatRef(gateway="mega", instance="megastart-TESTE01", chat_id=f"{CUSTOMER}@s.whatsapp.net")
         assert gateway.send_text(chat, "Abrimos às 9h.") == "3EB0OUT1"
         (request,) = fake.received()
@@ -985,7 +1001,13 @@ def test_mega_send_text() -> None:
 def test_mega_waits_typing_ms_before_sending() -> None:
     fake = FakeMega()
     try:
-        gateway = MegaGateway(base_url=fake.url, instance_id="megastart-TESTE01", token="mega-token", max_retries=1)
+        gateway = MegaGateway(
+            base_url=fake.url,
+            instance_id="megastart-TESTE01",
+            token="mega-token",
+            shared_secret=SharedSecretVerifier(),
+            max_retries=1,
+        )
         chat = ChatRef(gateway="mega", instance="megastart-TESTE01", chat_id=f"{CUSTOMER}@s.whatsapp.net")
         started = time.time()
         gateway.send_text(chat, "Abrimos às 9h.", typing_ms=TYPING_MS, reply_to="3EB0IN")
@@ -1139,6 +1161,34 @@ def test_mega_route_needs_the_webhook_token(client: Any, redis_client: redis.Red
     assert due_chats(redis_client) == [f"mega:megastart-TESTE01:{CUSTOMER}@s.whatsapp.net"]
 
 
+def test_every_adapter_is_a_whole_gateway_and_the_shared_secret_reaches_evolution_and_mega(client: Any) -> None:
+    gateways = client.application.extensions["assistant"].gateways
+    assert set(gateways) >= {"evolution", "meta", "mega", "twilio"}
+    for name, gateway in gateways.items():
+        assert isinstance(gateway, Gateway) and gateway.name == name and gateway.max_text_chars > 0
+    bearer = InboundRequest(headers={"authorization": "Bearer segredo-webhook"})
+    query = InboundRequest(query={"token": "segredo-webhook"})
+    for name in ("evolution", "mega"):
+        gateways[name].verify(bearer)
+        gateways[name].verify(query)
+        with pytest.raises(AuthError) as refused:
+            gateways[name].verify(InboundRequest(headers={"authorization": "Bearer errado"}))
+        assert not isinstance(refused.value, SignatureError)  # counted as auth_failures
+    for name in ("meta", "twilio"):
+        with pytest.raises(SignatureError):  # counted as signature_failures
+            gateways[name].verify(bearer)
+    handshake = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "42"}
+    assert {name: gateway.handshake(handshake) for name, gateway in gateways.items() if name != "simulator"} == {
+        "evolution": None,
+        "meta": "42",
+        "mega": None,
+        "twilio": None,
+    }
+    chat = ChatRef(gateway="meta", instance=PHONE_NUMBER_ID, chat_id=CUSTOMER)
+    assert gateways["meta"].find_sent(chat, "Oi", since=time.time()) is None  # the Cloud API cannot tell
+    assert gateways["mega"].find_sent(chat, "Oi", since=time.time()) is None
+
+
 def test_unconfigured_gateway_answers_404(redis_server: RedisServer, redis_client: redis.Redis) -> None:
     from webhook import create_app
 
@@ -1176,3 +1226,113 @@ def test_meta_odd_types_found_by_fuzzing_do_not_raise() -> None:
     first, second = parse_meta(json.loads(json.dumps(payload)))
     assert isinstance(first, IncomingMessage) and (first.text, first.timestamp, first.push_name) == ("Oi", 0, "")
     assert isinstance(second, IncomingMessage) and second.kind == "contact"
+
+
+# --- the simulator adapter ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def simulator(redis_server: RedisServer, redis_client: redis.Redis) -> SimulatorGateway:
+    return SimulatorGateway(Transcript(RedisLink(redis_server.url), RedisKeys("test")))
+
+
+def simulated(body: object) -> InboundRequest:
+    return InboundRequest(path="/simulator/api/messages", body=json.dumps(body).encode())
+
+
+def test_simulator_customer_text_is_normalized(simulator: SimulatorGateway) -> None:
+    (message,) = simulator.parse(
+        simulated({"number": "5511988887777", "name": "Paula", "text": "  Oi, tudo bem?  ", "id": "m1"}),
+        accept_groups=False,
+        max_text_chars=4000,
+    )
+    assert isinstance(message, IncomingMessage)
+    assert message.chat == ChatRef(gateway="simulator", instance="console", chat_id="5511988887777@sim")
+    assert (message.message_id, message.text, message.kind, message.push_name) == (
+        "m1",
+        "Oi, tudo bem?",
+        "text",
+        "Paula",
+    )
+    assert message.from_me is False
+
+
+def test_simulator_person_side_and_generated_ids(simulator: SimulatorGateway) -> None:
+    first, second = (
+        simulator.parse(
+            simulated({"number": "5511988887777", "text": "Aqui é a Ana", "as": "person"}),
+            accept_groups=False,
+            max_text_chars=4000,
+        )[0]
+        for _ in range(2)
+    )
+    assert first.from_me and second.from_me
+    assert first.message_id and first.message_id != second.message_id  # a page retry without an id is new
+
+
+def test_simulator_media_is_inline_and_sized(simulator: SimulatorGateway) -> None:
+    data = base64.b64encode(b"\x89PNG" + b"\0" * 296).decode()
+    (message,) = parse_simulator(
+        {"number": "5511988887777", "text": "olha", "media": {"kind": "image", "mime": "image/png", "data": data}},
+        max_text_chars=4000,
+    )
+    assert message.kind == "image" and message.media is not None
+    assert (message.media.mime, message.media.size, message.media.inline) == ("image/png", 300, data)
+    (voice,) = parse_simulator(
+        {
+            "number": "5511988887777",
+            "media": {"kind": "audio", "mime": "audio/webm", "data": data, "voice": True, "seconds": "4"},
+        },
+        max_text_chars=4000,
+    )
+    assert voice.media is not None and (voice.media.voice, voice.media.seconds, voice.text) == (True, 4, "")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ([], "JSON object"),
+        ({"number": "abc", "text": "oi"}, "6 to 20 digits"),
+        ({"number": "12345", "text": "oi"}, "6 to 20 digits"),
+        ({"number": "5511988887777", "text": "   "}, "needs a text or a media"),
+        ({"number": "5511988887777", "media": {"kind": "sticker", "data": "AAAA"}}, "needs a text or a media"),
+    ],
+)
+def test_simulator_refuses_bodies_the_page_never_sends(simulator: SimulatorGateway, body: object, reason: str) -> None:
+    with pytest.raises(PayloadError, match=reason):
+        simulator.parse(simulated(body), accept_groups=False, max_text_chars=4000)
+    with pytest.raises(PayloadError, match="not valid JSON"):
+        simulator.parse(InboundRequest(body=b"{nope"), accept_groups=False, max_text_chars=4000)
+
+
+def test_simulator_long_text_is_cut_to_the_limit(simulator: SimulatorGateway) -> None:
+    (message,) = simulator.parse(
+        simulated({"number": "5511988887777", "text": "a" * 50}), accept_groups=False, max_text_chars=10
+    )
+    assert message.text == "a" * 10
+
+
+def test_simulator_send_text_lands_in_the_transcript_after_the_typing_pause(simulator: SimulatorGateway) -> None:
+    chat = chat_of("5511988887777")
+    started = time.monotonic()
+    message_id = simulator.send_text(chat, "Olá, Paula!", typing_ms=200)
+    assert time.monotonic() - started >= 0.2
+    (entry,) = simulator.transcript.entries(chat)
+    assert (entry["role"], entry["text"], entry["id"], entry["typing_ms"]) == ("bot", "Olá, Paula!", message_id, 200)
+    assert simulator.transcript.entries(chat_of("5511900000000")) == []  # chats do not mix
+
+
+def test_simulator_find_sent_knows_what_went_out_since_a_time(simulator: SimulatorGateway) -> None:
+    chat = chat_of("5511988887777")
+    before = time.time() - 1
+    simulator.send_text(chat, "Primeira parte")
+    assert simulator.find_sent(chat, "Primeira parte", since=before) is True
+    assert simulator.find_sent(chat, "Outra parte", since=before) is False
+    assert simulator.find_sent(chat, "Primeira parte", since=time.time() + 60) is False
+
+
+def test_simulator_has_no_handshake_no_signature_and_no_media_to_fetch(simulator: SimulatorGateway) -> None:
+    assert simulator.handshake({"hub.mode": "subscribe"}) is None
+    simulator.verify(simulated({}))  # access is the simulator routes' job
+    with pytest.raises(MediaError):
+        simulator.fetch_media(chat_of("5511988887777"), MediaRef(kind="image", mime="image/png"), max_bytes=100)

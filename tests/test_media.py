@@ -24,6 +24,7 @@ from config import Settings
 from media import BurstPart, failed_notice, user_record
 from models import ChatRef, MediaRef
 from tests.fakes import Canned, FakeEvolution, FakeGemini, Recorded, gemini_error
+from tests.gateway_doubles import WrappedGateway
 from tests.media_samples import ogg_opus_voice_note, pdf, png
 from webhook import Components, create_app
 
@@ -492,18 +493,15 @@ def test_gemini_refusing_the_media_is_asked_again_without_it(app: Callable[..., 
 
 
 def test_a_crashing_download_costs_the_item_not_the_burst(app: Callable[..., App]) -> None:
-    class Broken:
-        def send_text(self, chat: ChatRef, text: str) -> str:
-            return a.parts.gateways["evolution"].send_text(chat, text)
-
+    class Broken(WrappedGateway):
         def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
             raise KeyError("a bug in an adapter")
 
     a = app()
     a.gemini.reply_for = lambda recorded: "Oi!"
     a.post(text_event(msg_id(), "Oi"), audio_event(msg_id(), inline=False))
-    a.parts.worker.senders = {"evolution": Broken()}  # type: ignore[dict-item]
-    a.parts.worker.media.fetchers = a.parts.worker.senders
+    a.parts.worker.gateways = {"evolution": Broken(a.parts.gateways["evolution"])}
+    a.parts.worker.media.gateways = a.parts.worker.gateways
     a.answer()
     assert a.sent() == ["Oi!\n\nNão consegui abrir o áudio. Pode reenviar?"]
 

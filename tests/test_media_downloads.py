@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from errors import MediaError
-from gateways.downloads import decode_base64, download_session, fetch_bytes, fetch_json
+from gateways.http import decode_base64, download_session, fetch_bytes, fetch_json
 from gateways.mega import MegaGateway
 from gateways.meta import MetaGateway
+from gateways.shared_secret import SharedSecretVerifier
 from gateways.twilio import TwilioGateway
 from models import ChatRef, MediaRef
 from tests.fakes import Canned, FakeServer, Recorded
@@ -121,7 +122,9 @@ def test_twilio_media_url_with_basic_auth(host: FakeMediaHost) -> None:
 
 def test_mega_download_media_message(host: FakeMediaHost) -> None:
     host.queue(Canned(200, {"error": False, "message": "ok", "data": base64.b64encode(VOICE).decode()}))
-    gateway = MegaGateway(base_url=host.url, instance_id="megastart-X1", token="mega-token")
+    gateway = MegaGateway(
+        base_url=host.url, instance_id="megastart-X1", token="mega-token", shared_secret=SharedSecretVerifier()
+    )
     fields = {"mediaKey": "a2V5", "directPath": "/v/t62/enc", "url": "https://mmg/x.enc", "mimetype": "audio/ogg"}
     media = MediaRef(kind="audio", mime="audio/ogg", source={"key": {"id": "1"}, "message": {"audioMessage": fields}})
     chat = ChatRef(gateway="mega", instance="megastart-X1", chat_id="5511987654321@s.whatsapp.net")

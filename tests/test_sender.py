@@ -6,6 +6,7 @@ import pytest
 
 from errors import SendError
 from gateways.evolution import EvolutionGateway
+from gateways.shared_secret import SharedSecretVerifier
 from models import ChatRef
 from sender import EvolutionSender, evolution_body, evolution_send_url
 from tests.conftest import free_port, make_settings
@@ -103,7 +104,7 @@ def test_the_read_timeout_covers_the_typing_delay(fake_evolution: FakeEvolution)
 
 
 def test_the_gateway_passes_the_typing_time_on(fake_evolution: FakeEvolution) -> None:
-    gateway = EvolutionGateway(make_settings(evolution_api=fake_evolution.url))
+    gateway = EvolutionGateway(make_settings(evolution_api=fake_evolution.url), shared_secret=SharedSecretVerifier())
     assert gateway.send_text(CHAT, "Oi", typing_ms=1200, reply_to="3A0001").startswith("FAKE")
     assert fake_evolution.received()[0].json == {"number": CHAT.chat_id, "text": "Oi", "delay": 1200}
 

@@ -21,13 +21,13 @@ from components import build_components
 from config import Settings
 from counters import Counters
 from errors import SendError
-from gateways import build_gateways
+from gateways.base import Gateway
 from memory import History, Turn
 from models import ChatRef, IncomingMessage
 from redis_keys import RedisKeys
 from redis_link import RedisLink
-from sender import TextSender
 from tests.fakes import Canned, FakeEvolution, FakeGemini, gemini_answer, gemini_error
+from tests.gateway_doubles import WrappedGateway, real_evolution
 from worker import Worker
 
 T0 = 1_700_000_000.0
@@ -72,12 +72,10 @@ def pipeline(settings: Settings) -> Iterator[PipelineFactory]:
     """Builds a worker and its parts from the test settings (plus overrides), as create_app does."""
     links: list[RedisLink] = []
 
-    def make(
-        *, clock: Clock | None = None, senders: dict[str, TextSender] | None = None, **overrides: object
-    ) -> Pipeline:
+    def make(*, clock: Clock | None = None, senders: dict[str, Gateway] | None = None, **overrides: object) -> Pipeline:
         current = dataclasses.replace(settings, **{"fallback_reply": FALLBACK, **overrides})  # type: ignore[arg-type]
         clock = clock or Clock()
-        parts = build_components(current, senders=senders, clock=clock)
+        parts = build_components(current, gateways=senders, clock=clock)
         links.append(parts.link)
         return Pipeline(current, parts.worker, parts.buffer, parts.history, parts.counters, clock, parts.keys)
 
@@ -371,27 +369,26 @@ def test_a_worker_whose_lease_was_taken_over_does_not_send(
 # ----- the background thread --------------------------------------------------------------------------------
 
 
-class BrokenForOneChat:
+class BrokenForOneChat(WrappedGateway):
     """A gateway double: raises an unexpected (non-SendError) exception for one chat, delegates the rest."""
 
-    def __init__(self, broken: ChatRef, real: TextSender) -> None:
+    def __init__(self, broken: ChatRef, real: Gateway) -> None:
+        super().__init__(real)
         self.broken = broken
-        self.real = real
 
-    def send_text(self, chat: ChatRef, text: str) -> str:
+    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
         if chat == self.broken:
             raise RuntimeError("gateway client bug")
-        return self.real.send_text(chat, text)
+        return self.real.send_text(chat, text, typing_ms=typing_ms, reply_to=reply_to)
 
 
 def test_the_background_thread_survives_a_failing_chat(
     pipeline: PipelineFactory, settings: Settings, fake_evolution: FakeEvolution
 ) -> None:
     broken = ChatRef(gateway="evolution", instance="loja", chat_id="5521999990000@s.whatsapp.net")
-    real_senders = build_gateways(settings)
     p = pipeline(
         clock=time.time,
-        senders={"evolution": BrokenForOneChat(broken, real_senders["evolution"])},
+        senders={"evolution": BrokenForOneChat(broken, real_evolution(settings))},
         worker_poll_seconds=0.02,
         worker_concurrency=4,
     )
@@ -431,12 +428,12 @@ def test_start_is_idempotent_and_stop_ends_the_thread(pipeline: PipelineFactory)
     assert not p.worker.is_alive()
 
 
-def test_a_send_error_is_not_an_unexpected_worker_error(pipeline: PipelineFactory) -> None:
-    class Refusing:
-        def send_text(self, chat: ChatRef, text: str) -> str:
+def test_a_send_error_is_not_an_unexpected_worker_error(pipeline: PipelineFactory, settings: Settings) -> None:
+    class Refusing(WrappedGateway):
+        def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
             raise SendError("number not on WhatsApp", status_code=400, transient=False)
 
-    p = pipeline(senders={"evolution": Refusing()})
+    p = pipeline(senders={"evolution": Refusing(real_evolution(settings))})
     p.receive(1, "Oi")
     p.clock.advance(5)
     assert p.worker.run_once(wait=True) == 1
@@ -544,24 +541,20 @@ class Crash(BaseException):
     """Stands for SIGKILL: nothing after it runs (not even the worker's own error handling)."""
 
 
-class CrashAfterAccepting:
+class CrashAfterAccepting(WrappedGateway):
     """The real Evolution adapter, but the process "dies" right after the gateway took the part `crash_on`."""
 
-    def __init__(self, real: TextSender, crash_on: str) -> None:
-        self.real = real
+    def __init__(self, real: Gateway, crash_on: str) -> None:
+        super().__init__(real)
         self.crash_on = crash_on
         self.crashed = False
-        self.max_text_chars = 4096
 
-    def send_text(self, chat: ChatRef, text: str, **typing: object) -> str:
-        message_id = self.real.send_text(chat, text, **typing)  # type: ignore[call-arg]
+    def send_text(self, chat: ChatRef, text: str, *, typing_ms: int = 0, reply_to: str = "") -> str:
+        message_id = self.real.send_text(chat, text, typing_ms=typing_ms, reply_to=reply_to)
         if text == self.crash_on and not self.crashed:
             self.crashed = True
             raise Crash
         return message_id
-
-    def find_sent(self, chat: ChatRef, text: str, *, since: float) -> bool | None:
-        return self.real.find_sent(chat, text, since=since)  # type: ignore[attr-defined]
 
 
 THREE_PARTS = "Olá! Temos sim.\n\nCusta R$ 48.\n\nEntregamos hoje."
@@ -571,7 +564,7 @@ def crash_mid_reply(
     pipeline: PipelineFactory, settings: Settings, fake_gemini: FakeGemini, **overrides: object
 ) -> Pipeline:
     fake_gemini.queue(Canned(200, gemini_answer(THREE_PARTS)))
-    real = build_gateways(settings)["evolution"]
+    real = real_evolution(settings)
     p = pipeline(
         senders={"evolution": CrashAfterAccepting(real, "Custa R$ 48.")},
         split_messages=True,

@@ -1,29 +1,25 @@
 """The gateways' webhooks: `POST /webhook` (and `/webhook/<event>`) for Evolution, `GET|POST /webhook/meta`,
-`POST /webhook/mega`, `POST /webhook/twilio`. Each request is verified, parsed, deduped and buffered, and answered at
-once: Gemini and the gateway are called by the worker, never here. A message typed on the business side goes to
+`POST /webhook/mega`, `POST /webhook/twilio`. Every request goes the same way through its gateway's adapter
+(`gateways.base.Gateway`): verify, parse, then dedupe and buffer here, and the adapter's answer at once. Gemini and
+the gateway's API are called by the worker, never here. A message typed on the business side goes to
 conversation.py (handoff), the assistant's own echoes are recognised there and ignored.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from typing import Any
 
-import jwt
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from errors import AuthError, PayloadError
+from errors import AuthError, PayloadError, SignatureError
 from gateways.base import Gateway, InboundRequest, Parsed
-from gateways.meta import MetaGateway, verify_handshake
 from models import IgnoredEvent, IncomingMessage
 from web import components
-from webhook_token import WebhookSecret
 
 log = logging.getLogger(__name__)
 
-JWT_LEEWAY_SECONDS = 30
 MAX_EVENTS_PER_REQUEST = 100  # gateways post one message, or a few; more is noise that must not hold a worker
 
 webhooks = Blueprint("webhooks", __name__)
@@ -38,9 +34,9 @@ def receive_evolution(event: str = "") -> Response | tuple[Response, int]:
 @webhooks.get("/webhook/meta")
 def meta_handshake() -> Response | tuple[Response, int]:
     gateway = components().gateways.get("meta")
-    if not isinstance(gateway, MetaGateway):
+    if gateway is None:
         return jsonify(error="gateway not configured", gateway="meta"), 404
-    challenge = verify_handshake(request.args, gateway.verify_token)
+    challenge = gateway.handshake(request.args.to_dict())
     if challenge is None:
         components().counters.add("signature_failures")
         log.warning("meta verification handshake refused")
@@ -57,31 +53,6 @@ def receive_other() -> Response | tuple[Response, int]:
     if gateway is None:
         return jsonify(error="gateway not configured", gateway=name), 404
     return handle(gateway, "")
-
-
-def is_authorized(secret: WebhookSecret, authorization: str, query_token: str) -> bool:
-    """True when the webhook is open (WEBHOOK_AUTH=off), or the request carries the token (WEBHOOK_TOKEN or the
-    generated one) or a valid HS256 JWT signed with WEBHOOK_JWT_SECRET."""
-    if secret.is_open:
-        return True
-    bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
-    if secret.token:
-        for candidate in (bearer, query_token):
-            if candidate and hmac.compare_digest(candidate.encode(), secret.token.encode()):
-                return True
-    if secret.jwt_secret and bearer:
-        try:
-            jwt.decode(
-                bearer,
-                secret.jwt_secret,
-                algorithms=["HS256"],
-                leeway=JWT_LEEWAY_SECONDS,
-                options={"require": ["exp"]},  # Evolution's tokens expire after 10 minutes; refuse eternal ones
-            )
-            return True
-        except jwt.PyJWTError:
-            return False
-    return False
 
 
 def handle(gateway: Gateway, event: str) -> Response | tuple[Response, int]:
@@ -112,16 +83,11 @@ def handle(gateway: Gateway, event: str) -> Response | tuple[Response, int]:
 
 
 def unauthorized(gateway: Gateway, inbound: InboundRequest) -> tuple[Response, int] | None:
-    """The 401 for a request without the gateway's credentials (signature, or the shared token), else None."""
-    secret: WebhookSecret = current_app.extensions["webhook_secret"]
+    """The 401 for a request without the gateway's credentials (its signature, or the shared token), else None."""
     try:
-        if gateway.uses_shared_token:
-            if not is_authorized(secret, inbound.header("Authorization"), inbound.query.get("token", "")):
-                raise AuthError("missing or invalid credentials")
-        else:
-            gateway.verify(inbound)
+        gateway.verify(inbound)
     except AuthError as exc:
-        components().counters.add("auth_failures" if gateway.uses_shared_token else "signature_failures")
+        components().counters.add("signature_failures" if isinstance(exc, SignatureError) else "auth_failures")
         log.warning("webhook rejected gateway=%s: %s", gateway.name, exc)
         return jsonify(error="unauthorized"), 401
     return None

@@ -1,7 +1,10 @@
-"""Media downloads shared by the gateway adapters: a retrying session, a size-bounded read, base64 decoding.
+"""Outbound HTTP shared by the gateway adapters: retrying sessions, a POST that turns transport failures into
+SendError, a Baileys-style send answer, size-bounded reads and base64 bodies. Decides nothing about what to send.
 
-Every failure becomes a MediaError whose `problem` says what the customer is told ("too_large", "unreadable"),
-so one bad item never fails the burst it came in.
+Sends and reads fail differently. A send that timed out while reading may already have been delivered, so its
+session never retries a read timeout; failures become SendError(.transient). Reads (media downloads, "did this
+part go out?" lookups) have no side effect, so their session retries read timeouts and 429 too; every failure
+becomes a MediaError whose `problem` says what the customer is told ("too_large", "unreadable").
 """
 
 from __future__ import annotations
@@ -12,12 +15,77 @@ import json
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
-from errors import MediaError
-from sender import retrying_session
+from errors import MediaError, SendError
+from models import ChatRef
 
-RETRY_STATUS_CODES = (429, 500, 502, 503, 504)
+SEND_RETRY_STATUS_CODES = (500, 502, 503, 504)
+FETCH_RETRY_STATUS_CODES = (429, 500, 502, 503, 504)
+# 400/422 mean the gateway rejected this message itself (e.g. number not on WhatsApp): retrying cannot help.
+PERMANENT_STATUS_CODES = frozenset({400, 413, 422})
 CHUNK_BYTES = 64 * 1024
+
+
+def retrying_session(
+    retries: int,
+    backoff_seconds: float = 0.5,
+    *,
+    retry_read_timeouts: bool = False,
+    status_codes: tuple[int, ...] = SEND_RETRY_STATUS_CODES,
+) -> requests.Session:
+    """A Session that retries connection errors and `status_codes` answers (POST included). Read timeouts are
+    retried only with `retry_read_timeouts`, for idempotent calls: a send that timed out while reading may
+    already have been delivered."""
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=retries if retry_read_timeouts else 0,
+        status=retries,
+        status_forcelist=status_codes,
+        allowed_methods=None,
+        backoff_factor=backoff_seconds,
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+# ----- sending ---------------------------------------------------------------------------------------------
+
+
+def post_or_raise(
+    session: requests.Session, url: str, *, gateway: str, chat: ChatRef, timeout: tuple[float, float], **kwargs: Any
+) -> requests.Response:
+    """POST, turning a transport failure (after the session's retries) into a transient SendError."""
+    try:
+        return session.post(url, timeout=timeout, **kwargs)
+    except requests.RequestException as exc:
+        raise SendError(f"{gateway} unreachable for {chat.label}: {exc.__class__.__name__}") from exc
+
+
+def key_id_or_raise(response: requests.Response, *, gateway: str, chat: ChatRef) -> str:
+    """For Baileys-style gateways (Evolution, Mega): SendError on 4xx/5xx, else the sent message's key.id."""
+    if response.status_code >= 400:
+        raise SendError(
+            f"{gateway} answered {response.status_code} for {chat.label}",
+            status_code=response.status_code,
+            transient=response.status_code not in PERMANENT_STATUS_CODES,
+        )
+    try:
+        data = response.json()
+    except ValueError:
+        return ""
+    key = data.get("key") if isinstance(data, dict) else None
+    return str(key.get("id") or "") if isinstance(key, dict) else ""
+
+
+# ----- reading ---------------------------------------------------------------------------------------------
 
 
 def download_session(attempts: int, backoff_seconds: float = 0.25) -> requests.Session:
@@ -25,7 +93,7 @@ def download_session(attempts: int, backoff_seconds: float = 0.25) -> requests.S
     Unlike sending, fetching media is idempotent (the Evolution and Mega download calls are POSTs with no side
     effect), so a read timeout is retried too."""
     return retrying_session(
-        max(attempts - 1, 0), backoff_seconds, retry_read_timeouts=True, status_codes=RETRY_STATUS_CODES
+        max(attempts - 1, 0), backoff_seconds, retry_read_timeouts=True, status_codes=FETCH_RETRY_STATUS_CODES
     )
 
 
