@@ -1,11 +1,11 @@
 # Two commands set everything up on a fresh Debian machine:
 #   make run    installs the Python requirements into .venv and serves on HOST:PORT
-#   make test   also installs redis-server (apt) where missing, then runs the test suite
+#   make test   also installs redis-server, chromium and chromium-driver (apt) where missing, then runs the tests
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench bench-knowledge redis-server clean
+.PHONY: run test lint bench bench-knowledge bench-console redis-server browser clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,17 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# Headless Chromium and its driver for tests/browser/ (Selenium is given both paths and never downloads one).
+browser:
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { \
+	  echo "installing chromium and chromium-driver (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 run: $(VENV)/.installed
 	$(PY) webhook.py
 
-test: $(VENV)/.installed redis-server
+test: $(VENV)/.installed redis-server browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
@@ -31,6 +38,9 @@ bench: $(VENV)/.installed redis-server
 
 bench-knowledge: $(VENV)/.installed
 	$(PY) bench/retrieval.py
+
+bench-console: $(VENV)/.installed redis-server
+	$(PY) bench/console_pages.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

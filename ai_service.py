@@ -123,6 +123,15 @@ def read_media_answer(text: str) -> Generated:
     return Generated(data["reply"].strip(), transcripts)
 
 
+def dry_run_reply(burst: list[BurstPart]) -> Generated:
+    """AI_DRY_RUN: a canned pt-BR reply that quotes what the burst consolidated, so the debounce can be seen at work
+    without spending tokens."""
+    pieces = [item.describe() for item in burst]
+    quoted = " / ".join(f"«{piece}»" for piece in pieces if piece)
+    noun = "mensagem" if len(pieces) == 1 else "mensagens"
+    return Generated(f"[simulação] Recebi {len(pieces)} {noun}: {quoted}")
+
+
 def system_instruction(settings: Settings, knowledge_block: str = "") -> types.Content:
     """The persona (SYSTEM_PROMPT, naming BUSINESS_NAME) as the first part; the grounding rule with the knowledge
     for this burst (see knowledge.py) as the second, when a knowledge base is configured."""
@@ -173,6 +182,8 @@ class AIService:
         """
         # The burst in words (texts, captions, media labels) is what the knowledge base is searched with.
         text = "\n".join(filter(None, (item.describe() for item in burst)))
+        if self.settings.ai_dry_run:
+            return dry_run_reply(burst)
         if not any(item.readable for item in burst):
             return Generated(self.generate_reply(history, text, note=note))
         instruction = self._instruction(history, text, note)

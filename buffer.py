@@ -17,7 +17,7 @@ import random
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -124,6 +124,17 @@ if ARGV[9] ~= '' then redis.call('HSET', KEYS[2], 'sending', ARGV[9]) end
 return 1
 """
 
+# KEYS: 1 due, 2 leases, 3 pending, 4 meta
+# ARGV: 1 chat key, 2 now
+# Makes the burst being typed due now (the simulator's "responder agora"); a batch being answered is left alone.
+# Returns 1 when there was a burst to hurry, else 0.
+ANSWER_NOW_LUA = """
+if redis.call('LLEN', KEYS[3]) == 0 or redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[4], 'deadline', ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
 # KEYS: 1 leases, 2 batch, 3 meta, 4 due, 5 pending, 6 dead letters, 7 stats, [8 own-message marker of the
 #       last part sent (see conversation.py)]
 # ARGV: 1 chat key, 2 token, 3 dead-letter record JSON ('' = normal ack), 4 dead letters kept, 5 dedup ttl s
@@ -193,6 +204,11 @@ def is_human_record(record: dict[str, Any]) -> bool:
     return record.get("by") == "human"
 
 
+def profile_name(records: Sequence[dict[str, Any]]) -> str:
+    """The newest profile name among a burst's customer messages ("" when the gateway sent none)."""
+    return next((str(r["name"]) for r in reversed(records) if r.get("name") and not is_human_record(r)), "")
+
+
 def encode_message(message: IncomingMessage, received_at: float, *, has_blob: bool = False) -> str:
     """Compact JSON kept per buffered message (short keys: it is stored once per message). A media message
     carries its reference; `blob` says its base64 is kept under the message's media key; a message from the
@@ -237,6 +253,7 @@ class RedisStore:
         self._claim = client.register_script(CLAIM_LUA)
         self._renew = client.register_script(RENEW_LUA)
         self._ack = client.register_script(ACK_LUA)
+        self._answer_now = client.register_script(ANSWER_NOW_LUA)
 
     def append(
         self, message: IncomingMessage, *, now: float, debounce: float, max_wait: float, dedup_ttl: int, blob: str = ""
@@ -351,6 +368,11 @@ class RedisStore:
             keys.append(k.own_message(chat, sent_id))
         done = self._ack(keys=keys, args=[chat, claim.token, dead_letter, DEAD_LETTERS_KEPT, self.dedup_ttl])
         return bool(done)
+
+    def answer_now(self, chat: ChatRef, now: float) -> bool:
+        k = self.keys
+        keys = [k.due(), k.leases(), k.pending(chat.key), k.meta(chat.key)]
+        return bool(self._answer_now(keys=keys, args=[chat.key, f"{now:.3f}"]))
 
     def dead_letter_records(self) -> list[str]:
         return list(self.client.lrange(self.keys.dead_letters(), 0, -1))
@@ -544,6 +566,14 @@ class LocalStore:
         for message_id in message_ids:
             self._blobs.pop(f"{chat_key}:{message_id}", None)
 
+    def answer_now(self, chat: ChatRef, now: float) -> bool:
+        with self._lock:
+            local = self._chats.get(chat.key)
+            if local is None or not local.pending or local.lease_until is not None:
+                return False
+            local.deadline = now
+            return True
+
     def dead_letter_records(self) -> list[str]:
         with self._lock:
             return list(self._dead)
@@ -735,6 +765,10 @@ class Buffer:
             "messages": claim.messages,
         }
         return self._store(claim).ack(claim, dead_letter=json.dumps(record, ensure_ascii=False))
+
+    def answer_now(self, chat: ChatRef, *, now: float) -> bool:
+        """Make the chat's burst due now instead of at its debounce deadline (True when there was one)."""
+        return self.local.answer_now(chat, now) or bool(self._shared(lambda store: store.answer_now(chat, now), bool))
 
     def dead_letters(self) -> list[dict[str, Any]]:
         """Every dead letter kept (Redis and this process's), newest first."""

@@ -154,6 +154,9 @@ class Settings:
     rag_auto_reload: bool = True  # reload when files are added, changed or removed
     rag_watch_interval: float = 5.0  # seconds between looks at the folder (and at the reload signal)
     admin_token: str = field(default="", repr=False)  # bearer token of the admin endpoints; empty = disabled
+    secret_key: str = field(default="", repr=False)  # signs the admin session cookie; empty = generated and kept
+    simulator_enabled: bool = True  # the WhatsApp simulator at /simulator
+    ai_dry_run: bool = False  # answer every burst with a canned text quoting it, without calling Gemini
 
     # Debounce and delivery
     debounce_seconds: float = 120.0
@@ -429,6 +432,9 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "RAG_AUTO_RELOAD": ("rag_auto_reload", _to_bool),
     "RAG_WATCH_INTERVAL": ("rag_watch_interval", _positive(float)),
     "ADMIN_TOKEN": ("admin_token", _strip),
+    "SECRET_KEY": ("secret_key", _strip),
+    "SIMULATOR_ENABLED": ("simulator_enabled", _to_bool),
+    "AI_DRY_RUN": ("ai_dry_run", _to_bool),
     "DEBOUNCE_SECONDS": ("debounce_seconds", _non_negative(float)),
     "DEBOUNCE_MAX_WAIT_SECONDS": ("debounce_max_wait_seconds", _non_negative(float)),
     "DEDUP_TTL_SECONDS": ("dedup_ttl_seconds", _positive(int)),
@@ -584,8 +590,12 @@ def _read_aliases(environ: Mapping[str, str], values: dict[str, Any]) -> list[st
 def missing_for_production(settings: Settings) -> list[str]:
     """Human-readable list of what is not configured yet (the service still starts)."""
     missing = list(settings.startup_notes)
-    if not settings.gemini_configured:
+    if settings.ai_dry_run:
+        missing.append("AI_DRY_RUN=true: every burst gets a canned [simulação] text; Gemini is not called")
+    elif not settings.gemini_configured:
         missing.append("GEMINI_API_KEY is not set: every burst will get FALLBACK_REPLY instead of Gemini")
+    if not settings.any_gateway_configured and settings.simulator_enabled:
+        missing.append("no gateway is configured: try the assistant in the WhatsApp simulator at /simulator")
     if not settings.gateway_configured:
         missing.append("EVOLUTION_API is not set: replies to Evolution chats cannot be sent (dead-lettered at once)")
     partial = {

@@ -25,6 +25,7 @@ class Turn:
     text: str
     at: float = 0.0
     author: str = ""  # "human" for a person on the business side (a model turn); else implied by the role
+    name: str = ""  # the customer's profile name when they wrote (a user turn), for the panel
 
     @property
     def by(self) -> str:
@@ -37,6 +38,8 @@ class Turn:
         data: dict[str, object] = {"role": self.role, "text": self.text, "at": self.at}
         if self.author:
             data["author"] = self.author
+        if self.name:
+            data["name"] = self.name
         return data
 
 

@@ -11,9 +11,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from buffer import profile_name
 from components import Components
 from conversation import PAUSE, Changes
 from errors import SendError
+from gateways.simulator import NAME as SIMULATOR
 from media import parts_of_records, user_record
 from memory import Turn
 from models import ChatRef, IncomingMessage
@@ -28,14 +30,13 @@ class Outcome:
     message_id: str = ""
 
 
-def send_as_person(parts: Components, chat: ChatRef, text: str) -> Outcome:
+def send_as_person(parts: Components, chat: ChatRef, text: str, *, now: float) -> Outcome:
     """Send `text` to the chat as a person on the business side: the bot pauses for HANDOFF_PAUSE_MINUTES (or, with
     handoff off, until resumed), the text joins the chat's burst so the history keeps it after the customer's
     messages it answers, and its echo is known as the assistant's (it is not a second person's message)."""
     gateway = parts.gateways.get(chat.gateway)
     if gateway is None:
         return Outcome(False, f"the {chat.gateway} gateway is not configured")
-    now = time.time()
     parts.conversations.settle(chat, Changes(), now=now, sending=[text])  # its echo is ours
     try:
         message_id = gateway.send_text(chat, text)
@@ -46,6 +47,8 @@ def send_as_person(parts: Components, chat: ChatRef, text: str) -> Outcome:
     record = IncomingMessage(chat=chat, message_id=message_id or f"panel-{uuid.uuid4().hex}", text=text, from_me=True)
     parts.conversations.business_message(record, action=PAUSE, seconds=seconds, keep=True, now=now, echo_check=False)
     parts.counters.add("handoffs")
+    if chat.gateway == SIMULATOR:
+        parts.transcript.relabel(chat, message_id, "person")  # the simulator shows who wrote it
     log.info("owner wrote as a person chat=%s: bot paused", chat.label)
     return Outcome(True, message_id=message_id)
 
@@ -80,7 +83,8 @@ def retry_dead_letter(parts: Components, letter_id: str) -> Outcome | None:
         log.warning("dead letter retried and failed again chat=%s: %s", chat.label, exc)
         return Outcome(False, str(exc))
     messages = [m for m in record.get("messages") or [] if isinstance(m, dict)]
-    turns = [Turn(role="user", text=user_record(parts_of_records(messages)), at=float(record.get("at") or 0))]
+    customer = user_record(parts_of_records(messages))
+    turns = [Turn(role="user", text=customer, at=float(record.get("at") or 0), name=profile_name(messages))]
     turns.append(Turn(role="model", text=str(record.get("reply") or ""), at=time.time()))
     parts.history.append(chat, [turn for turn in turns if turn.text])
     parts.counters.add("dead_letters_retried")

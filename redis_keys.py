@@ -41,6 +41,21 @@ class RedisKeys:
         TTL = CONVERSATION_IDLE_MINUTES + 1 day, refreshed on every write: past it the conversation is closed."""
         return f"{self.prefix}:chat:{chat}:conv"
 
+    def chats_with_history(self) -> tuple[str, str, str]:
+        """(SCAN pattern, prefix, suffix) of the history keys, to list the chats the panel shows."""
+        head = f"{self.prefix}:history:"
+        return f"{head}*", head, ""
+
+    def chats_with_conversation(self) -> tuple[str, str, str]:
+        """(SCAN pattern, prefix, suffix) of the conversation keys."""
+        head, tail = f"{self.prefix}:chat:", ":conv"
+        return f"{head}*{tail}", head, tail
+
+    def chats_pending(self) -> tuple[str, str, str]:
+        """(SCAN pattern, prefix, suffix) of the bursts being typed."""
+        head, tail = f"{self.prefix}:chat:", ":pending"
+        return f"{head}*{tail}", head, tail
+
     def opt_out(self, chat: str) -> str:
         """STRING, the time the customer opted out. No TTL: it outlives conversations, restarts and history."""
         return f"{self.prefix}:chat:{chat}:optout"
@@ -89,6 +104,14 @@ class RedisKeys:
         """STRING, the webhook secret generated when none is configured (webhook_token.py). No TTL: every process
         and restart must keep accepting the token the owner gave the gateway."""
         return f"{self.prefix}:webhook:token"
+
+    def secret_key(self) -> str:
+        """STRING, the generated key that signs admin session cookies (SECRET_KEY unset). No TTL."""
+        return f"{self.prefix}:secret_key"
+
+    def simulator_log(self, chat: str) -> str:
+        """LIST of a simulated chat's transcript (simulator.py); capped to 500 entries; TTL 1 day."""
+        return f"{self.prefix}:sim:{chat}:log"
 
     def stats(self) -> str:
         """HASH of counters shared by every process (received, duplicates, replies_sent, ...). No TTL."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from buffer import is_human_record
+from buffer import is_human_record, profile_name
 from config import Settings
 from conversation import Changes, Status
 from hours import WEEKDAYS_PT, BusinessHours, describe_when
@@ -81,7 +81,7 @@ class Decision:
     def user_turn(self, at: float) -> list[Turn]:
         """The answered messages as one customer turn (media in words), or nothing."""
         text = user_record(parts_of_records(self.answered))
-        return [Turn(role="user", text=text, at=at)] if text else []
+        return [Turn(role="user", text=text, at=at, name=profile_name(self.answered))] if text else []
 
 
 def _at(record: dict[str, Any], default: float) -> float:

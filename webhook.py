@@ -19,12 +19,15 @@ from components import Components, build_components
 from config import Settings, load_settings, missing_for_production
 from errors import ConfigError
 from logs import setup_logging
+from web.admin_pages import admin_pages
 from web.chats_api import chats_api, dead_letters_api
+from web.console import setup_console
 from web.errors import register_error_handlers
 from web.health import health
 from web.knowledge_admin import knowledge_admin
+from web.simulator import simulator_pages
 from web.webhooks import webhooks
-from webhook_token import announce, webhook_secret
+from webhook_token import announce
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +38,15 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     """Build the app and its pipeline. `start_worker` defaults to WORKER_ENABLED."""
     settings = settings or load_settings()
     setup_logging(settings.log_level)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook_body_limit
     parts = build_components(settings)
-    secret = webhook_secret(settings, parts.link, parts.keys)
     worker_enabled = settings.worker_enabled if start_worker is None else start_worker
-    app.extensions.update(assistant=parts, webhook_secret=secret, worker_enabled=worker_enabled)
-    for blueprint in (webhooks, chats_api, dead_letters_api, knowledge_admin, health):
+    app.extensions.update(assistant=parts, worker_enabled=worker_enabled)
+    api = [webhooks, chats_api, dead_letters_api, knowledge_admin, health]
+    for blueprint in [*api, admin_pages, simulator_pages]:
         app.register_blueprint(blueprint)
+    setup_console(app, parts, exempt=api, checked_after_access=[admin_pages, simulator_pages])
     register_error_handlers(app)
     if worker_enabled:
         parts.worker.start()
@@ -54,7 +58,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
         atexit.register(parts.watcher.stop)
     for problem in missing_for_production(settings):
         log.warning("%s", problem)
-    announce(secret, settings)
+    announce(parts.webhook_secret, settings)
     return app
 
 

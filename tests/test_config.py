@@ -484,3 +484,13 @@ def test_names_in_dotenv_that_look_like_ours_are_reported(clean_cwd: Path) -> No
 def test_a_missing_dotenv_is_said_at_start(clean_cwd: Path) -> None:
     notes = missing_for_production(load_settings())
     assert any(note.startswith("no .env file found") and str(clean_cwd) in note for note in notes), notes
+
+
+def test_a_first_run_is_pointed_at_the_simulator_and_dry_run_is_said(clean_cwd: Path) -> None:
+    first_run = missing_for_production(load_settings())
+    assert "no gateway is configured: try the assistant in the WhatsApp simulator at /simulator" in first_run
+    assert any(note.startswith("GEMINI_API_KEY is not set") for note in first_run)
+
+    dry = missing_for_production(load_settings({"AI_DRY_RUN": "true", "SIMULATOR_ENABLED": "false"}))
+    assert any(note.startswith("AI_DRY_RUN=true") for note in dry)
+    assert not any(note.startswith("GEMINI_API_KEY") or "simulator" in note for note in dry)

@@ -24,7 +24,7 @@ from web.admin_auth import admin_refusal
 
 log = logging.getLogger(__name__)
 
-GATEWAY_NAMES = frozenset({"evolution", "meta", "mega", "twilio"})
+GATEWAY_NAMES = frozenset({"evolution", "meta", "mega", "twilio", "simulator"})
 MAX_PAUSE_MINUTES = 366 * 24 * 60  # a year; "no limit" is the absent field
 
 
@@ -159,10 +159,11 @@ def send_as_a_person(raw: str) -> tuple[Response, int]:
         return jsonify(
             error="bad request", detail=f'expected {{"text": "..."}} of 1 to {MAX_PERSON_MESSAGE_CHARS} characters'
         ), 400
-    outcome = send_as_person(components(), chat, text.strip())
+    now = round(time.time(), 3)
+    outcome = send_as_person(components(), chat, text.strip(), now=now)
     if not outcome.ok:
         return jsonify(error="not sent", detail=outcome.detail), 502
-    return jsonify(status="sent", message_id=outcome.message_id, **view(chat, round(time.time(), 3))), 200
+    return jsonify(status="sent", message_id=outcome.message_id, **view(chat, now)), 200
 
 
 dead_letters_api = Blueprint("dead_letters_api", __name__, url_prefix="/admin/api/dead-letters")

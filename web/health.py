@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from config import Settings
 from web import components
 
 # Shown from the start (at 0), so an owner can tell "never happened" from "not counted".
@@ -27,6 +28,11 @@ health = Blueprint("health", __name__)
 
 @health.get("/health")
 def show_health() -> tuple[Response, int]:
+    return jsonify(health_body()), 200
+
+
+def health_body() -> dict[str, Any]:
+    """What /health says (also shown, readable, on the panel's status page)."""
     parts = components()
     settings, knowledge = parts.settings, parts.knowledge
     redis_state = "disabled"
@@ -36,14 +42,15 @@ def show_health() -> tuple[Response, int]:
     # not_configured: nothing could be answered yet (no model or no gateway); degraded: something that was working
     # is not (Redis down, the worker stopped); ok otherwise.
     status = "ok" if redis_state != "down" and worker != "stopped" else "degraded"
-    if not settings.gemini_configured or not settings.any_gateway_configured:
+    if not (settings.gemini_configured or settings.ai_dry_run) or not settings.any_gateway_configured:
         status = "not_configured"
     body: dict[str, Any] = {
         "status": status,
         "redis": redis_state,
-        "gemini": "configured" if settings.gemini_configured else "missing GEMINI_API_KEY",
+        "gemini": gemini_state(settings),
         "gateway": "configured" if settings.gateway_configured else "missing EVOLUTION_API",
-        "gateways": sorted(parts.gateways),
+        "gateways": sorted(name for name in parts.gateways if name != "simulator"),
+        "simulator": "simulator" in parts.gateways,
         "worker": worker,
         "knowledge": {
             "mode": knowledge.mode,
@@ -54,7 +61,13 @@ def show_health() -> tuple[Response, int]:
         **parts.buffer.counts(),
         "counters": dict(sorted({**dict.fromkeys(CONVERSATION_COUNTERS, 0), **parts.counters.snapshot()}.items())),
     }
-    return jsonify(body), 200
+    return body
+
+
+def gemini_state(settings: Settings) -> str:
+    if settings.ai_dry_run:
+        return "dry run (AI_DRY_RUN)"
+    return "configured" if settings.gemini_configured else "missing GEMINI_API_KEY"
 
 
 def worker_state() -> str:
