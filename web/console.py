@@ -22,7 +22,8 @@ CSP = (
 
 
 class CookieSecureOverHttps(SecureCookieSessionInterface):
-    """The session cookie is Secure exactly when the request came over HTTPS (behind a proxy: see ProxyFix)."""
+    """The session cookie is Secure exactly when the request came over HTTPS (gunicorn counts X-Forwarded-Proto from
+    the proxies in --forwarded-allow-ips, 127.0.0.1 by default)."""
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(request and request.is_secure)
