@@ -402,7 +402,10 @@ class Harness:
             time.sleep(0.05)
 
     def redis_keys(self) -> list[str]:
-        return sorted(self.redis.scan_iter(match=f"{REDIS_PREFIX}:*"))
+        """The service's keys in Redis, but for the secrets it generates at start (the session key, the webhook
+        token): what messages, chats and replies left behind."""
+        generated = {f"{REDIS_PREFIX}:secret_key", f"{REDIS_PREFIX}:webhook:token"}
+        return sorted(key for key in self.redis.scan_iter(match=f"{REDIS_PREFIX}:*") if key not in generated)
 
     def close(self) -> None:
         for server in self.servers:
