@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from buffer import profile_name
+from buffer import is_human_record, profile_name
 from components import Components
 from conversation import PAUSE, Changes
 from errors import SendError
@@ -82,7 +82,7 @@ def retry_dead_letter(parts: Components, letter_id: str) -> Outcome | None:
         )
         log.warning("dead letter retried and failed again chat=%s: %s", chat.label, exc)
         return Outcome(False, str(exc))
-    messages = [m for m in record.get("messages") or [] if isinstance(m, dict)]
+    messages = [m for m in record.get("messages") or [] if isinstance(m, dict) and not is_human_record(m)]
     customer = user_record(parts_of_records(messages))
     turns = [Turn(role="user", text=customer, at=float(record.get("at") or 0), name=profile_name(messages))]
     turns.append(Turn(role="model", text=str(record.get("reply") or ""), at=time.time()))
