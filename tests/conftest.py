@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from flask import Flask
+from flask.testing import FlaskClient
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -102,3 +103,21 @@ def make_app(settings: Settings) -> Iterator[Callable[..., Flask]]:
     yield build
     for app in apps:
         app.extensions["assistant"].watcher.stop()
+
+
+@pytest.fixture
+def app_settings() -> dict[str, object]:
+    """What a test file changes in the test settings for `app` and `client`: it overrides this fixture (which may
+    ask for other fixtures), not those two."""
+    return {}
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask], app_settings: dict[str, object]) -> Flask:
+    """The whole service from the factory (worker thread off) on this test's Redis and fakes."""
+    return make_app(**app_settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()

@@ -27,9 +27,8 @@ def kb_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(make_app: object, kb_dir: Path) -> FlaskClient:
-    app = make_app(knowledge_dir=str(kb_dir), admin_token=ADMIN_TOKEN, rag_auto_reload=False)  # type: ignore[operator]
-    return app.test_client()
+def app_settings(kb_dir: Path) -> dict[str, object]:
+    return {"knowledge_dir": str(kb_dir), "admin_token": ADMIN_TOKEN, "rag_auto_reload": False}
 
 
 # ----- access -----------------------------------------------------------------------------------------------

@@ -58,13 +58,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 @pytest.fixture
-def app(make_app: Callable[..., Flask], clock: Clock) -> Flask:
-    return make_app(admin_token=ADMIN_TOKEN)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+def app_settings(clock: Clock) -> dict[str, object]:
+    return {"admin_token": ADMIN_TOKEN}  # with the clock pinned
 
 
 @pytest.fixture

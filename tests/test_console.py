@@ -60,14 +60,9 @@ def log_in(client: FlaskClient, token: str = ADMIN_TOKEN) -> str:
 
 
 @pytest.fixture
-def panel(make_app: Callable[..., Flask]) -> Flask:
+def app_settings() -> dict[str, object]:
     """A real gateway (the fake Evolution) and ADMIN_TOKEN: everything behind the login."""
-    return make_app(admin_token=ADMIN_TOKEN, debounce_seconds=60.0)
-
-
-@pytest.fixture
-def client(panel: Flask) -> FlaskClient:
-    return panel.test_client()
+    return {"admin_token": ADMIN_TOKEN, "debounce_seconds": 60.0}
 
 
 def parts_of(app: Flask) -> Components:

@@ -1044,11 +1044,9 @@ def test_split_text_keeps_everything_within_the_limit(limit: int) -> None:
 
 
 @pytest.fixture
-def client(redis_server: RedisServer, redis_client: redis.Redis) -> Any:
-    from webhook import create_app
-
-    settings = make_settings(
-        redis_uri=redis_server.url,
+def app_settings() -> dict[str, object]:
+    """Every gateway on."""
+    return dict(
         meta_app_secret=APP_SECRET,
         meta_verify_token=VERIFY_TOKEN,
         meta_access_token=ACCESS_TOKEN,
@@ -1062,7 +1060,6 @@ def client(redis_server: RedisServer, redis_client: redis.Redis) -> Any:
         mega_api_token="mega-token",
         webhook_token="segredo-webhook",
     )
-    return create_app(settings, start_worker=False).test_client()
 
 
 def due_chats(redis_client: redis.Redis) -> list[str]:

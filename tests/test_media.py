@@ -129,7 +129,7 @@ class App:
 
 
 @pytest.fixture
-def app(
+def media_app(
     settings: Settings, fake_gemini: FakeGemini, fake_evolution: FakeEvolution, redis_client: redis.Redis
 ) -> Iterator[Callable[..., App]]:
     links = []
@@ -182,8 +182,8 @@ def texts_of(prompt: dict[str, Any]) -> list[str]:
 # ----- the burst reaches Gemini whole, in order ---------------------------------------------------------------
 
 
-def test_text_voice_note_and_photo_with_webhook_base64_reach_gemini_in_order(app: Callable[..., App]) -> None:
-    a = app()
+def test_text_voice_note_and_photo_with_webhook_base64_reach_gemini_in_order(media_app: Callable[..., App]) -> None:
+    a = media_app()
     a.gemini.reply_for = transcribing("Queria saber o preço desse tênis", "Foto de um tênis azul de corrida")
     a.post(
         text_event(msg_id(), "Oi"),
@@ -223,8 +223,8 @@ def test_text_voice_note_and_photo_with_webhook_base64_reach_gemini_in_order(app
     ]
 
 
-def test_without_webhook_base64_the_worker_asks_evolution_for_each_item(app: Callable[..., App]) -> None:
-    a = app()
+def test_without_webhook_base64_the_worker_asks_evolution_for_each_item(media_app: Callable[..., App]) -> None:
+    a = media_app()
     audio_id, image_id = msg_id(), msg_id()
     a.evolution.media = {audio_id: (VOICE, OPUS), image_id: (PHOTO, "image/png")}
     a.gemini.reply_for = transcribing("Vocês entregam no sábado?", "Print de um pedido")
@@ -249,8 +249,8 @@ def test_without_webhook_base64_the_worker_asks_evolution_for_each_item(app: Cal
     assert len(a.sent()) == 1
 
 
-def test_evolution_is_asked_only_for_items_the_webhook_did_not_carry(app: Callable[..., App]) -> None:
-    a = app()
+def test_evolution_is_asked_only_for_items_the_webhook_did_not_carry(media_app: Callable[..., App]) -> None:
+    a = media_app()
     fetched_id = msg_id()
     a.evolution.media = {fetched_id: (BUDGET_PDF, "application/pdf")}
     a.gemini.reply_for = transcribing("Áudio pedindo orçamento", "Orçamento número 42", reply="Recebido!")
@@ -265,8 +265,8 @@ def test_evolution_is_asked_only_for_items_the_webhook_did_not_carry(app: Callab
     assert '[mídia 2: documento, arquivo "orcamento.pdf"]' in texts_of(prompt)
 
 
-def test_the_webhook_base64_is_kept_apart_and_dropped_once_the_reply_is_stored(app: Callable[..., App]) -> None:
-    a = app()
+def test_the_webhook_base64_is_kept_apart_and_dropped_once_the_reply_is_stored(media_app: Callable[..., App]) -> None:
+    a = media_app()
     a.gemini.reply_for = transcribing("Bom dia")
     audio_id = msg_id()
     a.post(audio_event(audio_id, inline=True))
@@ -284,8 +284,8 @@ def test_the_webhook_base64_is_kept_apart_and_dropped_once_the_reply_is_stored(a
 # ----- what cannot be read never blocks the burst --------------------------------------------------------------
 
 
-def test_oversized_item_is_not_fetched_and_the_reply_says_so_once(app: Callable[..., App]) -> None:
-    a = app(media_max_bytes=len(PHOTO) + 10)
+def test_oversized_item_is_not_fetched_and_the_reply_says_so_once(media_app: Callable[..., App]) -> None:
+    a = media_app(media_max_bytes=len(PHOTO) + 10)
     big_id = msg_id()
     big = audio_event(big_id, data=VOICE + b"\0" * len(PHOTO), inline=False)
     a.evolution.media = {big_id: (VOICE, OPUS)}
@@ -303,15 +303,15 @@ def test_oversized_item_is_not_fetched_and_the_reply_says_so_once(app: Callable[
     assert a.parts.counters.snapshot()["media_unreadable"] == 1
 
 
-def test_base64_over_the_limit_is_not_stored(app: Callable[..., App]) -> None:
-    a = app(media_max_bytes=len(VOICE) - 1)
+def test_base64_over_the_limit_is_not_stored(media_app: Callable[..., App]) -> None:
+    a = media_app(media_max_bytes=len(VOICE) - 1)
     audio_id = msg_id()
     a.post(audio_event(audio_id, inline=True))
     assert a.redis.exists(a.parts.keys.media(CHAT.key, audio_id)) == 0
 
 
-def test_unsupported_type_is_described_and_the_rest_answered(app: Callable[..., App]) -> None:
-    a = app()
+def test_unsupported_type_is_described_and_the_rest_answered(media_app: Callable[..., App]) -> None:
+    a = media_app()
     zip_id = msg_id()
     a.evolution.media = {zip_id: (b"PK\x03\x04zipdata", "application/zip")}
     a.gemini.reply_for = transcribing("Foto de uma nota fiscal", reply="Vou verificar a nota.")
@@ -326,8 +326,8 @@ def test_unsupported_type_is_described_and_the_rest_answered(app: Callable[..., 
     assert a.sent() == ["Vou verificar a nota.\n\nNão consegui abrir o documento. Pode reenviar?"]
 
 
-def test_fetch_failing_three_times_still_gets_one_reply(app: Callable[..., App]) -> None:
-    a = app()
+def test_fetch_failing_three_times_still_gets_one_reply(media_app: Callable[..., App]) -> None:
+    a = media_app()
     a.evolution.queue(*[Canned(500, {"error": "Internal Server Error"})] * 3)
     a.gemini.reply_for = lambda recorded: "Oi! Como posso ajudar?"  # text-only prompt: no JSON asked
     audio_id = msg_id()
@@ -347,9 +347,9 @@ def test_fetch_failing_three_times_still_gets_one_reply(app: Callable[..., App])
     assert a.answer() == 0 and len(a.sent()) == 1
 
 
-def test_items_past_the_burst_budget_are_unreadable_in_burst_order(app: Callable[..., App]) -> None:
+def test_items_past_the_burst_budget_are_unreadable_in_burst_order(media_app: Callable[..., App]) -> None:
     second = png(40, 40, (1, 2, 3))
-    a = app(media_max_burst_bytes=len(PHOTO) + len(second) // 2)
+    a = media_app(media_max_burst_bytes=len(PHOTO) + len(second) // 2)
     a.gemini.reply_for = transcribing("Primeira foto", reply="Vi a primeira foto.")
     a.post(image_event(msg_id(), inline=True), image_event(msg_id(), data=second, inline=True))
     a.answer()
@@ -358,8 +358,8 @@ def test_items_past_the_burst_budget_are_unreadable_in_burst_order(app: Callable
     assert a.sent() == ["Vi a primeira foto.\n\nNão consegui abrir a imagem. Pode reenviar?"]
 
 
-def test_video_and_sticker_are_described_not_dropped(app: Callable[..., App]) -> None:
-    a = app()
+def test_video_and_sticker_are_described_not_dropped(media_app: Callable[..., App]) -> None:
+    a = media_app()
     a.gemini.reply_for = lambda recorded: "Recebi!"
     video = {"videoMessage": media_fields("video/mp4", 90_000, seconds=5, caption="olha o defeito")}
     video["base64"] = base64.b64encode(b"\0\0\0\x18ftypmp42").decode()
@@ -374,8 +374,8 @@ def test_video_and_sticker_are_described_not_dropped(app: Callable[..., App]) ->
     assert a.evolution.media_requests() == []
 
 
-def test_gemini_answering_without_json_still_replies(app: Callable[..., App]) -> None:
-    a = app()
+def test_gemini_answering_without_json_still_replies(media_app: Callable[..., App]) -> None:
+    a = media_app()
     a.gemini.reply_for = lambda recorded: "Oi! Recebi sua foto."
     a.post(image_event(msg_id(), inline=True))
     a.answer()
@@ -383,8 +383,8 @@ def test_gemini_answering_without_json_still_replies(app: Callable[..., App]) ->
     assert a.history_texts() == [("user", "[imagem recebida]"), ("model", "Oi! Recebi sua foto.")]
 
 
-def test_gemini_failing_sends_the_fallback_and_keeps_the_media_in_words(app: Callable[..., App]) -> None:
-    a = app(gemini_max_attempts=1)
+def test_gemini_failing_sends_the_fallback_and_keeps_the_media_in_words(media_app: Callable[..., App]) -> None:
+    a = media_app(gemini_max_attempts=1)
     a.gemini.queue(Canned(500, gemini_error(500, "INTERNAL")))
     a.post(audio_event(msg_id(), inline=True))
     a.answer()
@@ -393,9 +393,9 @@ def test_gemini_failing_sends_the_fallback_and_keeps_the_media_in_words(app: Cal
 
 
 def test_a_retried_send_keeps_the_transcripts_without_asking_gemini_or_evolution_again(
-    app: Callable[..., App],
+    media_app: Callable[..., App],
 ) -> None:
-    a = app(delivery_retry_base_seconds=0.2)
+    a = media_app(delivery_retry_base_seconds=0.2)
     audio_id = msg_id()
     a.evolution.media = {audio_id: (VOICE, OPUS)}
     a.gemini.reply_for = transcribing("Qual o horário de sábado?", reply="Sábado abrimos das 9h às 13h.")
@@ -413,8 +413,8 @@ def test_a_retried_send_keeps_the_transcripts_without_asking_gemini_or_evolution
     ]
 
 
-def test_transcripts_never_reach_info_logs(app: Callable[..., App], caplog: pytest.LogCaptureFixture) -> None:
-    a = app()
+def test_transcripts_never_reach_info_logs(media_app: Callable[..., App], caplog: pytest.LogCaptureFixture) -> None:
+    a = media_app()
     secret_words = "meu CPF é 123.456.789-00 e moro na rua das Flores"
     a.gemini.reply_for = transcribing(secret_words, "Documento de identidade", reply="Obrigado!")
     caplog.set_level(logging.INFO)
@@ -453,8 +453,8 @@ def test_user_record_numbers_transcripts_by_readable_items_only() -> None:
     )
 
 
-def test_webhook_body_limit_admits_base64_of_the_largest_item(app: Callable[..., App]) -> None:
-    a = app(max_body_bytes=8 * 1024, media_max_bytes=len(VOICE) * 40)
+def test_webhook_body_limit_admits_base64_of_the_largest_item(media_app: Callable[..., App]) -> None:
+    a = media_app(max_body_bytes=8 * 1024, media_max_bytes=len(VOICE) * 40)
     bigger_voice = ogg_opus_voice_note(60.0)
     assert 8 * 1024 < len(json.dumps(audio_event(msg_id(), bigger_voice, inline=True)))
     a.post(audio_event(msg_id(), bigger_voice, inline=True))
@@ -462,9 +462,9 @@ def test_webhook_body_limit_admits_base64_of_the_largest_item(app: Callable[...,
     assert a.client.post("/webhook", json=too_big).status_code == 413
 
 
-def test_history_keeps_media_as_text(app: Callable[..., App]) -> None:
+def test_history_keeps_media_as_text(media_app: Callable[..., App]) -> None:
     """The next burst's prompt carries the earlier transcript as plain text, not the bytes again."""
-    a = app()
+    a = media_app()
     a.gemini.reply_for = transcribing("Quero dois cafés", reply="Anotado: dois cafés.")
     a.post(audio_event(msg_id(), inline=True))
     a.answer()
@@ -477,9 +477,9 @@ def test_history_keeps_media_as_text(app: Callable[..., App]) -> None:
     assert inline_parts(second) == []
 
 
-def test_gemini_refusing_the_media_is_asked_again_without_it(app: Callable[..., App]) -> None:
+def test_gemini_refusing_the_media_is_asked_again_without_it(media_app: Callable[..., App]) -> None:
     """A corrupt voice note makes Gemini answer 400 for the whole request: the text still gets its answer."""
-    a = app()
+    a = media_app()
     a.gemini.queue(Canned(400, gemini_error(400, "INVALID_ARGUMENT")))
     a.gemini.reply_for = lambda recorded: "Temos sim, a pronta entrega."
     a.post(text_event(msg_id(), "Tem pronta entrega?"), audio_event(msg_id(), data=b"OggS-corrompido", inline=True))
@@ -492,12 +492,12 @@ def test_gemini_refusing_the_media_is_asked_again_without_it(app: Callable[..., 
     assert a.parts.counters.snapshot().get("fallbacks") is None
 
 
-def test_a_crashing_download_costs_the_item_not_the_burst(app: Callable[..., App]) -> None:
+def test_a_crashing_download_costs_the_item_not_the_burst(media_app: Callable[..., App]) -> None:
     class Broken(WrappedGateway):
         def fetch_media(self, chat: ChatRef, media: MediaRef, *, max_bytes: int) -> tuple[bytes, str]:
             raise KeyError("a bug in an adapter")
 
-    a = app()
+    a = media_app()
     a.gemini.reply_for = lambda recorded: "Oi!"
     a.post(text_event(msg_id(), "Oi"), audio_event(msg_id(), inline=False))
     a.parts.worker.gateways = {"evolution": Broken(a.parts.gateways["evolution"])}
@@ -506,10 +506,10 @@ def test_a_crashing_download_costs_the_item_not_the_burst(app: Callable[..., App
     assert a.sent() == ["Oi!\n\nNão consegui abrir o áudio. Pode reenviar?"]
 
 
-def test_a_media_burst_is_grounded_in_the_knowledge_base_too(app: Callable[..., App]) -> None:
+def test_a_media_burst_is_grounded_in_the_knowledge_base_too(media_app: Callable[..., App]) -> None:
     """The caption and the media labels search the knowledge base; the media instruction comes after it."""
     knowledge = str(Path(__file__).parent / "fixtures" / "knowledge")
-    a = app(knowledge_dir=knowledge, rag_whole_max_chars=0)
+    a = media_app(knowledge_dir=knowledge, rag_whole_max_chars=0)
     a.gemini.reply_for = transcribing("Foto de um bolo de cenoura", reply="O bolo de cenoura custa R$ 48,00.")
     a.post(image_event(msg_id(), inline=True, caption="quanto custa esse bolo de cenoura?"))
     a.answer()

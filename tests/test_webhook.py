@@ -13,12 +13,6 @@ from models import ChatRef
 from webhook import Components
 from webhook_token import TOKEN_FILE_NAME
 
-
-@pytest.fixture
-def app(make_app: Callable[..., Flask]) -> Flask:
-    return make_app(webhook_auth=False)
-
-
 CUSTOMER = "5511987654321@s.whatsapp.net"
 
 
