@@ -5,7 +5,7 @@
   const $ = (id) => document.getElementById(id);
   const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
   const saved = JSON.parse(localStorage.getItem("sim-customers") || "[]");
-  const state = { customers: saved, current: null, seen: 0, attachment: null, recorder: null };
+  const state = { customers: saved, current: null, seen: 0, attachment: null, recorder: null, polling: false };
 
   function api(path, body) {
     return fetch(path, {
@@ -62,11 +62,15 @@
     return item;
   }
 
+  // One poll at a time, and an answer is used only if nothing was shown since it was asked for: two polls in
+  // flight with the same `since` would show an entry twice and then skip as many of the next ones.
   function poll() {
-    if (!state.current) return;
+    if (!state.current || state.polling) return;
     const number = state.current.number;
-    api(`/simulator/api/chats/${number}?since=${state.seen}`).then(({ ok, data }) => {
-      if (!ok || !state.current || state.current.number !== number) return;
+    const since = state.seen;
+    state.polling = true;
+    api(`/simulator/api/chats/${number}?since=${since}`).then(({ ok, data }) => {
+      if (!ok || !state.current || state.current.number !== number || state.seen !== since) return;
       data.entries.forEach((entry) => $("bubbles").append(bubble(entry)));
       if (data.entries.length) $("bubbles").lastElementChild.scrollIntoView({ block: "end" });
       state.seen += data.entries.length;
@@ -76,7 +80,7 @@
       if (left !== null) $("seconds").textContent = Math.max(0, Math.ceil(left));
       $("typing").hidden = !(pending && pending.answering);
       $("chat-state").textContent = { open: "", paused: "bot pausado", closed: "" }[data.state] || "";
-    });
+    }).catch(() => {}).finally(() => { state.polling = false; });
   }
 
   function send(event) {

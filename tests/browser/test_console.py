@@ -100,6 +100,8 @@ def test_three_messages_become_one_reply_with_a_countdown(console: Console) -> N
     (prompt,) = console.harness.prompts()
     assert all(t in prompt_text(prompt) for t in ("Oi", "Tudo bem?", "Queria saber o preço do bolo"))
     assert_stays(lambda: len(bot_bubbles(console)), 1, seconds=1.5, what="reply bubbles")
+    customer = [b.text for b in console.driver.find_elements(By.CSS_SELECTOR, "#bubbles .bubble.customer .text")]
+    assert customer == ["Oi", "Tudo bem?", "Queria saber o preço do bolo"]  # each once, in order
     assert console.wait_for("#countdown", visible=False).get_attribute("hidden") is not None
     console.screenshot("simulator")
     assert not [e for e in console.browser_log() if e["level"] == "SEVERE"], console.browser_log()
