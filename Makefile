@@ -1,11 +1,12 @@
 # Two commands set everything up on a fresh Debian machine:
 #   make run    installs the Python requirements into .venv and serves on HOST:PORT
-#   make test   also installs redis-server, chromium and chromium-driver (apt) where missing, then runs the tests
+#   make test   also installs redis-server, postgresql, chromium and chromium-driver (apt) where missing, then
+#               runs the tests
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench bench-knowledge bench-console redis-server browser clean
+.PHONY: run test lint bench bench-knowledge bench-console redis-server postgresql browser clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,14 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# PostgreSQL's server programs for the archive's tests and benchmarks, which run a throwaway cluster of their own
+# (tests/postgres_server.py). Debian keeps them off PATH, in /usr/lib/postgresql/<version>/bin.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
 # Headless Chromium and its driver for tests/browser/ (Selenium is given both paths and never downloads one).
 browser:
 	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { \
@@ -28,12 +37,12 @@ browser:
 run: $(VENV)/.installed
 	$(PY) webhook.py
 
-test: $(VENV)/.installed redis-server browser
+test: $(VENV)/.installed redis-server postgresql browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
-bench: $(VENV)/.installed redis-server
+bench: $(VENV)/.installed redis-server postgresql
 	$(PY) bench/run.py
 
 bench-knowledge: $(VENV)/.installed

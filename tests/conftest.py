@@ -1,11 +1,13 @@
-"""Shared fixtures: a real redis-server started for this test session, and local fakes of Gemini and Evolution.
+"""Shared fixtures: a real redis-server started for this test session, and local fakes of Gemini and Evolution;
+for the archive, a real PostgreSQL server and a fresh database per test.
 
-The suite never touches a Redis it did not start: it runs its own on a free port with persistence off.
+The suite never touches a Redis or a PostgreSQL it did not start: it runs its own on free ports, durability off.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ if str(ROOT) not in sys.path:
 
 from config import Settings  # noqa: E402 (needs ROOT on sys.path)
 from tests.fakes import FakeEvolution, FakeGemini  # noqa: E402 (needs ROOT on sys.path)
+from tests.postgres_server import PostgresServer  # noqa: E402 (needs ROOT on sys.path)
 from tests.redis_server import RedisServer, free_port  # noqa: E402, F401 (re-exported for the tests)
 
 
@@ -121,3 +124,31 @@ def app(make_app: Callable[..., Flask], app_settings: dict[str, object]) -> Flas
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+# PostgreSQL for the archive (archive/): one throwaway server for the session, a fresh database for each test.
+_postgres_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """Its `url` is the database `archive_test`; started only for a session with a test that asks for it."""
+    try:
+        server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    except RuntimeError as exc:
+        pytest.exit(str(exc), returncode=2)
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a database made empty for this test alone, dropped after it (its connections with it)."""
+    if not postgres_server.started:  # an outage test that failed before it started the server again
+        postgres_server.start()
+    name = f"test_{next(_postgres_databases)}"
+    url = postgres_server.create_database(name)
+    yield url
+    if postgres_server.started:  # else the next test's start finds it: the whole cluster is thrown away anyway
+        postgres_server.drop_database(name)
