@@ -978,16 +978,21 @@ class FakeMega(FakeServer):
         return {"error": False, "message": "Message sent", "key": {"id": f"3EB0OUT{len(self.requests)}"}}
 
 
+def mega_gateway(fake: FakeMega) -> MegaGateway:
+    """The Mega adapter pointed at the fake, one attempt per send."""
+    return MegaGateway(
+        base_url=fake.url,
+        instance_id="megastart-TESTE01",
+        token="mega-token",
+        shared_secret=SharedSecretVerifier(),
+        max_retries=1,
+    )
+
+
 def test_mega_send_text() -> None:
     fake = FakeMega()
     try:
-        gateway = MegaGateway(
-            base_url=fake.url,
-            instance_id="megastart-TESTE01",
-            token="mega-token",
-            shared_secret=SharedSecretVerifier(),
-            max_retries=1,
-        )
+        gateway = mega_gateway(fake)
         chat = ChatRef(gateway="mega", instance="megastart-TESTE01", chat_id=f"{CUSTOMER}@s.whatsapp.net")
         assert gateway.send_text(chat, "Abrimos às 9h.") == "3EB0OUT1"
         (request,) = fake.received()
@@ -1001,13 +1006,7 @@ def test_mega_send_text() -> None:
 def test_mega_waits_typing_ms_before_sending() -> None:
     fake = FakeMega()
     try:
-        gateway = MegaGateway(
-            base_url=fake.url,
-            instance_id="megastart-TESTE01",
-            token="mega-token",
-            shared_secret=SharedSecretVerifier(),
-            max_retries=1,
-        )
+        gateway = mega_gateway(fake)
         chat = ChatRef(gateway="mega", instance="megastart-TESTE01", chat_id=f"{CUSTOMER}@s.whatsapp.net")
         started = time.time()
         gateway.send_text(chat, "Abrimos às 9h.", typing_ms=TYPING_MS, reply_to="3EB0IN")
