@@ -566,6 +566,20 @@ class LocalStore:
         for message_id in message_ids:
             self._blobs.pop(f"{chat_key}:{message_id}", None)
 
+    def forget_chat(self, chat_key: str) -> int:
+        """Drop everything this process holds of one chat (an erasure); returns how many items."""
+        prefix = f"{chat_key}:"
+        with self._lock:
+            dropped = sum(int(store.pop(chat_key, None) is not None) for store in (self._chats, self._replies))
+            for store in (self._seen, self._blobs):
+                for key in [key for key in store if key.startswith(prefix)]:
+                    del store[key]
+                    dropped += 1
+            kept = [raw for raw in self._dead if (_json_object(raw) or {}).get("chat") != chat_key]
+            dropped += len(self._dead) - len(kept)
+            self._dead = kept
+        return dropped
+
     def answer_now(self, chat: ChatRef, now: float) -> bool:
         with self._lock:
             local = self._chats.get(chat.key)

@@ -1,5 +1,6 @@
 """The pipeline's parts wired together once per process: Redis, buffer, history, conversations, the webhook secret,
-gateways, knowledge and the worker. The web layer (web/) and the worker both take what they need from `Components`.
+gateways, knowledge, the archive and the worker. The web layer (web/) and the worker both take what they need from
+`Components`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ai_service import AIService
+from archive import Archive, build_archive
 from buffer import Buffer
 from config import Settings
 from conversation import Commands, Conversations, Params
@@ -43,6 +45,7 @@ class Components:
     knowledge: KnowledgeBase
     watcher: Watcher
     transcript: Transcript  # the WhatsApp simulator's chats (simulator.py)
+    archive: Archive  # PostgreSQL archive (off without DATABASE_URL)
 
 
 def build_components(
@@ -82,6 +85,7 @@ def build_components(
         ),
     )
     counters = Counters()
+    archive = build_archive(settings, link, keys, counters)
     secret = webhook_secret(settings, link, keys)
     if gateways is None:
         gateways = build_gateways(settings, shared_secret=secret.verifier())
@@ -107,6 +111,7 @@ def build_components(
         gateways=gateways,
         counters=counters,
         notifier=HandoffNotifier(settings.handoff_notify_url, counters),
+        journal=archive.journal,
         clock=clock,
     )
     return Components(
@@ -123,4 +128,5 @@ def build_components(
         knowledge=knowledge,
         watcher=watcher,
         transcript=transcript,
+        archive=archive,
     )

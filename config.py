@@ -211,6 +211,11 @@ class Settings:
     history_max_turns: int = 20
     history_ttl_seconds: int = 7 * 24 * 3600
 
+    # Archive (archive/): PostgreSQL; empty = no archive
+    database_url: str = field(default="", repr=False)
+    archive_claim_idle_seconds: float = 30.0  # a dead writer's stream entries are taken over after this long
+    archive_retention_days: int = 0  # rows older than this are purged daily; 0 (empty) = kept forever
+
     # Background worker
     worker_enabled: bool = True
     worker_concurrency: int = 16
@@ -374,6 +379,17 @@ def _url(*schemes: str) -> Callable[[str], str]:
 _HTTP_URL = _url("http", "https")
 
 
+def _days_or_forever(raw: str) -> int:
+    """A whole number of days, or empty / 0 for "forever" (0)."""
+    text = raw.strip()
+    if not text:
+        return 0
+    days = int(text)
+    if days < 0:
+        raise ValueError(f"expected a number of days (empty = keep forever), got {raw!r}")
+    return days
+
+
 def _mime_types(raw: str) -> tuple[str, ...]:
     types = tuple(dict.fromkeys(t.strip().lower() for t in raw.split(",") if t.strip()))
     for mime in types:
@@ -474,6 +490,9 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TYPING_MAX_MS": ("typing_max_ms", _non_negative(int)),
     "HISTORY_MAX_TURNS": ("history_max_turns", _non_negative(int)),
     "HISTORY_TTL_SECONDS": ("history_ttl_seconds", _positive(int)),
+    "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
+    "ARCHIVE_CLAIM_IDLE_SECONDS": ("archive_claim_idle_seconds", _positive(float)),
+    "ARCHIVE_RETENTION_DAYS": ("archive_retention_days", _days_or_forever),
     "WORKER_ENABLED": ("worker_enabled", _to_bool),
     "WORKER_CONCURRENCY": ("worker_concurrency", _positive(int)),
     "WORKER_POLL_SECONDS": ("worker_poll_seconds", _positive(float)),

@@ -437,6 +437,19 @@ class LocalConversations:
     def _chat(self, chat: ChatRef) -> _LocalChat:
         return self._chats.setdefault(chat.key, _LocalChat())
 
+    def forget_chat(self, chat_key: str) -> int:
+        """Drop everything this process holds of one chat (an erasure); returns how many items."""
+        prefix = f"{chat_key}:"
+        with self._lock:
+            dropped = sum(
+                int(store.pop(chat_key, None) is not None) for store in (self._chats, self.opted_out, self.unsynced)
+            )
+            for ids in (self._own_ids, self._seen):
+                for key in [key for key in ids if key.startswith(prefix)]:
+                    del ids[key]
+                    dropped += 1
+        return dropped
+
     def status(self, chat: ChatRef) -> Status:
         with self._lock:
             fields = dict(self._chats[chat.key].fields) if chat.key in self._chats else {}

@@ -151,6 +151,15 @@ class Burst:
         """The customer's turn as the history keeps it (see `user_record`)."""
         return user_record(self.parts, transcripts)
 
+    def transcripts_by_id(self, transcripts: dict[int, str]) -> dict[str, str]:
+        """The model's transcripts (keyed by the item's number in the prompt) keyed by the item's message id."""
+        readable = [part for part in self.parts if part.readable]
+        return {
+            readable[number - 1].message_id: text
+            for number, text in transcripts.items()
+            if 0 < number <= len(readable) and text
+        }
+
     def without_media(self) -> Burst:
         """The same burst with every item's bytes dropped as unreadable (Gemini refused them)."""
         return replace(self, parts=tuple(drop_bytes(part) for part in self.parts))

@@ -93,6 +93,11 @@ class History:
 
         self.link.run(on_redis, lambda: self._append_local(chat, turns))
 
+    def forget_local(self, chat_key: str) -> int:
+        """Drop the history this process holds of one chat (an erasure); returns 1 if there was one."""
+        with self._lock:
+            return int(self._local.pop(chat_key, None) is not None)
+
     def _append_local(self, chat: ChatRef, turns: list[Turn]) -> None:
         with self._lock:
             written_at, kept = self._local.pop(chat.key, (0.0, []))

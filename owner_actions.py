@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from archive.events import person_message_event, reply_part_event
 from buffer import is_human_record, profile_name
 from components import Components
 from conversation import PAUSE, Changes
@@ -46,6 +47,9 @@ def send_as_person(parts: Components, chat: ChatRef, text: str, *, now: float) -
     seconds = parts.settings.handoff_pause_seconds or float("inf")
     record = IncomingMessage(chat=chat, message_id=message_id or f"panel-{uuid.uuid4().hex}", text=text, from_me=True)
     parts.conversations.business_message(record, action=PAUSE, seconds=seconds, keep=True, now=now, echo_check=False)
+    # Archived now, as sent from the panel (the burst it joined archives the same event id again, as a no-op).
+    archived = person_message_event(chat, text=text, message_id=record.message_id, at=now, via="panel")
+    parts.archive.emit([archived])
     parts.counters.add("handoffs")
     if chat.gateway == SIMULATOR:
         parts.transcript.relabel(chat, message_id, "person")  # the simulator shows who wrote it
@@ -70,12 +74,23 @@ def retry_dead_letter(parts: Components, letter_id: str) -> Outcome | None:
         return Outcome(False, "the dead letter names no chat")
     gateway = parts.gateways.get(chat.gateway)
     unsent = [str(part) for part in record.get("unsent") or []]
+    sent = 0
     try:
         if gateway is None:
             raise SendError(f"the {chat.gateway} gateway is not configured", transient=False)
         while unsent:
-            gateway.send_text(chat, unsent[0])
+            message_id = gateway.send_text(chat, unsent[0])
+            part = reply_part_event(
+                chat,
+                reply_to=f"dead-letter-{letter_id}",
+                index=sent,
+                text=unsent[0],
+                message_id=message_id,
+                at=time.time(),
+            )
+            parts.archive.emit([part])
             unsent.pop(0)
+            sent += 1
     except SendError as exc:
         parts.buffer.put_dead_letter(
             {**record, "unsent": unsent, "error": str(exc), "attempts": int(record.get("attempts") or 0) + 1}

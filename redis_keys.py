@@ -113,6 +113,41 @@ class RedisKeys:
         """LIST of a simulated chat's transcript (simulator.py); capped to 500 entries; TTL 1 day."""
         return f"{self.prefix}:sim:{chat}:log"
 
+    def archive_stream(self) -> str:
+        """STREAM of archive events (archive/journal.py), read by the consumer group ARCHIVE_GROUP of the archive
+        writers; an entry is deleted (XACK + XDEL) once PostgreSQL has it, so its length is the backlog. No TTL."""
+        return f"{self.prefix}:archive"
+
+    def archive_purge(self) -> str:
+        """STRING lock: the process that set it runs today's ARCHIVE_RETENTION_DAYS purge. TTL = 1 day."""
+        return f"{self.prefix}:archive:purge"
+
+    def chat_keys(self, chat: str) -> list[str]:
+        """Every key that belongs to one chat alone (its erasure deletes them; `chat_key_patterns` finds the
+        rest)."""
+        return [
+            self.pending(chat),
+            self.batch(chat),
+            self.meta(chat),
+            self.conversation(chat),
+            self.opt_out(chat),
+            self.outbox(chat),
+            self.echoes(chat),
+            self.history(chat),
+            self.replies_this_hour(chat),
+            self.simulator_log(chat),
+        ]
+
+    def chat_key_patterns(self, chat: str) -> list[str]:
+        """SCAN patterns of one chat's per-message keys (dedupe markers, own ids, media blobs)."""
+        literal = _glob_escaped(chat)
+        return [self.seen(literal, "*"), self.own_message(literal, "*"), self.media(literal, "*")]
+
     def stats(self) -> str:
         """HASH of counters shared by every process (received, duplicates, replies_sent, ...). No TTL."""
         return f"{self.prefix}:stats"
+
+
+def _glob_escaped(text: str) -> str:
+    """`text` as a literal inside a SCAN MATCH pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)

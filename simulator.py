@@ -85,6 +85,11 @@ class Transcript:
 
         self.link.run(on_redis, locally)
 
+    def forget_local(self, chat_key: str) -> int:
+        """Drop the transcript this process holds of one chat (an erasure)."""
+        with self._lock:
+            return int(self._local.pop(chat_key, None) is not None)
+
     def entries(self, chat: ChatRef, since: int = 0) -> list[dict[str, Any]]:
         """Entries from position `since` on (the page asks only for what it has not shown yet)."""
         key = self.keys.simulator_log(chat.key)

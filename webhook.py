@@ -20,6 +20,7 @@ from config import Settings, load_settings, missing_for_production
 from errors import ConfigError
 from logs import setup_logging
 from web.admin_pages import admin_pages
+from web.archive_api import archive_api
 from web.chats_api import chats_api, dead_letters_api
 from web.console import setup_console
 from web.errors import register_error_handlers
@@ -43,12 +44,16 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     parts = build_components(settings)
     worker_enabled = settings.worker_enabled if start_worker is None else start_worker
     app.extensions.update(assistant=parts, worker_enabled=worker_enabled)
-    api = [webhooks, chats_api, dead_letters_api, knowledge_admin, health]
+    api = [webhooks, chats_api, archive_api, dead_letters_api, knowledge_admin, health]
     for blueprint in [*api, admin_pages, simulator_pages]:
         app.register_blueprint(blueprint)
     setup_console(app, parts, exempt=api, checked_after_access=[admin_pages, simulator_pages])
     register_error_handlers(app)
     if worker_enabled:
+        if parts.archive.writer is not None:
+            parts.archive.writer.start()
+            # atexit runs last-registered first: the worker stops (and emits its last events) before the writer.
+            atexit.register(parts.archive.writer.stop)
         parts.worker.start()
         atexit.register(parts.worker.stop)  # gunicorn workers leave through sys.exit on SIGTERM
     atexit.register(parts.worker.notifier.close)

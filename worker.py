@@ -19,6 +19,8 @@ from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 
 from ai_service import AIService, Generated
+from archive.events import DECISION_KINDS, Event, dead_letter_event, decision_event, message_events, reply_part_event
+from archive.journal import Journal
 from buffer import NOT_SENDING, Buffer, Claim, is_human_record, profile_name
 from config import Settings
 from conversation import Changes, Conversations, text_hash
@@ -53,9 +55,11 @@ class Worker:
         gateways: Mapping[str, Gateway],
         counters: Counters,
         notifier: HandoffNotifier | None = None,
+        journal: Journal | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.journal = journal  # the archive's (archive/journal.py); None or off = nothing archived
         self.buffer = buffer
         self.history = history
         self.conversations = conversations
@@ -224,7 +228,10 @@ class Worker:
         composed = self._compose(claim, decision)
         if composed is None:
             return
-        reply, turns = composed
+        reply, turns, transcripts = composed
+        # Archived before the reply is stored: a new owner after a crash sends the stored reply without asking the
+        # model again, so this is where the transcripts are known (an event emitted twice is written once).
+        self._archive_burst(claim, decision, transcripts)
         plan = Plan(
             changes=decision.changes,
             decided_with=status.business_at,
@@ -276,21 +283,42 @@ class Worker:
         messages go into the history, the conversation records what changed, and the batch is done."""
         self.conversations.settle(claim.chat, decision.changes, now=self.clock())
         self.history.append(claim.chat, [*decision.earlier, *decision.user_turn(self._last_at(decision))])
+        self._archive_burst(claim, decision)
         self._forget_media(claim)
         self.buffer.ack(claim)
 
-    def _compose(self, claim: Claim, decision: Decision) -> tuple[str, list[Turn]] | None:
-        """(reply, history turns) for the burst; None when it is settled without one (loop guard, or Gemini
-        failed and FALLBACK_REPLY is empty)."""
+    def _archive(self, events: list[Event]) -> None:
+        """Hand events to the archive's journal (a Redis Stream, or memory while Redis is down); never fails a
+        reply."""
+        if self.journal is None or not self.journal.enabled:
+            return
+        try:
+            self.journal.emit(events)
+        except Exception:  # the archive must never cost a customer their reply
+            self.counters.add("archive_emit_failures")
+            log.exception("archive: events of chat=%s not recorded", events[0].chat_ref.label if events else "-")
+
+    def _archive_burst(self, claim: Claim, decision: Decision, transcripts: dict[str, str] | None = None) -> None:
+        """The burst's messages (the customer's and a person's), and the decision when it is one worth keeping."""
+        now = self.clock()
+        events = message_events(claim.chat, claim.messages, transcripts=transcripts, now=now)
+        if decision.reason in DECISION_KINDS:
+            about = _last_id(decision) or _last_record_id(claim)
+            events.append(decision_event(claim.chat, kind=decision.reason, about=about, at=self._last_at(decision)))
+        self._archive(events)
+
+    def _compose(self, claim: Claim, decision: Decision) -> tuple[str, list[Turn], dict[str, str]] | None:
+        """(reply, history turns, the model's transcript of each media item by message id) for the burst; None when
+        it is settled without one (loop guard, or Gemini failed and FALLBACK_REPLY is empty)."""
         earlier = list(decision.earlier)
         name = profile_name(decision.answered)
         asked_at = self._last_at(decision)  # the customer's turn is dated when its last message came in
         if decision.action == TEXT:
-            return decision.text, [
-                *earlier,
-                *decision.user_turn(asked_at),
-                Turn(role="model", text=decision.text, at=self.clock()),
-            ]
+            return (
+                decision.text,
+                [*earlier, *decision.user_turn(asked_at), Turn(role="model", text=decision.text, at=self.clock())],
+                {},
+            )
         if self._is_a_loop(claim):
             self._settle_without_reply(claim, decision)
             return None
@@ -305,17 +333,19 @@ class Worker:
                 log.error("no reply sent chat=%s: gemini failed and FALLBACK_REPLY is empty", claim.chat.label)
                 return None
             # The fallback is not a model turn: the unanswered burst joins the next prompt instead.
-            return self.settings.fallback_reply, [
-                *earlier,
-                Turn(role="user", text=burst.record(), at=asked_at, name=name),
-            ]
+            return (
+                self.settings.fallback_reply,
+                [*earlier, Turn(role="user", text=burst.record(), at=asked_at, name=name)],
+                {},
+            )
         notice = burst.notice
         reply = f"{generated.reply}\n\n{notice}" if notice else generated.reply
-        return reply, [
+        turns = [
             *earlier,
             Turn(role="user", text=burst.record(generated.transcripts), at=asked_at, name=name),
             Turn(role="model", text=reply, at=self.clock()),
         ]
+        return reply, turns, burst.transcripts_by_id(generated.transcripts)
 
     def _deliver(self, claim: Claim, reply: str, turns: list[Turn], plan: Plan, parts: list[str], start: int) -> None:
         """Record the decision's changes, then send the parts from `start` on, remember the reply, ack. Not one
@@ -498,6 +528,18 @@ class Worker:
                 # Only a split reply shows "typing…" before each part; otherwise each gateway's own default.
                 typing = {"typing_ms": typing_ms, "reply_to": plan.reply_to} if typing_ms else {}
                 message_id = gateway.send_text(claim.chat, part, **typing)
+                self._archive(
+                    [
+                        reply_part_event(
+                            claim.chat,
+                            reply_to=plan.reply_to or _last_record_id(claim),
+                            index=sent,
+                            text=part,
+                            message_id=message_id,
+                            at=self.clock(),
+                        )
+                    ]
+                )
                 sent += 1
                 if not claim.records_sent_ids:  # Redis records it with the progress below, or with the ack
                     self.conversations.mark_sent(claim.chat, message_id)
@@ -531,6 +573,16 @@ class Worker:
     def _dead_letter(self, claim: Claim, reason: str, reply: str, unsent: list[str]) -> None:
         """Give up on this burst's reply: keep it in the dead letters (with the reply and the parts not sent, for
         the owner to retry or discard), log and count it."""
+        dead = dead_letter_event(
+            claim.chat,
+            about=_last_record_id(claim),
+            reply=reply,
+            unsent=unsent,
+            error=reason,
+            attempts=claim.attempts,
+            at=self.clock(),
+        )
+        self._archive([dead])  # before: a crash right after dead-lettering must not lose it (same id if redone)
         if not self.buffer.dead_letter(claim, reason=reason, now=self.clock(), reply=reply, unsent=unsent):
             log.warning("lease lost chat=%s before dead-lettering; the new owner decides", claim.chat.label)
             return
@@ -593,6 +645,11 @@ def _parse_mark(raw: str) -> tuple[int, str, float] | None:
 
 def _last_id(decision: Decision) -> str:
     return str(decision.answered[-1].get("id") or "") if decision.answered else ""
+
+
+def _last_record_id(claim: Claim) -> str:
+    """The id of the batch's newest message (what names its reply in the archive when no message is answered)."""
+    return str(claim.messages[-1].get("id") or "") if claim.messages else ""
 
 
 def encode_turns(turns: list[Turn]) -> str:

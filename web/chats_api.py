@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from archive.events import lifecycle_event
 from conversation import CLOSE, PAUSE, RESUME
 from models import ChatRef
 from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person
@@ -113,6 +114,7 @@ def act(raw: str, action: str, seconds: float = 0.0) -> tuple[Response, int]:
     parts = components()
     now = round(time.time(), 3)  # the time as stored, so the view below sees the action just taken
     parts.conversations.business_action(chat, action=action, seconds=seconds, now=now)
+    parts.archive.emit([lifecycle_event(chat, action=action, about=f"panel-{now:.3f}", at=now, by="panel")])
     parts.counters.add({PAUSE: "handoffs", RESUME: "bot_resumes", CLOSE: "conversations_closed"}[action])
     log.info("admin %s chat=%s", action, chat.label)
     return jsonify(view(chat, now)), 200

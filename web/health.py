@@ -1,5 +1,5 @@
 """`GET /health`, never behind auth: ok / degraded / not_configured, Redis, Gemini, gateways, the worker, the
-knowledge base, the buffer's counts and this process's counters."""
+knowledge base, the archive (state and backlog), the buffer's counts and this process's counters."""
 
 from __future__ import annotations
 
@@ -39,9 +39,11 @@ def health_body() -> dict[str, Any]:
     if parts.link.enabled:
         redis_state = "up" if parts.link.ping() else "down"
     worker = worker_state()
+    archive = parts.archive.health()
     # not_configured: nothing could be answered yet (no model or no gateway); degraded: something that was working
-    # is not (Redis down, the worker stopped); ok otherwise.
-    status = "ok" if redis_state != "down" and worker != "stopped" else "degraded"
+    # is not (Redis down, the worker stopped, the archive's database away); ok otherwise.
+    healthy = redis_state != "down" and worker != "stopped" and archive["state"] != "down"
+    status = "ok" if healthy else "degraded"
     if not (settings.gemini_configured or settings.ai_dry_run) or not settings.any_gateway_configured:
         status = "not_configured"
     body: dict[str, Any] = {
@@ -58,6 +60,7 @@ def health_body() -> dict[str, Any]:
             "chunks": len(knowledge.snapshot.chunks),
             "problems": len(knowledge.snapshot.problems),
         },
+        "archive": archive,
         **parts.buffer.counts(),
         "counters": dict(sorted({**dict.fromkeys(CONVERSATION_COUNTERS, 0), **parts.counters.snapshot()}.items())),
     }

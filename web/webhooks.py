@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from archive.events import lifecycle_event
 from errors import AuthError, PayloadError, SignatureError
 from gateways.base import Gateway, InboundRequest, Parsed
 from models import IgnoredEvent, IncomingMessage
@@ -182,6 +183,12 @@ def from_business_side(item: IncomingMessage, now: float) -> str:
         "close": "conversations_closed",
     }[outcome]
     parts.counters.add(counter)
+    command = parts.conversations.commands.action_for(item)
+    if outcome in ("pause", "resume", "close") and command is not None and not command[2]:
+        # A command typed on the phone (#humano, #bot, #encerrar): kept as a lifecycle event, never as text. (A
+        # person's other messages are archived with the burst they join.)
+        event = lifecycle_event(item.chat, action=outcome, about=item.message_id, at=now, by="phone")
+        parts.archive.emit([event])
     log.info("business-side message chat=%s msg=%s outcome=%s", item.chat.label, item.message_id, outcome)
     return outcome
 

@@ -1,0 +1,279 @@
+"""The archive writer: one thread per process that moves archive events from the Redis Stream into PostgreSQL.
+
+The writers of every process form one consumer group (ARCHIVE_GROUP). A writer takes, in this order: the entries it
+read earlier and could not write yet (its own pending list: PostgreSQL was down), the entries of a writer that has
+been silent for ARCHIVE_CLAIM_IDLE_SECONDS (XAUTOCLAIM: it died mid-batch), then new entries (XREADGROUP). A batch
+is acknowledged and deleted from the stream (XACK + XDEL) only once PostgreSQL has it, so the stream's length is the
+backlog, and a batch written twice (a writer killed between the insert and the ack) inserts nothing the second time.
+Events kept in memory during a Redis outage go to the stream when Redis is back, or straight to PostgreSQL.
+Once a day one process purges rows older than ARCHIVE_RETENTION_DAYS.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from archive.events import Event
+from archive.journal import FIELD, Journal
+from archive.store import UNAVAILABLE as DATABASE_UNAVAILABLE
+from archive.store import ArchiveStore
+from counters import Counters
+from redis_keys import RedisKeys
+from redis_link import RedisLink
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_GROUP = "archive-writers"
+BATCH_SIZE = 1000
+BLOCK_MS = 1000  # how long one XREADGROUP waits for new entries
+MAX_BACKOFF_SECONDS = 10.0
+IDLE_SECONDS = 0.2  # after a round that wrote nothing (XREADGROUP already waited up to BLOCK_MS for new entries)
+PURGE_EVERY_SECONDS = 24 * 3600
+
+Entry = tuple[str, dict[str, str] | None]
+
+
+class ArchiveWriter:
+    """`step()` is one round (tests call it); `start()` runs rounds on a daemon thread until `stop()`."""
+
+    def __init__(
+        self,
+        store: ArchiveStore,
+        journal: Journal,
+        link: RedisLink,
+        keys: RedisKeys,
+        counters: Counters,
+        *,
+        claim_idle_seconds: float,
+        retention_days: int = 0,
+        batch_size: int = BATCH_SIZE,
+        block_ms: int = BLOCK_MS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.journal = journal
+        self.link = link
+        self.keys = keys
+        self.counters = counters
+        self.claim_idle_ms = int(claim_idle_seconds * 1000)
+        self.retention_days = retention_days
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.clock = clock
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.database_up: bool | None = None  # None until the first attempt
+        self._group_ready = False
+        self._claim_cursor = "0-0"
+        self._next_purge_check = 0.0
+        self._purged_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ----- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run_forever, name="archive-writer", daemon=True)
+        self._thread.start()
+        log.info("archive writer started consumer=%s", self.consumer)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread. Events still held in memory (Redis was down) get one last try at the stream or the
+        database; what cannot go anywhere is logged and counted."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.journal.local_count():
+            if self.link.client is not None and self.link.available():
+                self.journal.flush_local()
+            while self.journal.local_count() and self._write_local():
+                pass
+            if left := self.journal.local_count():
+                self.counters.add("archive_events_dropped", left)
+                log.error("archive: %d events lost at shutdown (neither Redis nor PostgreSQL reachable)", left)
+        self.store.close()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run_forever(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                written = self.step()
+                failures = 0
+            except Exception:  # the writer must outlive anything; a failed round is logged and retried
+                failures += 1
+                written = 0
+                log.exception("archive writer round failed (%d in a row)", failures)
+            if self.database_up is False or failures:
+                self._stop.wait(min(0.5 * 2 ** min(failures, 5), MAX_BACKOFF_SECONDS))
+            elif not written:
+                self._stop.wait(IDLE_SECONDS)
+
+    # ----- one round -------------------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Write one batch (if there is one); returns the rows it tried to write. Never raises for an unreachable
+        Redis or PostgreSQL: the events wait where they are."""
+        self._purge_if_due()
+        if self.journal.local_count():
+            if self.link.client is not None and self.link.available():
+                self.journal.flush_local()
+            if self.journal.local_count():  # Redis is down (or off): from memory straight to PostgreSQL
+                return self._write_local()
+        if self.link.client is None or not self.link.available():
+            return 0
+        return self.link.run(self._write_from_stream, lambda: 0)
+
+    def _write_local(self) -> int:
+        raw = self.journal.take_local(self.batch_size)
+        events = [event for event in map(Event.decode, raw) if event is not None]
+        if not self._write(events):
+            self.journal.put_back(raw)
+            return 0
+        return len(events)
+
+    def _write_from_stream(self, client: redis.Redis) -> int:
+        self._ensure_group(client)
+        # Our own pending entries first: a batch PostgreSQL refused is retried before anything new is read.
+        entries = self._read(client, "0")
+        if not entries and self.database_up is not False:
+            entries = self._claim_abandoned(client)
+        if not entries:  # while the database is down, this one batch is what tells when it is back
+            entries = self._read(client, ">", block=self.block_ms)
+        if not entries:
+            return 0
+        events = []
+        for _, fields in entries:
+            event = Event.decode(fields.get(FIELD, "")) if fields else None
+            if event is not None:
+                events.append(event)
+            elif fields:  # an entry that is not an event is dropped, loudly (deleted entries have no fields)
+                self.counters.add("archive_bad_entries")
+                log.error("archive: a stream entry that is not an event was dropped")
+        if events and not self._write(events):
+            return 0
+        ids = [entry_id for entry_id, _ in entries]
+        pipe = client.pipeline(transaction=True)
+        pipe.xack(self.keys.archive_stream(), ARCHIVE_GROUP, *ids)
+        pipe.xdel(self.keys.archive_stream(), *ids)
+        pipe.execute()
+        return len(events)
+
+    def _write(self, events: list[Event]) -> bool:
+        """Insert the batch; False (and the database marked down) when PostgreSQL cannot be reached."""
+        try:
+            inserted = self.store.write(events)
+        except DATABASE_UNAVAILABLE as exc:
+            if self.database_up is not False:
+                log.warning(
+                    "archive: PostgreSQL unavailable (%s); events wait in the stream until it is back",
+                    exc.__class__.__name__,
+                )
+            self.database_up = False
+            return False
+        if self.database_up is False:
+            log.warning("archive: PostgreSQL reachable again, writing the backlog")
+        self.database_up = True
+        self.counters.add("archive_events_written", inserted)
+        if inserted < len(events):
+            self.counters.add("archive_events_already_written", len(events) - inserted)
+        return True
+
+    # ----- the stream ------------------------------------------------------------------------------
+
+    def _ensure_group(self, client: redis.Redis) -> None:
+        if self._group_ready:
+            return
+        try:
+            # From the start of the stream: events appended before any writer existed are archived too.
+            client.xgroup_create(self.keys.archive_stream(), ARCHIVE_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def _read(self, client: redis.Redis, start: str, *, block: int | None = None) -> list[Entry]:
+        try:
+            answer: Any = client.xreadgroup(
+                ARCHIVE_GROUP, self.consumer, {self.keys.archive_stream(): start}, count=self.batch_size, block=block
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False  # the stream was deleted (FLUSHDB): create the group again next round
+            return []
+        return list(answer[0][1]) if answer else []
+
+    def _claim_abandoned(self, client: redis.Redis) -> list[Entry]:
+        """Entries another writer read and has not acknowledged for ARCHIVE_CLAIM_IDLE_SECONDS (it died)."""
+        answer: Any = client.xautoclaim(
+            self.keys.archive_stream(),
+            ARCHIVE_GROUP,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=self.batch_size,
+        )
+        self._claim_cursor = answer[0] if answer and answer[0] else "0-0"
+        entries = list(answer[1]) if answer else []
+        if entries:
+            self.counters.add("archive_entries_taken_over", len(entries))
+            log.warning("archive: took over %d events of a writer that stopped", len(entries))
+        return entries
+
+    # ----- retention -------------------------------------------------------------------------------
+
+    def _purge_if_due(self) -> None:
+        """Once a day, in one process (a Redis lock; every process when Redis is off), purge old rows."""
+        if not self.retention_days:
+            return
+        now = self.clock()
+        if now < self._next_purge_check:
+            return
+        self._next_purge_check = now + 60  # look at most once a minute
+
+        def take_lock(client: redis.Redis) -> bool:
+            return bool(client.set(self.keys.archive_purge(), self.consumer, nx=True, ex=PURGE_EVERY_SECONDS))
+
+        if self.link.client is not None:
+            if not self.link.run(take_lock, lambda: False):
+                return
+        elif now < self._purged_at + PURGE_EVERY_SECONDS:
+            return
+        self._purged_at = now
+        if self.purge_now() is None and self.link.client is not None:  # try again later today
+            self.link.run(lambda client: client.delete(self.keys.archive_purge()), lambda: 0)
+
+    def purge_now(self) -> int | None:
+        """Purge now; the rows removed, or None when PostgreSQL could not be reached."""
+        try:
+            removed = self.store.purge(older_than_days=self.retention_days)
+        except DATABASE_UNAVAILABLE as exc:
+            log.warning("archive: retention purge skipped, PostgreSQL unavailable (%s)", exc.__class__.__name__)
+            return None
+        log.info("archive: %d events older than %d days purged", removed, self.retention_days)
+        return removed
+
+    # ----- for /health -----------------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        """Events not in PostgreSQL yet: the stream's entries plus those kept in this process's memory."""
+
+        def length(client: redis.Redis) -> int:
+            return int(client.xlen(self.keys.archive_stream()))
+
+        in_stream = self.link.run(length, lambda: 0) if self.link.client is not None else 0
+        return in_stream + self.journal.local_count()
