@@ -11,10 +11,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from archive.events import person_message_event, reply_part_event
+from archive.events import lifecycle_event, person_message_event, reply_part_event
 from buffer import is_human_record, profile_name
 from components import Components
-from conversation import PAUSE, Changes
+from conversation import CLOSE, PAUSE, RESUME, Changes
 from errors import SendError
 from gateways.simulator import NAME as SIMULATOR
 from media import parts_of_records, user_record
@@ -55,6 +55,18 @@ def send_as_person(parts: Components, chat: ChatRef, text: str, *, now: float) -
         parts.transcript.relabel(chat, message_id, "person")  # the simulator shows who wrote it
     log.info("owner wrote as a person chat=%s: bot paused", chat.label)
     return Outcome(True, message_id=message_id)
+
+
+STEER_COUNTERS = {PAUSE: "handoffs", RESUME: "bot_resumes", CLOSE: "conversations_closed"}
+
+
+def steer(parts: Components, chat: ChatRef, action: str, *, seconds: float = 0.0, now: float) -> None:
+    """Pause (for `seconds`, math.inf = until resumed), resume or close a chat from the panel or the API: the state
+    changes, the counter moves and the archive keeps the event."""
+    parts.conversations.business_action(chat, action=action, seconds=seconds, now=now)
+    parts.archive.emit([lifecycle_event(chat, action=action, about=f"panel-{now:.3f}", at=now, by="panel")])
+    parts.counters.add(STEER_COUNTERS[action])
+    log.info("admin %s chat=%s", action, chat.label)
 
 
 def dead_letter_view(record: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from chat_list import customer_name, summaries
 from conversation import CLOSE, PAUSE, RESUME
 from gateways.evolution import evolution_server_url
 from models import ChatRef
-from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person
+from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person, steer
 from web import components
 from web.chats_api import MAX_PERSON_MESSAGE_CHARS, chat_from_path, view
 from web.console_auth import login_page, require_login, safe_next, try_login
@@ -99,12 +99,10 @@ def chat_action(raw: str) -> Response:
     if action == "pause":
         minutes = request.form.get("minutes", "").strip()
         seconds = float(minutes) * 60 if minutes.replace(".", "", 1).isdigit() and float(minutes) > 0 else float("inf")
-        parts.conversations.business_action(chat, action=PAUSE, seconds=seconds, now=now)
-        parts.counters.add("handoffs")
+        steer(parts, chat, PAUSE, seconds=seconds, now=now)
         flash("Bot pausado nesta conversa.")
     elif action in ("resume", "close"):
-        parts.conversations.business_action(chat, action={"resume": RESUME, "close": CLOSE}[action], now=now)
-        parts.counters.add({"resume": "bot_resumes", "close": "conversations_closed"}[action])
+        steer(parts, chat, {"resume": RESUME, "close": CLOSE}[action], now=now)
         flash("Bot retomado." if action == "resume" else "Conversa encerrada.")
     elif action == "reply":
         text = request.form.get("text", "").strip()[:MAX_PERSON_MESSAGE_CHARS]

@@ -16,10 +16,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from archive.events import lifecycle_event
 from conversation import CLOSE, PAUSE, RESUME
 from models import ChatRef
-from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person
+from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person, steer
 from web import components
 from web.admin_auth import admin_refusal
 
@@ -111,12 +110,8 @@ def act(raw: str, action: str, seconds: float = 0.0) -> tuple[Response, int]:
     chat = chat_from_path(raw)
     if chat is None:
         return bad_chat()
-    parts = components()
     now = round(time.time(), 3)  # the time as stored, so the view below sees the action just taken
-    parts.conversations.business_action(chat, action=action, seconds=seconds, now=now)
-    parts.archive.emit([lifecycle_event(chat, action=action, about=f"panel-{now:.3f}", at=now, by="panel")])
-    parts.counters.add({PAUSE: "handoffs", RESUME: "bot_resumes", CLOSE: "conversations_closed"}[action])
-    log.info("admin %s chat=%s", action, chat.label)
+    steer(components(), chat, action, seconds=seconds, now=now)
     return jsonify(view(chat, now)), 200
 
 
