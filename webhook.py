@@ -19,6 +19,7 @@ from components import Components, build_components
 from config import Settings, load_settings, missing_for_production
 from errors import ConfigError
 from logs import setup_logging
+from redis_link import redacted
 from web.admin_pages import admin_pages
 from web.archive_api import archive_api
 from web.chats_api import chats_api, dead_letters_api
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     register_error_handlers(app)
     if worker_enabled:
         if parts.archive.writer is not None:
+            log.info("archive on: PostgreSQL at %s (DATABASE_URL)", redacted(settings.database_url))
             parts.archive.writer.start()
             # atexit runs last-registered first: the worker stops (and emits its last events) before the writer.
             atexit.register(parts.archive.writer.stop)

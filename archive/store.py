@@ -124,6 +124,11 @@ class ArchiveStore:
         self._migrated = True
         return applied
 
+    @property
+    def migrated(self) -> bool:
+        """True once this process has seen the schema up to date."""
+        return self._migrated
+
     def ensure_schema(self) -> None:
         """Migrate once per process, before the first statement that needs the tables."""
         if not self._migrated:

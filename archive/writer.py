@@ -38,6 +38,8 @@ BLOCK_MS = 1000  # how long one XREADGROUP waits for new entries
 MAX_BACKOFF_SECONDS = 10.0
 IDLE_SECONDS = 0.2  # after a round that wrote nothing (XREADGROUP already waited up to BLOCK_MS for new entries)
 PURGE_EVERY_SECONDS = 24 * 3600
+CONSUMER_CLEANUP_SECONDS = 3600
+CONSUMER_IDLE_MS = 24 * 3600 * 1000  # a writer silent this long with nothing pending belongs to a process long gone
 
 Entry = tuple[str, dict[str, str] | None]
 
@@ -74,6 +76,7 @@ class ArchiveWriter:
         self._group_ready = False
         self._claim_cursor = "0-0"
         self._next_purge_check = 0.0
+        self._next_consumer_cleanup = 0.0
         self._purged_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,7 +130,10 @@ class ArchiveWriter:
     def step(self) -> int:
         """Write one batch (if there is one); returns the rows it tried to write. Never raises for an unreachable
         Redis or PostgreSQL: the events wait where they are."""
+        if not self._schema_ready():
+            return 0
         self._purge_if_due()
+        self._forget_idle_consumers()
         if self.journal.local_count():
             if self.link.client is not None and self.link.available():
                 self.journal.flush_local()
@@ -136,6 +142,46 @@ class ArchiveWriter:
         if self.link.client is None or not self.link.available():
             return 0
         return self.link.run(self._write_from_stream, lambda: 0)
+
+    def _schema_ready(self) -> bool:
+        """Migrate at start (the first round), and again after a failure: True once the schema is there."""
+        if self.store.migrated:
+            return True
+        try:
+            self.store.migrate()
+        except DATABASE_UNAVAILABLE as exc:
+            if self.database_up is not False:
+                log.warning(
+                    "archive: PostgreSQL unavailable at start (%s); events wait in the stream until it answers",
+                    exc.__class__.__name__,
+                )
+            self.database_up = False
+            return False
+        self.database_up = True
+        log.info("archive: PostgreSQL ready, schema up to date")
+        return True
+
+    def _forget_idle_consumers(self) -> None:
+        """Once an hour, remove from the group the writers (consumers) of processes long gone that hold nothing
+        (each process start adds one; a consumer with pending entries is kept until they are taken over)."""
+        now = self.clock()
+        if now < self._next_consumer_cleanup or self.link.client is None or not self._group_ready:
+            return
+        self._next_consumer_cleanup = now + CONSUMER_CLEANUP_SECONDS
+        stream = self.keys.archive_stream()
+
+        def forget(client: redis.Redis) -> int:
+            gone = 0
+            for consumer in client.xinfo_consumers(stream, ARCHIVE_GROUP):
+                idle = int(consumer.get("idle") or 0)
+                if consumer["name"] != self.consumer and not consumer["pending"] and idle > CONSUMER_IDLE_MS:
+                    gone += int(client.xgroup_delconsumer(stream, ARCHIVE_GROUP, consumer["name"]) == 0)
+            return gone
+
+        try:
+            self.link.run(forget, lambda: 0)
+        except redis.ResponseError:  # the group or the stream is gone (FLUSHDB): recreated on the next read
+            self._group_ready = False
 
     def _write_local(self) -> int:
         raw = self.journal.take_local(self.batch_size)

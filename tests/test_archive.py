@@ -509,3 +509,22 @@ def test_writer_survives_a_corrupt_stream_entry(archived_app: Callable[..., App]
     drain(a.parts)
     assert a.parts.counters.snapshot()["archive_bad_entries"] == 1
     assert isinstance(a.parts.archive.writer, ArchiveWriter)
+
+
+def test_writers_of_processes_long_gone_are_removed_from_the_group(
+    archived_app: Callable[..., App], redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = archived_app()
+    stream = a.parts.keys.archive_stream()
+    a.parts.archive.emit(events_of(CHAT, ["Oi"], at=time.time()))
+    redis_client.xgroup_create(stream, ARCHIVE_GROUP, id="$", mkstream=True)
+    redis_client.xreadgroup(ARCHIVE_GROUP, "gone-without-pending", {stream: ">"}, count=1)  # reads nothing new
+    a.parts.archive.emit(events_of(OTHER, ["Olá"], at=time.time()))
+    redis_client.xreadgroup(ARCHIVE_GROUP, "gone-with-pending", {stream: ">"}, count=1)
+    monkeypatch.setattr("archive.writer.CONSUMER_IDLE_MS", -1)
+    writer = a.parts.archive.writer
+    assert writer is not None
+    writer.step()  # creates nothing: the group is there
+    writer.step()  # the hourly look happens on a round that finds the group ready
+    names = {c["name"] for c in redis_client.xinfo_consumers(stream, ARCHIVE_GROUP)}
+    assert "gone-without-pending" not in names and "gone-with-pending" in names
