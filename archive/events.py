@@ -45,7 +45,10 @@ class Event:
         """The event in a stream entry, or None when it is not one (a corrupt entry is dropped by the writer)."""
         try:
             data = json.loads(raw)
-            return cls(**data) if isinstance(data, dict) else None
+            event = cls(**data) if isinstance(data, dict) else None
+            if event is not None:
+                event.chat_ref  # noqa: B018 (raises ValueError for a chat that is not gateway:instance:chat_id)
+            return event
         except (ValueError, TypeError):
             return None
 

@@ -43,7 +43,11 @@ class Journal:
         if not self.enabled or not events:
             return
         encoded = [event.encode() for event in events]
-        self.link.run(lambda client: self._append(client, encoded), lambda: self._keep(encoded))
+        try:
+            self.link.run(lambda client: self._append(client, encoded), lambda: self._keep(encoded))
+        except redis.RedisError as exc:  # not an outage (a full Redis: OOM, say): kept here, never an error upstream
+            log.warning("archive: events kept in memory, Redis refused them: %s", exc.__class__.__name__)
+            self._keep(encoded)
 
     def _append(self, client: redis.Redis, encoded: list[str]) -> None:
         pipe = client.pipeline(transaction=False)

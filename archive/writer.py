@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import redis
 
 from archive.events import Event
@@ -221,7 +222,7 @@ class ArchiveWriter:
     def _write(self, events: list[Event]) -> bool:
         """Insert the batch; False (and the database marked down) when PostgreSQL cannot be reached."""
         try:
-            inserted = self.store.write(events)
+            inserted = self._insert(events)
         except DATABASE_UNAVAILABLE as exc:
             if self.database_up is not False:
                 log.warning(
@@ -237,6 +238,31 @@ class ArchiveWriter:
         if inserted < len(events):
             self.counters.add("archive_events_already_written", len(events) - inserted)
         return True
+
+    def _insert(self, events: list[Event]) -> int:
+        """The batch in one statement; if PostgreSQL refuses it (not an outage: a value it cannot take), each
+        event alone, so that one bad event is dropped (logged, counted) instead of blocking every later one."""
+        try:
+            return self.store.write(events)
+        except DATABASE_UNAVAILABLE:
+            raise
+        except psycopg.Error as exc:
+            log.error("archive: PostgreSQL refused a batch (%s); writing its events one by one", exc.__class__.__name__)
+        inserted = 0
+        for event in events:
+            try:
+                inserted += self.store.write([event])
+            except DATABASE_UNAVAILABLE:
+                raise
+            except psycopg.Error as exc:
+                self.counters.add("archive_bad_entries")
+                log.error(
+                    "archive: event %s of chat=%s dropped, PostgreSQL refused it: %s",
+                    event.kind,
+                    event.chat_ref.label,
+                    exc.__class__.__name__,
+                )
+        return inserted
 
     # ----- the stream ------------------------------------------------------------------------------
 

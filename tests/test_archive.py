@@ -528,3 +528,15 @@ def test_writers_of_processes_long_gone_are_removed_from_the_group(
     writer.step()  # the hourly look happens on a round that finds the group ready
     names = {c["name"] for c in redis_client.xinfo_consumers(stream, ARCHIVE_GROUP)}
     assert "gone-without-pending" not in names and "gone-with-pending" in names
+
+
+def test_an_event_postgres_refuses_is_dropped_alone_and_the_rest_written(
+    archived_app: Callable[..., App], postgres_url: str
+) -> None:
+    a = archived_app()
+    good = events_of(CHAT, ["antes", "depois"], at=time.time())
+    refused = dataclasses.replace(good[0], event_id="refused", author="robot")  # the author CHECK refuses it
+    a.parts.archive.emit([good[0], refused, good[1]])
+    drain(a.parts)
+    assert [r["text"] for r in rows(postgres_url)] == ["antes", "depois"]
+    assert a.parts.counters.snapshot()["archive_bad_entries"] == 1
