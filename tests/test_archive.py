@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +26,7 @@ from archive.store import ArchiveStore, chat_hash
 from archive.writer import ARCHIVE_GROUP, ArchiveWriter
 from config import Settings
 from models import ChatRef
+from tests.conftest import ROOT
 from tests.fakes import Canned, FakeEvolution, FakeGemini
 from tests.postgres_server import PostgresServer
 from tests.test_media import App, audio_event, msg_id, text_event, transcribing
@@ -540,3 +545,32 @@ def test_an_event_postgres_refuses_is_dropped_alone_and_the_rest_written(
     drain(a.parts)
     assert [r["text"] for r in rows(postgres_url)] == ["antes", "depois"]
     assert a.parts.counters.snapshot()["archive_bad_entries"] == 1
+
+
+def run_archive_command(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m archive ...` in a folder without a .env, with only `env` set."""
+    return subprocess.run(
+        [sys.executable, "-m", "archive", *args],
+        cwd=cwd,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_archive_command_upgrades_and_purges(postgres_url: str, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": postgres_url}
+    first = run_archive_command("upgrade", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "applied: 001_init" in first.stdout
+    again = run_archive_command("upgrade", env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    store = ArchiveStore(postgres_url)
+    try:
+        store.write(events_of(CHAT, ["velho"], at=time.time() - 10 * 86400))
+    finally:
+        store.close()
+    purged = run_archive_command("purge", env={**env, "ARCHIVE_RETENTION_DAYS": "7"}, cwd=tmp_path)
+    assert purged.returncode == 0 and "purged 1 events older than 7 days" in purged.stdout
+    assert run_archive_command("upgrade", env={}, cwd=tmp_path).returncode == 2  # no DATABASE_URL
