@@ -1,25 +1,33 @@
 """The owner's panel at /admin (pt-BR pages, behind the login in web/console_auth.py): the chats with their state and
-pending burst (live), a chat's history with its actions (pause, resume, close, reply as a person), the deliveries
-that failed (retry, discard), the knowledge base (files, problems, reload, a test question) and the status (what
-/health says, and each gateway's own connection state, asked on demand)."""
+pending burst (live), a chat's history with its actions (pause, resume, close, reply as a person) and its whole
+archived history page by page, a search of the archive, a contact's LGPD export and erasure, the deliveries that
+failed (retry, discard), the knowledge base (files, problems, reload, a test question) and the status (what /health
+says, and each gateway's own connection state, asked on demand). Nothing here logs a message's text or a number."""
 
 from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import requests
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import NotFound
 
+from archive.events import DEAD_LETTER
+from archive.store import PAGE_LIMIT, SEARCH_LIMIT
+from archive.store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from chat_list import customer_name, summaries
 from conversation import CLOSE, PAUSE, RESUME
 from gateways.evolution import evolution_server_url
+from hours import parse_timezone
 from models import ChatRef
 from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person, steer
+from privacy import ArchiveUnavailable, Erased, erase, export
 from web import components
+from web.archive_api import MAX_QUERY_CHARS, event_view
 from web.chats_api import MAX_PERSON_MESSAGE_CHARS, chat_from_path, view
 from web.console_auth import login_page, require_login, safe_next, try_login
 from web.health import health_body
@@ -74,8 +82,12 @@ def chat_or_404(raw: str) -> ChatRef:
 
 @admin_pages.get("/chats/<path:raw>")
 def chat_page(raw: str) -> str:
+    """The chat as Redis holds it (live), its actions, and a page of its archived history (?before=<event id>)."""
     chat = chat_or_404(raw)
-    return render_template("admin/chat.html", chat=chat, quoted=quote(chat.key, safe=""), **chat_view(chat))
+    archived = archive_page(chat, request.args.get("before", type=int))
+    return render_template(
+        "admin/chat.html", chat=chat, quoted=quote(chat.key, safe=""), archived=archived, **chat_view(chat)
+    )
 
 
 @admin_pages.get("/chats/<path:raw>/body")
@@ -114,6 +126,147 @@ def chat_action(raw: str) -> Response:
         else:
             flash(f"Não foi possível enviar: {outcome.detail}")
     return redirect(url_for("admin_pages.chat_page", raw=chat.key))
+
+
+# ----- the archive: search, a chat's whole history, the contact's LGPD export and erasure -------------------
+
+AUTHORS = {"customer": "Cliente", "bot": "Assistente", "human": "Atendente"}
+MEDIA_KINDS = {
+    "image": "imagem",
+    "audio": "áudio",
+    "voice": "mensagem de voz",
+    "video": "vídeo",
+    "document": "documento",
+    "sticker": "figurinha",
+    "location": "localização",
+    "contact": "contato",
+}
+NOTES = {
+    "handoff_request": "O cliente pediu para falar com uma pessoa.",
+    "opt_out": "O cliente pediu para não receber mais mensagens.",
+    "opt_in": "O cliente voltou a aceitar mensagens.",
+    "out_of_hours": "Mensagem fora do horário de atendimento: o assistente avisou o horário.",
+    "stale_reply": "Uma resposta atrasada foi descartada.",
+}
+LIFECYCLE_NOTES = {"pause": "Bot pausado", "resume": "Bot retomado", "close": "Conversa encerrada"}
+NOTE_BY = {"panel": "pelo painel", "phone": "pelo celular"}
+# What an erasure deleted, by place (privacy.Erased): (singular, plural) in the order the flash lists them.
+ERASED_LABELS = {
+    "archive_rows": ("evento do arquivo", "eventos do arquivo"),
+    "stream_entries": ("evento a caminho do arquivo", "eventos a caminho do arquivo"),
+    "redis_keys": ("registro no Redis", "registros no Redis"),
+    "dead_letters": ("entrega com falha", "entregas com falha"),
+    "queues": ("entrada nas filas de resposta", "entradas nas filas de resposta"),
+    "in_memory": ("registro na memória do processo", "registros na memória do processo"),
+}
+
+
+@admin_pages.context_processor
+def archive_helpers() -> dict[str, Any]:
+    return {"local_time": local_time, "event_note": event_note, "authors": AUTHORS, "media_kinds": MEDIA_KINDS}
+
+
+def local_time(at: float) -> str:
+    """A unix time as the business reads it (25/12/2026 14:05 in TIMEZONE): the pages' script then writes the
+    browser's local time over it, as everywhere in the panel."""
+    return datetime.fromtimestamp(at, parse_timezone(components().settings.timezone)).strftime("%d/%m/%Y %H:%M")
+
+
+def event_note(event: dict[str, Any]) -> str:
+    """What an archived event that is not a message says, as a short note in pt-BR."""
+    kind, data = event["kind"], event["data"] or {}
+    if kind == DEAD_LETTER:
+        attempts = int(data.get("attempts") or 0)
+        tries = f" após {attempts} tentativa{'s' if attempts != 1 else ''}" if attempts else ""
+        return f"Resposta não entregue{tries} ({data.get('error') or 'erro desconhecido'})."
+    by = NOTE_BY.get(str(data.get("by") or ""))
+    if kind in LIFECYCLE_NOTES:
+        return f"{LIFECYCLE_NOTES[kind]} {by}." if by else f"{LIFECYCLE_NOTES[kind]}."
+    return NOTES.get(kind, kind)
+
+
+def search_result(row: dict[str, Any]) -> dict[str, Any]:
+    result = event_view(row)
+    chat = ChatRef.from_key(row["chat"])
+    return {**result, "ref": chat, "number": chat.chat_id.split("@")[0], "name": (row["data"] or {}).get("name", "")}
+
+
+@admin_pages.get("/search")
+def archive_search() -> str:
+    """?q=words: the archive's messages that match (Portuguese full-text, accents ignored), newest first."""
+    query = request.args.get("q", "").strip()[:MAX_QUERY_CHARS]
+    store = components().archive.store
+    state, results = ("off" if store is None else "up"), []
+    if store is not None and query:
+        try:
+            results = [search_result(row) for row in store.search(query, limit=SEARCH_LIMIT)]
+        except DATABASE_UNAVAILABLE:
+            state = "down"
+    names: dict[str, str] = {}
+    for result in results:  # a bot's line carries no name: show the one a customer's line of the chat gave
+        if result["name"]:
+            names.setdefault(result["chat"], result["name"])
+    return render_template(
+        "admin/search.html", q=query, results=results, names=names, archive=state, limit=SEARCH_LIMIT
+    )
+
+
+def archive_page(chat: ChatRef, before: int | None) -> dict[str, Any]:
+    """A page of the chat's archived events, oldest first, with the id to ask for the page before it (or None)."""
+    store = components().archive.store
+    page: dict[str, Any] = {"state": "off", "events": [], "older": None, "before": before}
+    if store is None:
+        return page
+    try:
+        rows = store.history(chat.key, before=before, limit=PAGE_LIMIT + 1)
+    except DATABASE_UNAVAILABLE:
+        return {**page, "state": "down"}
+    shown = rows[:PAGE_LIMIT]
+    older = shown[-1]["id"] if len(rows) > PAGE_LIMIT else None
+    return {**page, "state": "up", "events": [event_view(row) for row in reversed(shown)], "older": older}
+
+
+@admin_pages.get("/chats/<path:raw>/export")
+def contact_export(raw: str) -> Response:
+    """Everything held about the contact (privacy.export), as a JSON download; while PostgreSQL is away, back to the
+    chat page with a note (so the link carries no `download` attribute: it would save that page as the file)."""
+    chat = chat_or_404(raw)
+    try:
+        body = export(components(), chat)
+    except ArchiveUnavailable:
+        flash("O arquivo está indisponível agora (o PostgreSQL não responde): tente exportar de novo em instantes.")
+        return redirect(url_for("admin_pages.chat_page", raw=chat.key))
+    response = jsonify(body)
+    safe = "".join(c if c.isalnum() else "-" for c in chat.key)
+    response.headers["Content-Disposition"] = f'attachment; filename="contato-{safe}.json"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@admin_pages.route("/chats/<path:raw>/erase", methods=["GET", "POST"])
+def contact_erase(raw: str) -> Any:
+    """GET: what will be erased, and the form that confirms it; POST: erase the contact everywhere (privacy.erase)."""
+    chat = chat_or_404(raw)
+    parts = components()
+    if request.method == "GET":
+        name = customer_name(parts.history.recent(chat))
+        return render_template("admin/erase.html", chat=chat, name=name, archive_on=parts.archive.enabled)
+    try:
+        erased = erase(parts, chat)
+    except ArchiveUnavailable:
+        flash("O arquivo está indisponível agora (o PostgreSQL não responde): nada foi apagado. Tente de novo.")
+        return redirect(url_for("admin_pages.chat_page", raw=chat.key))
+    flash(erased_message(erased, archive_on=parts.archive.enabled))
+    return redirect(url_for("admin_pages.chats"))
+
+
+def erased_message(erased: Erased, *, archive_on: bool) -> str:
+    counts = erased.to_json()
+    found = [f"{counts[name]} {labels[counts[name] != 1]}" for name, labels in ERASED_LABELS.items() if counts[name]]
+    off = " (o arquivo está desligado)" if not archive_on else ""
+    if not found:
+        return f"Não havia dados deste contato para apagar{off}."
+    return f"Dados do contato apagados: {', '.join(found)}{off}."
 
 
 @admin_pages.get("/deliveries")

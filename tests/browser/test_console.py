@@ -275,7 +275,9 @@ def test_a_post_without_its_csrf_token_is_refused(console: Console) -> None:
     assert state == "open"  # the forged pause did not happen
 
 
-@pytest.mark.parametrize("path", ["/admin/", "/admin/deliveries", "/admin/knowledge", "/admin/status"])
+@pytest.mark.parametrize(
+    "path", ["/admin/", "/admin/search?q=entrega", "/admin/deliveries", "/admin/knowledge", "/admin/status"]
+)
 def test_panel_pages_render_for_the_owner(console: Console, path: str) -> None:
     console.start(**PANEL)
     log_in(console)
