@@ -441,9 +441,8 @@ class LocalConversations:
         """Drop everything this process holds of one chat (an erasure); returns how many items."""
         prefix = f"{chat_key}:"
         with self._lock:
-            dropped = sum(
-                int(store.pop(chat_key, None) is not None) for store in (self._chats, self.opted_out, self.unsynced)
-            )
+            self.opted_out.pop(chat_key, None)  # a cache of what Redis said, not data of its own
+            dropped = sum(int(store.pop(chat_key, None) is not None) for store in (self._chats, self.unsynced))
             for ids in (self._own_ids, self._seen):
                 for key in [key for key in ids if key.startswith(prefix)]:
                     del ids[key]

@@ -18,7 +18,7 @@ CUSTOMER, BOT, HUMAN = "customer", "bot", "human"
 MESSAGE = "message"
 DEAD_LETTER = "dead_letter"
 # Decisions archived as events (reply_policy reasons), and the lifecycle actions of a person or the panel.
-DECISION_KINDS = frozenset({"handoff_request", "opt_out", "opt_in", "out_of_hours", "stale_reply"})
+DECISION_KINDS = frozenset({"handoff_request", "opt_out", "opt_in", "out_of_hours"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -70,7 +70,7 @@ def migrations() -> list[tuple[int, str, str]]:
 class ArchiveStore:
     """The archive's PostgreSQL side. Every method may raise one of UNAVAILABLE while the database is away."""
 
-    def __init__(self, url: str, *, max_connections: int = 4, timeout_seconds: float = 5.0) -> None:
+    def __init__(self, url: str, *, max_connections: int = 4, timeout_seconds: float = 3.0) -> None:
         self.timeout = timeout_seconds
         self.pool = ConnectionPool(
             url,

@@ -23,7 +23,7 @@ CREATE TABLE archive_events (
   gateway text NOT NULL,
   instance text NOT NULL,
   chat_id text NOT NULL,
-  kind text NOT NULL,                 -- message, handoff_request, opt_out, opt_in, out_of_hours, paused, ...
+  kind text NOT NULL,                 -- message, handoff_request, opt_out, opt_in, out_of_hours, pause, resume, close, dead_letter
   author text CHECK (author IN ('customer', 'bot', 'human')),
   CHECK (kind <> 'message' OR author IS NOT NULL),
   text text NOT NULL DEFAULT '',
