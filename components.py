@@ -24,6 +24,7 @@ from notify import HandoffNotifier
 from redis_keys import RedisKeys
 from redis_link import RedisLink
 from simulator import Transcript
+from usage import Prices, UsageLedger
 from webhook_token import WebhookSecret, webhook_secret
 from worker import Worker
 
@@ -46,6 +47,7 @@ class Components:
     watcher: Watcher
     transcript: Transcript  # the WhatsApp simulator's chats (simulator.py)
     archive: Archive  # PostgreSQL archive (off without DATABASE_URL)
+    usage: UsageLedger  # tokens and cost per chat and per day
 
 
 def build_components(
@@ -86,6 +88,7 @@ def build_components(
     )
     counters = Counters()
     archive = build_archive(settings, link, keys, counters)
+    usage = UsageLedger(link, keys, Prices.from_settings(settings.model_prices))
     secret = webhook_secret(settings, link, keys)
     if gateways is None:
         gateways = build_gateways(settings, shared_secret=secret.verifier())
@@ -107,11 +110,12 @@ def build_components(
         buffer=buffer,
         history=history,
         conversations=conversations,
-        ai=AIService(settings, knowledge),
+        ai=AIService(settings, knowledge, counters=counters),
         gateways=gateways,
         counters=counters,
         notifier=HandoffNotifier(settings.handoff_notify_url, counters),
         journal=archive.journal,
+        usage=usage,
         clock=clock,
     )
     return Components(
@@ -129,4 +133,5 @@ def build_components(
         watcher=watcher,
         transcript=transcript,
         archive=archive,
+        usage=usage,
     )

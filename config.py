@@ -19,6 +19,7 @@ from dotenv import dotenv_values, find_dotenv, load_dotenv
 
 from errors import ConfigError
 from hours import BusinessHours, parse_holidays, parse_timezone, parse_weekly_windows
+from usage import parse_prices
 
 DEFAULT_SYSTEM_PROMPT = (
     "Você é o atendente virtual de uma pequena empresa no WhatsApp. Responda sempre em português do "
@@ -146,6 +147,17 @@ class Settings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     fallback_reply: str = DEFAULT_FALLBACK_REPLY
 
+    # Model providers (ai_service.py): which answers, which takes over when it keeps failing, and their prices
+    ai_provider: str = "gemini"  # gemini | openai
+    ai_fallback_provider: str = ""  # '' = none; else the other provider
+    openai_api_key: str = field(default="", repr=False)
+    openai_base_url: str = ""  # an OpenAI-compatible server (Ollama, vLLM, LM Studio, OpenRouter...); '' = OpenAI
+    openai_model: str = "gpt-4o-mini"
+    openai_timeout_seconds: float = 30.0
+    openai_max_retries: int = 2  # the client's own retries (429, 5xx, connection errors), after the first try
+    openai_transcribe_model: str = "whisper-1"  # voice notes are transcribed with it before the reply
+    model_prices: str = ""  # model:input/output,... in USD per million tokens; '' = costs not computed
+
     # Knowledge base and persona (knowledge.py)
     business_name: str = ""  # named to Gemini beside the persona; empty = not named
     knowledge_dir: str = ""  # folder of .txt/.md files; empty = no knowledge base
@@ -243,6 +255,19 @@ class Settings:
     @property
     def gemini_configured(self) -> bool:
         return bool(self.gemini_api_key)
+
+    @property
+    def openai_configured(self) -> bool:
+        """An OpenAI key, or a compatible server's URL (a local Ollama needs no key)."""
+        return bool(self.openai_api_key or self.openai_base_url)
+
+    def provider_configured(self, name: str) -> bool:
+        return {"gemini": self.gemini_configured, "openai": self.openai_configured}.get(name, False)
+
+    @property
+    def ai_configured(self) -> bool:
+        """The provider that answers first can be called (or AI_DRY_RUN)."""
+        return self.ai_dry_run or self.provider_configured(self.ai_provider)
 
     @property
     def gateway_configured(self) -> bool:
@@ -379,6 +404,16 @@ def _url(*schemes: str) -> Callable[[str], str]:
 _HTTP_URL = _url("http", "https")
 
 
+AI_PROVIDERS = ("gemini", "openai")
+
+
+def _provider(raw: str) -> str:
+    name = raw.strip().lower()
+    if name not in AI_PROVIDERS:
+        raise ValueError(f"expected one of {', '.join(AI_PROVIDERS)}, got {raw!r}")
+    return name
+
+
 def _days_or_forever(raw: str) -> int:
     """A whole number of days, or empty / 0 for "forever" (0)."""
     text = raw.strip()
@@ -440,6 +475,15 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "GEMINI_MAX_ATTEMPTS": ("gemini_max_attempts", _positive(int)),
     "GEMINI_RETRY_INITIAL_SECONDS": ("gemini_retry_initial_seconds", _positive(float)),
     "SYSTEM_PROMPT": ("system_prompt", str),
+    "AI_PROVIDER": ("ai_provider", _provider),
+    "AI_FALLBACK_PROVIDER": ("ai_fallback_provider", _provider),
+    "OPENAI_API_KEY": ("openai_api_key", _strip),
+    "OPENAI_BASE_URL": ("openai_base_url", _HTTP_URL),
+    "OPENAI_MODEL": ("openai_model", _strip),
+    "OPENAI_TIMEOUT_SECONDS": ("openai_timeout_seconds", _positive(float)),
+    "OPENAI_MAX_RETRIES": ("openai_max_retries", _non_negative(int)),
+    "OPENAI_TRANSCRIBE_MODEL": ("openai_transcribe_model", _strip),
+    "MODEL_PRICES": ("model_prices", _checked(parse_prices)),
     "FALLBACK_REPLY": ("fallback_reply", str),
     "BUSINESS_NAME": ("business_name", _strip),
     "KNOWLEDGE_DIR": ("knowledge_dir", _strip),
@@ -611,8 +655,13 @@ def missing_for_production(settings: Settings) -> list[str]:
     missing = list(settings.startup_notes)
     if settings.ai_dry_run:
         missing.append("AI_DRY_RUN=true: every burst gets a canned [simulação] text; Gemini is not called")
-    elif not settings.gemini_configured:
+    elif settings.ai_provider == "gemini" and not settings.gemini_configured:
         missing.append("GEMINI_API_KEY is not set: every burst will get FALLBACK_REPLY instead of Gemini")
+    elif settings.ai_provider == "openai" and not settings.openai_configured:
+        missing.append("OPENAI_API_KEY (or OPENAI_BASE_URL) is not set: every burst will get FALLBACK_REPLY")
+    fallback = settings.ai_fallback_provider
+    if fallback and fallback != settings.ai_provider and not settings.provider_configured(fallback):
+        missing.append(f"AI_FALLBACK_PROVIDER={fallback} is not configured: there is no fallback model")
     if not settings.any_gateway_configured and settings.simulator_enabled:
         missing.append("no gateway is configured: try the assistant in the WhatsApp simulator at /simulator")
     if not settings.gateway_configured:

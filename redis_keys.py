@@ -113,6 +113,16 @@ class RedisKeys:
         """LIST of a simulated chat's transcript (simulator.py); capped to 500 entries; TTL 1 day."""
         return f"{self.prefix}:sim:{chat}:log"
 
+    def usage(self, chat: str) -> str:
+        """HASH input_tokens, output_tokens, cost_micro_usd: what the models cost for one chat (usage.py). TTL 90
+        days, renewed by each reply."""
+        return f"{self.prefix}:chat:{chat}:usage"
+
+    def usage_day(self, day: str) -> str:
+        """HASH of a UTC day (YYYY-MM-DD): input_tokens, output_tokens, cost_micro_usd, and per provider:model
+        their tokens and calls. TTL 400 days."""
+        return f"{self.prefix}:usage:{day}"
+
     def archive_stream(self) -> str:
         """STREAM of archive events (archive/journal.py), read by the consumer group ARCHIVE_GROUP of the archive
         writers; an entry is deleted (XACK + XDEL) once PostgreSQL has it, so its length is the backlog. No TTL."""
@@ -136,6 +146,7 @@ class RedisKeys:
             self.history(chat),
             self.replies_this_hour(chat),
             self.simulator_log(chat),
+            self.usage(chat),
         ]
 
     def chat_key_patterns(self, chat: str) -> list[str]:

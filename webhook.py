@@ -22,7 +22,7 @@ from logs import setup_logging
 from redis_link import redacted
 from web.admin_pages import admin_pages
 from web.archive_api import archive_api
-from web.chats_api import chats_api, dead_letters_api
+from web.chats_api import chats_api, dead_letters_api, usage_api
 from web.console import setup_console
 from web.errors import register_error_handlers
 from web.health import health
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     parts = build_components(settings)
     worker_enabled = settings.worker_enabled if start_worker is None else start_worker
     app.extensions.update(assistant=parts, worker_enabled=worker_enabled)
-    api = [webhooks, chats_api, archive_api, dead_letters_api, knowledge_admin, health]
+    api = [webhooks, chats_api, archive_api, dead_letters_api, usage_api, knowledge_admin, health]
     for blueprint in [*api, admin_pages, simulator_pages]:
         app.register_blueprint(blueprint)
     setup_console(app, parts, exempt=api, checked_after_access=[admin_pages, simulator_pages])

@@ -18,8 +18,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 
-from ai_service import AIService, Generated
-from archive.events import DECISION_KINDS, Event, dead_letter_event, decision_event, message_events, reply_part_event
+from ai_service import AIService
+from archive.events import (
+    DECISION_KINDS,
+    Event,
+    dead_letter_event,
+    decision_event,
+    message_events,
+    reply_part_event,
+    usage_event,
+)
 from archive.journal import Journal
 from buffer import NOT_SENDING, Buffer, Claim, is_human_record, profile_name
 from config import Settings
@@ -31,8 +39,10 @@ from media import Burst, MediaLimits, MediaLoader, parts_of_records, user_record
 from memory import History, Turn
 from models import ChatRef
 from notify import HandoffNotifier
+from prompt import Generated
 from reply_parts import reply_parts, split_text
 from reply_policy import NONE, TEXT, Decision, Rules, dated, decide, now_note
+from usage import UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +66,12 @@ class Worker:
         counters: Counters,
         notifier: HandoffNotifier | None = None,
         journal: Journal | None = None,
+        usage: UsageLedger | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.journal = journal  # the archive's (archive/journal.py); None or off = nothing archived
+        self.usage = usage  # tokens and cost per chat and per day (usage.py); None = not summed
         self.buffer = buffer
         self.history = history
         self.conversations = conversations
@@ -326,7 +338,7 @@ class Worker:
         burst = self.media.burst(
             claim.chat, decision.answered, blob_of=lambda message_id: self.buffer.media_blob(claim, message_id)
         )
-        generated, burst = self._ask_gemini(claim, burst, decision)
+        generated, burst = self._ask_model(claim, burst, decision)
         if generated is None:
             if not self.settings.fallback_reply:  # the owner chose silence over an apology
                 self._settle_without_reply(claim, decision)
@@ -487,8 +499,9 @@ class Worker:
         if gateway is not None and message_id:
             gateway.mark_read(chat, message_id)
 
-    def _ask_gemini(self, claim: Claim, burst: Burst, decision: Decision) -> tuple[Generated | None, Burst]:
-        """(Gemini's reply and media transcripts, or None when Gemini keeps failing; the burst it was given).
+    def _ask_model(self, claim: Claim, burst: Burst, decision: Decision) -> tuple[Generated | None, Burst]:
+        """(The model's reply and media transcripts, or None when every provider keeps failing; the burst it was
+        given).
 
         The history holds the turns this burst puts before the answered messages (a person's, say), and the turns
         of earlier conversations carry their dates. When Gemini refuses a burst's media (400: a corrupt voice
@@ -500,16 +513,28 @@ class Worker:
         history, marked = dated([*recent, *decision.earlier], decision.conversation_since, self.settings.hours)
         note = now_note(self.clock(), self.settings.hours) if marked else ""
         try:
-            return self.ai.generate(history, list(burst.parts), note=note), burst
+            generated = self.ai.generate(history, list(burst.parts), note=note)
         except AIServiceError as exc:
             if exc.status_code == 400 and burst.has_readable_media:
                 self.counters.add("media_refused")
-                log.warning("gemini refused the media of chat=%s (%s); asking again without it", claim.chat.label, exc)
-                return self._ask_gemini(claim, burst.without_media(), decision)
+                log.warning(
+                    "the model refused the media of chat=%s (%s); asking again without it", claim.chat.label, exc
+                )
+                return self._ask_model(claim, burst.without_media(), decision)
             self.counters.add("ai_failures")
             self.counters.add("fallbacks")
-            log.error("gemini failed chat=%s: %s; sending FALLBACK_REPLY", claim.chat.label, exc)
+            log.error("no model answered chat=%s: %s; sending FALLBACK_REPLY", claim.chat.label, exc)
             return None, burst
+        self._account(claim, generated)
+        return generated, burst
+
+    def _account(self, claim: Claim, generated: Generated) -> None:
+        """Sum the calls' tokens and cost for the chat and the day, and archive them with the reply."""
+        if not generated.usage:
+            return
+        cost = self.usage.record(claim.chat, list(generated.usage), now=self.clock()) if self.usage else 0.0
+        about = _last_record_id(claim)
+        self._archive([usage_event(claim.chat, about=about, calls=generated.usage, cost_usd=cost, at=self.clock())])
 
     def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> str | None:
         """Send the parts not sent yet, in order, through the chat's own gateway, each after its typing pause;

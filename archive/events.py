@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from models import ChatRef
+from usage import Usage
 
 CUSTOMER, BOT, HUMAN = "customer", "bot", "human"
 MESSAGE = "message"
@@ -163,4 +164,20 @@ def dead_letter_event(
         text=reply,
         delivery="failed",
         data={"error": error, "unsent_parts": len(unsent), "attempts": attempts},
+    )
+
+
+def usage_event(chat: ChatRef, *, about: str, calls: Sequence[Usage], cost_usd: float, at: float) -> Event:
+    """The model calls that wrote a reply: provider, model and tokens of each, and their cost (MODEL_PRICES)."""
+    return Event(
+        event_id=f"model_usage|{chat.key}|{about}|{at:.6f}",
+        chat=chat.key,
+        kind="model_usage",
+        at=at,
+        data={
+            "calls": [call.to_json() for call in calls],
+            "input_tokens": sum(call.input_tokens for call in calls),
+            "output_tokens": sum(call.output_tokens for call in calls),
+            "cost_usd": round(cost_usd, 6),
+        },
     )

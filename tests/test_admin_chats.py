@@ -177,6 +177,7 @@ def test_a_pending_burst_shows_before_any_conversation(client: FlaskClient, part
         "pending": {"messages": 2, "deadline": first + 0.5 + 1.0, "answering": False},  # DEBOUNCE_SECONDS=1
         "conversation": {"opened_at": None, "last_message_at": None, "last_human_action_at": None},
         "last_messages": [],
+        "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0},  # nothing asked of a model yet
     }
 
 

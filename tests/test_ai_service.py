@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from ai_service import BUSINESS_FIRST, AIService, build_prompt
+from ai_service import AIService
 from config import DEFAULT_SYSTEM_PROMPT
 from errors import AIServiceError
+from gemini_provider import build_prompt
 from knowledge import GROUNDING_RULE, HEADER_NOTHING_FOUND, HEADER_RETRIEVED, HEADER_WHOLE, KnowledgeBase
 from memory import Turn
+from prompt import BUSINESS_FIRST
 from tests.conftest import make_settings
 from tests.fakes import Canned, FakeGemini, gemini_answer, gemini_error
 

@@ -28,6 +28,7 @@ from redis_keys import RedisKeys
 from redis_link import RedisLink
 from tests.fakes import Canned, FakeEvolution, FakeGemini, gemini_answer, gemini_error
 from tests.gateway_doubles import WrappedGateway, real_evolution
+from usage import UsageLedger
 from worker import Worker
 
 T0 = 1_700_000_000.0
@@ -139,6 +140,8 @@ def test_a_burst_gets_one_reply(
         p.keys.conversation(CHAT.key),  # the conversation: open, last message at...
         p.keys.outbox(CHAT.key),  # the reply's text hash, so its echo is known as ours
         p.keys.own_message(CHAT.key, "FAKE000001"),  # the id the send returned, likewise
+        p.keys.usage(CHAT.key),  # the tokens the reply cost, for the chat...
+        p.keys.usage_day(UsageLedger.day(p.clock())),  # ... and for the day
     }
     assert all(redis_client.ttl(key) > 0 for key in leftovers), "every key left behind expires"
 
@@ -231,7 +234,7 @@ def test_gemini_down_sends_the_fallback_once_and_keeps_it_out_of_history(
     assert len(fake_gemini.received()) == 2
     assert sent_texts(fake_evolution) == [FALLBACK]
     assert roles_and_texts(p.history.recent(CHAT)) == [("user", "Oi")]
-    assert p.counters.snapshot() == {"ai_failures": 1, "fallbacks": 1, "replies_sent": 1}
+    assert p.counters.snapshot() == {"ai_failures": 1, "ai_failures_gemini": 1, "fallbacks": 1, "replies_sent": 1}
     p.clock.advance(3600)
     assert p.worker.run_once(wait=True) == 0
     assert sent_texts(fake_evolution) == [FALLBACK]

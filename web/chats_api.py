@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -19,6 +20,7 @@ from flask import Blueprint, Response, jsonify, request
 from conversation import CLOSE, PAUSE, RESUME
 from models import ChatRef
 from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person, steer
+from usage import UsageLedger
 from web import components
 from web.admin_auth import admin_refusal
 
@@ -84,6 +86,7 @@ def view(chat: ChatRef, now: float) -> dict[str, Any]:
             "last_human_action_at": status.business_at or None,
         },
         "last_messages": [{"role": turn.by, "text": turn.text, "at": turn.at} for turn in parts.history.recent(chat)],
+        "usage": parts.usage.of_chat(chat),
     }
 
 
@@ -187,3 +190,18 @@ def discard(letter_id: str) -> tuple[Response, int]:
     if not discard_dead_letter(components(), letter_id):
         return jsonify(error="unknown dead letter", id=letter_id), 404
     return jsonify(status="discarded", id=letter_id), 200
+
+
+usage_api = Blueprint("usage_api", __name__, url_prefix="/admin/api/usage")
+usage_api.before_request(admin_refusal)
+
+
+@usage_api.get("")
+def usage_of_day() -> tuple[Response, int]:
+    """?day=YYYY-MM-DD (UTC; default today): the day's tokens and cost, and by provider:model."""
+    day = request.args.get("day") or UsageLedger.day(time.time())
+    try:
+        datetime.strptime(day, "%Y-%m-%d")
+    except ValueError:
+        return jsonify(error="bad request", detail="day must be YYYY-MM-DD"), 400
+    return jsonify(components().usage.of_day(day)), 200

@@ -21,6 +21,7 @@ CONVERSATION_COUNTERS = (
     "bot_resumes",
     "conversations_closed",
     "own_echoes",
+    "ai_fallbacks",
 )
 
 health = Blueprint("health", __name__)
@@ -44,12 +45,13 @@ def health_body() -> dict[str, Any]:
     # is not (Redis down, the worker stopped, the archive's database away); ok otherwise.
     healthy = redis_state != "down" and worker != "stopped" and archive["state"] != "down"
     status = "ok" if healthy else "degraded"
-    if not (settings.gemini_configured or settings.ai_dry_run) or not settings.any_gateway_configured:
+    if not settings.ai_configured or not settings.any_gateway_configured:
         status = "not_configured"
     body: dict[str, Any] = {
         "status": status,
         "redis": redis_state,
         "gemini": gemini_state(settings),
+        "ai": ai_state(settings),
         "gateway": "configured" if settings.gateway_configured else "missing EVOLUTION_API",
         "gateways": sorted(name for name in parts.gateways if name != "simulator"),
         "simulator": "simulator" in parts.gateways,
@@ -71,6 +73,20 @@ def gemini_state(settings: Settings) -> str:
     if settings.ai_dry_run:
         return "dry run (AI_DRY_RUN)"
     return "configured" if settings.gemini_configured else "missing GEMINI_API_KEY"
+
+
+def ai_state(settings: Settings) -> dict[str, Any]:
+    """Who answers (and who takes over), with their models and whether they are configured."""
+
+    def described(name: str) -> dict[str, Any]:
+        model = settings.openai_model if name == "openai" else settings.gemini_model
+        return {"name": name, "model": model, "configured": settings.provider_configured(name)}
+
+    fallback = settings.ai_fallback_provider
+    return {
+        "provider": described(settings.ai_provider),
+        "fallback": described(fallback) if fallback and fallback != settings.ai_provider else None,
+    }
 
 
 def worker_state() -> str:

@@ -1,0 +1,137 @@
+"""What the models cost: the tokens of every call (both providers report them), priced from MODEL_PRICES, summed per
+chat and per day in Redis (`UsageLedger`), for the panel, `/admin/api/chats/<chat>` and the archive.
+
+MODEL_PRICES is the owner's own price list, `model:input/output,...` in USD per million tokens, e.g.
+`gemini-3-flash-preview:0.5/3,gpt-4o-mini:0.15/0.6`; a model without a price counts tokens at no cost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from models import ChatRef
+from redis_keys import RedisKeys
+from redis_link import RedisLink
+
+MICRO = 1_000_000  # costs are summed in micro-dollars (integers: HINCRBY is exact, floats drift)
+DAYS_KEPT = 400
+CHAT_DAYS_KEPT = 90  # a chat's sum, from its last reply on (the archive keeps every call for good)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """The tokens of one model call."""
+
+    provider: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+
+def parse_prices(raw: str) -> dict[str, tuple[float, float]]:
+    """`model:input/output,...` -> {model: (USD per million input tokens, per million output tokens)}."""
+    prices: dict[str, tuple[float, float]] = {}
+    for item in filter(None, (piece.strip() for piece in raw.split(","))):
+        model, sep, pair = item.rpartition(":")
+        given_in, slash, given_out = pair.partition("/")
+        try:
+            if not sep or not slash or not model.strip():
+                raise ValueError
+            price_in, price_out = float(given_in), float(given_out)
+        except ValueError:
+            raise ValueError(f"expected model:input/output (USD per million tokens), got {item!r}") from None
+        if price_in < 0 or price_out < 0:
+            raise ValueError(f"prices cannot be negative: {item!r}")
+        prices[model.strip()] = (price_in, price_out)
+    return prices
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    table: dict[str, tuple[float, float]]
+
+    @classmethod
+    def from_settings(cls, raw: str) -> Prices:
+        return cls(parse_prices(raw))
+
+    def cost_usd(self, usage: Usage) -> float:
+        """What the call cost, in USD (0 for a model without a price)."""
+        price_in, price_out = self.table.get(usage.model, (0.0, 0.0))
+        return (usage.input_tokens * price_in + usage.output_tokens * price_out) / 1_000_000
+
+
+def totals(fields: dict[str, str]) -> dict[str, Any]:
+    """A usage hash as the API shows it."""
+    return {
+        "input_tokens": int(fields.get("input_tokens") or 0),
+        "output_tokens": int(fields.get("output_tokens") or 0),
+        "cost_usd": round(int(fields.get("cost_micro_usd") or 0) / MICRO, 6),
+    }
+
+
+class UsageLedger:
+    """Sums per chat (`P:chat:{chat}:usage`, for 90 days after its last reply) and per UTC day (`P:usage:{day}`,
+    also by provider and model, for 400 days). Best effort: while Redis is down the sums of that time are not kept
+    (the calls still are, in the archive)."""
+
+    def __init__(self, link: RedisLink, keys: RedisKeys, prices: Prices) -> None:
+        self.link = link
+        self.keys = keys
+        self.prices = prices
+
+    def record(self, chat: ChatRef, calls: list[Usage], *, now: float | None = None) -> float:
+        """Add the calls of one reply; returns their cost in USD."""
+        cost = sum(self.prices.cost_usd(call) for call in calls)
+        if not calls:
+            return 0.0
+        day = self.day(now or time.time())
+
+        def add(client: redis.Redis) -> None:
+            pipe = client.pipeline(transaction=True)
+            for call in calls:
+                micro = round(self.prices.cost_usd(call) * MICRO)
+                for key, prefix in ((self.keys.usage(chat.key), ""), (self.keys.usage_day(day), "")):
+                    pipe.hincrby(key, f"{prefix}input_tokens", call.input_tokens)
+                    pipe.hincrby(key, f"{prefix}output_tokens", call.output_tokens)
+                    pipe.hincrby(key, f"{prefix}cost_micro_usd", micro)
+                by_model = f"{call.provider}:{call.model}:"
+                pipe.hincrby(self.keys.usage_day(day), f"{by_model}input_tokens", call.input_tokens)
+                pipe.hincrby(self.keys.usage_day(day), f"{by_model}output_tokens", call.output_tokens)
+                pipe.hincrby(self.keys.usage_day(day), f"{by_model}calls", 1)
+            pipe.expire(self.keys.usage_day(day), DAYS_KEPT * 86400)
+            pipe.expire(self.keys.usage(chat.key), CHAT_DAYS_KEPT * 86400)
+            pipe.execute()
+
+        self.link.run(add, lambda: None)
+        return cost
+
+    def of_chat(self, chat: ChatRef) -> dict[str, Any]:
+        key = self.keys.usage(chat.key)
+        return totals(self.link.run(lambda client: client.hgetall(key), dict))
+
+    def of_day(self, day: str) -> dict[str, Any]:
+        """The day's totals, and by provider:model (tokens and calls)."""
+        fields: dict[str, str] = self.link.run(lambda client: client.hgetall(self.keys.usage_day(day)), dict)
+        models: dict[str, dict[str, int]] = {}
+        for name, value in fields.items():
+            head, _, what = name.rpartition(":")
+            if head:
+                models.setdefault(head, {})[what] = int(value)
+        return {**totals(fields), "day": day, "by_model": dict(sorted(models.items()))}
+
+    @staticmethod
+    def day(at: float) -> str:
+        return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
