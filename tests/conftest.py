@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from config import Settings  # noqa: E402 (needs ROOT on sys.path)
-from tests.fakes import FakeEvolution, FakeGemini  # noqa: E402 (needs ROOT on sys.path)
+from tests.fakes import FakeEvolution, FakeGemini, FakeOpenAI  # noqa: E402 (needs ROOT on sys.path)
 from tests.postgres_server import PostgresServer  # noqa: E402 (needs ROOT on sys.path)
 from tests.redis_server import RedisServer, free_port  # noqa: E402, F401 (re-exported for the tests)
 
@@ -51,6 +51,13 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 def fake_gemini() -> Iterator[FakeGemini]:
     fake = FakeGemini()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
     yield fake
     fake.close()
 

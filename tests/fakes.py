@@ -236,3 +236,52 @@ class FakeEvolution(FakeServer):
 
     def media_requests(self) -> list[Recorded]:
         return [r for r in self.received() if "/chat/getBase64FromMediaMessage/" in r.path]
+
+
+def openai_answer(
+    text: str, *, prompt_tokens: int = 12, completion_tokens: int = 7, model: str = "gpt-4o-mini"
+) -> dict[str, Any]:
+    """A Chat Completions response body carrying `text` (the shape OpenAI and compatible servers answer)."""
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def openai_error(status: int, message: str = "fake error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": str(status)}}
+
+
+class FakeOpenAI(FakeServer):
+    """`/v1/chat/completions`: answers "Resposta: <last user text>" (or `reply_for(recorded)`);
+    `/v1/audio/transcriptions`: answers `{"text": transcript}`. Point the client at `url + "/v1"`."""
+
+    reply_for: Callable[[Recorded], str] | None = None
+    transcript: str = "transcrição de teste"
+
+    def default_answer(self, recorded: Recorded) -> Any:
+        if recorded.path.endswith("/audio/transcriptions"):
+            return {"text": self.transcript}
+        if self.reply_for is not None:
+            return openai_answer(self.reply_for(recorded))
+        messages = recorded.json.get("messages", [])
+        content = messages[-1]["content"] if messages else ""
+        if isinstance(content, list):
+            content = " ".join(part.get("text", "") for part in content if part.get("type") == "text")
+        return openai_answer(f"Resposta: {content}")
+
+    def completions(self) -> list[dict[str, Any]]:
+        return [r.json for r in self.received() if r.path.endswith("/chat/completions")]
+
+    def transcriptions(self) -> list[Recorded]:
+        return [r for r in self.received() if r.path.endswith("/audio/transcriptions")]
