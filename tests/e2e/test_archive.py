@@ -6,6 +6,7 @@ DATABASE_URL the archive is off and the service answers as before.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from psycopg.rows import dict_row
 from archive.journal import FIELD
 from archive.store import MIGRATION_LOCK, migrations
 from archive.writer import ARCHIVE_GROUP
-from tests.e2e.conftest import REDIS_PREFIX, Harness, ServerProcess, upsert, wait_until
+from tests.e2e.conftest import INSTANCE, REDIS_PREFIX, Harness, ServerProcess, upsert, wait_until
 from tests.fakes import Recorded
 from tests.postgres_server import PostgresServer
 
@@ -239,6 +240,21 @@ def test_two_processes_starting_at_once_on_an_empty_database_migrate_it_once(e2e
     assert other.health()["counters"]["archive_events_written"] == written_before + written_alone
     for server in servers:
         assert "archive writer round failed" not in server.logs()
+
+
+def test_an_idle_archive_writer_leaves_the_buffer_in_redis(e2e: Harness, postgres_url: str) -> None:
+    # The writer's blocking read of an empty stream must not look like a Redis outage to the process: each message
+    # of these seconds (several of its blocking reads) must be buffered in Redis, none in the process's memory.
+    server = e2e.python_server(DATABASE_URL=postgres_url, DEBOUNCE_SECONDS=30, REDIS_RETRY_SECONDS=2)
+    wait_group(e2e)
+    for n in range(20):
+        response = server.post(upsert(f"Mensagem {n}", jid=jid(n)))
+        assert response.json()["status"] == "buffered", response.text
+        assert e2e.redis.zscore(f"{REDIS_PREFIX}:due", f"evolution:{INSTANCE}:{jid(n)}") is not None, (
+            f"message {n} was not buffered in Redis"
+        )
+        time.sleep(0.2)
+    assert "redis unavailable" not in server.logs()
 
 
 def test_without_database_url_the_archive_is_off_and_replies_go_on(e2e: Harness) -> None:
