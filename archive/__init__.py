@@ -16,7 +16,7 @@ from typing import Any
 from archive.events import Event
 from archive.journal import Journal
 from archive.store import ArchiveStore
-from archive.writer import ArchiveWriter
+from archive.writer import BLOCK_MS, ArchiveWriter
 from config import Settings
 from counters import Counters
 from redis_keys import RedisKeys
@@ -24,6 +24,7 @@ from redis_link import RedisLink
 
 HEALTH_PING_SECONDS = 1.0  # /health never waits longer than this on PostgreSQL
 HEALTH_CACHE_SECONDS = 2.0
+WRITER_TIMEOUT_MARGIN_SECONDS = 2.0  # the writer's socket timeout: its longest block plus this
 
 
 @dataclass(kw_only=True)
@@ -59,10 +60,18 @@ def build_archive(settings: Settings, link: RedisLink, keys: RedisKeys, counters
     if not enabled:
         return Archive(journal=journal)
     store = ArchiveStore(settings.database_url)
+    # The writer's own connection: its XREADGROUP blocks up to BLOCK_MS, which on the shared client (1 s socket
+    # timeout) would time out now and then and mark Redis down for the whole process (the webhook then buffers in
+    # memory). Its failures stay its own.
+    writer_link = RedisLink(
+        settings.redis_uri if settings.redis_enabled else None,
+        retry_seconds=settings.redis_retry_seconds,
+        timeout_seconds=BLOCK_MS / 1000 + WRITER_TIMEOUT_MARGIN_SECONDS,
+    )
     writer = ArchiveWriter(
         store,
         journal,
-        link,
+        writer_link,
         keys,
         counters,
         claim_idle_seconds=settings.archive_claim_idle_seconds,

@@ -25,6 +25,7 @@ from memory import Turn
 from models import MediaRef
 from tests.fakes import Canned, FakeEvolution, FakeGemini, FakeOpenAI, gemini_error, openai_error
 from tests.test_ai_service import KNOWLEDGE
+from tests.test_console import log_in
 from tests.test_media import CHAT, PHOTO, VOICE, audio_event, image_event, msg_id, text_event
 from usage import Prices, Usage, parse_prices
 from webhook import Components, create_app
@@ -332,3 +333,18 @@ def test_provider_settings_are_checked() -> None:
         dotenv=False,
     )
     assert (loaded.ai_provider, loaded.openai_configured, loaded.openai_max_retries) == ("openai", True, 0)
+
+
+def test_the_panel_shows_what_the_model_cost_for_the_chat_and_today(
+    service: Callable[..., Service], fake_openai: FakeOpenAI
+) -> None:
+    s = service(model_prices="gpt-4o-mini:150/600")  # prices that make a visible cost from 12 + 7 tokens
+    s.post(text_event(msg_id(), "Oi"))
+    s.answer()
+    log_in(s.client, ADMIN_TOKEN)
+    chat_page = s.client.get(f"/admin/chats/{quote(CHAT.key, safe='')}").text
+    # 12 * 150 / 1e6 + 7 * 600 / 1e6 = 0.006 USD
+    assert "12 tokens de entrada, 7 de saída · US$ 0,0060" in chat_page
+    status = s.client.get("/admin/status").text
+    assert "openai (gpt-4o-mini)" in status
+    assert "12 tokens de entrada, 7 de saída · US$ 0,0060" in status and "openai:gpt-4o-mini: 1 chamada" in status

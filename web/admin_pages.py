@@ -26,6 +26,7 @@ from hours import parse_timezone
 from models import ChatRef
 from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person, steer
 from privacy import ArchiveUnavailable, Erased, erase, export
+from usage import UsageLedger
 from web import components
 from web.archive_api import MAX_QUERY_CHARS, event_view
 from web.chats_api import MAX_PERSON_MESSAGE_CHARS, chat_from_path, view
@@ -100,7 +101,7 @@ def chat_body(raw: str) -> str:
 def chat_view(chat: ChatRef) -> dict[str, Any]:
     now = round(time.time(), 3)
     name = customer_name(components().history.recent(chat))
-    return {"view": view(chat, now), "now": now, "states": STATES, "name": name}
+    return {"view": view(chat, now), "now": now, "states": STATES, "name": name, "usage_words": usage_words}
 
 
 @admin_pages.post("/chats/<path:raw>/action")
@@ -172,6 +173,24 @@ def local_time(at: float) -> str:
     return datetime.fromtimestamp(at, parse_timezone(components().settings.timezone)).strftime("%d/%m/%Y %H:%M")
 
 
+def usage_words(usage: dict[str, Any]) -> str:
+    """Tokens and cost in pt-BR: "1.234 tokens de entrada, 56 de saída · US$ 0,0012" (plus the models, for an
+    archived reply)."""
+    models = ", ".join(
+        dict.fromkeys(f"{call.get('provider')} {call.get('model')}" for call in usage.get("calls") or [])
+    )
+    tokens = (
+        f"{_thousands(int(usage.get('input_tokens') or 0))} tokens de entrada, "
+        f"{_thousands(int(usage.get('output_tokens') or 0))} de saída"
+    )
+    cost = f"US$ {float(usage.get('cost_usd') or 0):.4f}".replace(".", ",")
+    return " · ".join(filter(None, [models, tokens, cost]))
+
+
+def _thousands(n: int) -> str:
+    return f"{n:,}".replace(",", ".")
+
+
 def event_note(event: dict[str, Any]) -> str:
     """What an archived event that is not a message says, as a short note in pt-BR."""
     kind, data = event["kind"], event["data"] or {}
@@ -179,6 +198,8 @@ def event_note(event: dict[str, Any]) -> str:
         attempts = int(data.get("attempts") or 0)
         tries = f" após {attempts} tentativa{'s' if attempts != 1 else ''}" if attempts else ""
         return f"Resposta não entregue{tries} ({data.get('error') or 'erro desconhecido'})."
+    if kind == "model_usage":
+        return f"Modelo: {usage_words(data)}."
     by = NOTE_BY.get(str(data.get("by") or ""))
     if kind in LIFECYCLE_NOTES:
         return f"{LIFECYCLE_NOTES[kind]} {by}." if by else f"{LIFECYCLE_NOTES[kind]}."
@@ -304,7 +325,10 @@ def knowledge() -> str:
 @admin_pages.get("/status")
 def status() -> str:
     checks = gateway_states() if request.args.get("check") else {}
-    return render_template("admin/status.html", health=health_body(), checks=checks)
+    today = components().usage.of_day(UsageLedger.day(time.time()))
+    return render_template(
+        "admin/status.html", health=health_body(), checks=checks, today=today, usage_words=usage_words
+    )
 
 
 def gateway_states() -> dict[str, str]:

@@ -58,7 +58,8 @@ def home() -> Response:
 def page() -> str:
     settings, link = components().settings, components().link
     missing = {
-        "gemini": not settings.gemini_configured and not settings.ai_dry_run,
+        "gemini": not settings.ai_configured and settings.ai_provider == "gemini",
+        "openai": not settings.ai_configured and settings.ai_provider == "openai",
         "dry_run": settings.ai_dry_run,
         "redis": link.enabled and not link.ping(),
         "redis_off": not link.enabled,
