@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench bench-knowledge bench-console redis-server postgresql browser clean
+.PHONY: run check test lint bench bench-knowledge bench-console redis-server postgresql browser clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ browser:
 
 run: $(VENV)/.installed
 	$(PY) webhook.py
+
+# Tries each configured dependency (Redis, the model, the gateway, PostgreSQL, the knowledge folder) and exits.
+check: $(VENV)/.installed
+	$(PY) webhook.py --check
 
 test: $(VENV)/.installed redis-server postgresql browser
 	$(VENV)/bin/ruff check .

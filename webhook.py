@@ -6,6 +6,7 @@ are called by the worker, never inside a request.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import logging
 import signal
@@ -95,11 +96,18 @@ def __getattr__(name: str) -> Any:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve the assistant with the development server.")
+    parser.add_argument("--check", action="store_true", help="try each configured dependency, report and exit")
+    args = parser.parse_args()
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if args.check:
+        import checks  # only this command needs it
+
+        sys.exit(checks.print_report(checks.run_checks(settings)))
     # Before anything starts (the worker would claim chats in a process that then fails to serve).
     if port_in_use(settings.host, settings.port):
         print(
