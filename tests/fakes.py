@@ -27,6 +27,7 @@ class Recorded:
     body: bytes
     at: float
     status: int = 0  # what the fake answered (0 while it is still answering)
+    seq: int = 0  # its number among the requests this fake received (1 = the first), set as it arrives
 
     @property
     def json(self) -> Any:
@@ -96,6 +97,7 @@ class FakeServer:
     def _answer(self, recorded: Recorded) -> tuple[int, Any, float]:
         with self._lock:
             self.requests.append(recorded)
+            recorded.seq = len(self.requests)  # under the lock: two requests at once get two numbers
             canned = self.script.popleft() if self.script else Canned()
         body = canned.body if canned.body is not None else self.default_answer(recorded)
         if isinstance(body, Canned):  # a default answer with its own status
@@ -195,7 +197,7 @@ class FakeEvolution(FakeServer):
             }
         body = recorded.json
         answer = {
-            "key": {"remoteJid": body.get("number"), "fromMe": True, "id": f"FAKE{len(self.requests):06d}"},
+            "key": {"remoteJid": body.get("number"), "fromMe": True, "id": f"FAKE{recorded.seq:06d}"},
             "message": {"extendedTextMessage": {"text": body.get("text", "")}},
             "messageTimestamp": str(int(time.time())),
             "status": "PENDING",
