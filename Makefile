@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh Debian machine:
 #   make run    installs the Python requirements into .venv and serves on HOST:PORT
-#   make test   also installs redis-server, postgresql, chromium and chromium-driver (apt) where missing, then
-#               runs the tests
+#   make test   also installs redis-server, postgresql, chromium, chromium-driver and nginx (apt) where missing,
+#               then runs the tests
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -34,6 +34,15 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# nginx for tests/test_deploy.py, which runs `nginx -t` on deploy/nginx/ (never serves). Debian starts the service on
+# install: it is stopped again, so nothing is left listening on port 80.
+nginx:
+	@test -x /usr/sbin/nginx || { \
+	  echo "installing nginx (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx >/dev/null; \
+	  $$SUDO service nginx stop >/dev/null 2>&1 || true; }
+
 run: $(VENV)/.installed
 	$(PY) webhook.py
 
@@ -41,7 +50,7 @@ run: $(VENV)/.installed
 check: $(VENV)/.installed
 	$(PY) webhook.py --check
 
-test: $(VENV)/.installed redis-server postgresql browser
+test: $(VENV)/.installed redis-server postgresql browser nginx
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
