@@ -10,6 +10,7 @@ history). Only when every provider failed does the caller get AIServiceError (an
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 from config import Settings
@@ -19,6 +20,7 @@ from gemini_provider import GeminiProvider
 from knowledge import KnowledgeBase
 from media import BurstPart
 from memory import Turn
+from metrics import Metrics
 from openai_provider import OpenAIProvider
 from prompt import Generated, dry_run_reply, persona
 
@@ -51,11 +53,13 @@ class AIService:
         knowledge: KnowledgeBase | None = None,
         *,
         counters: Counters | None = None,
+        metrics: Metrics | None = None,
         providers: list[Provider] | None = None,
     ) -> None:
         self.settings = settings
         self.knowledge = knowledge
         self.counters = counters or Counters()
+        self.metrics = metrics or Metrics(enabled=False)
         if providers is None:
             names = [settings.ai_provider]
             if settings.ai_fallback_provider and settings.ai_fallback_provider != settings.ai_provider:
@@ -82,15 +86,20 @@ class AIService:
         has_media = any(item.readable for item in burst)
         error: AIServiceError | None = None
         for position, provider in enumerate(self.providers):
+            began = time.monotonic()
             try:
                 generated = provider.generate(history, burst, instruction=instruction)
             except AIServiceError as exc:
+                self.metrics.model_call(provider.name, provider.model, time.monotonic() - began, ok=False)
                 self.counters.add(f"ai_failures_{provider.name}")
                 if exc.status_code == 400 and has_media:
                     raise  # the caller asks again with the media as words, from the first provider
                 error = exc
                 log.warning("%s (%s) failed: %s", provider.name, provider.model, exc)
                 continue
+            self.metrics.model_call(provider.name, provider.model, time.monotonic() - began, ok=True)
+            for call in generated.usage:
+                self.metrics.model_tokens(call.provider, call.model, call.input_tokens, call.output_tokens)
             if position:
                 self.counters.add("ai_fallbacks")
                 log.warning("answered by the fallback provider %s (%s)", provider.name, provider.model)

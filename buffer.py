@@ -58,14 +58,20 @@ end
 
 # KEYS: 1 seen, 2 pending, 3 meta, 4 due, 5 leases, 6 media blob
 # ARGV: 1 now, 2 debounce_s, 3 max_wait_s, 4 dedup_ttl_s, 5 message JSON, 6 chat key, 7 media base64 ('' = none)
-# Returns {0} for a duplicate id, else {1, messages pending, deadline}.
+# Returns {0} for a duplicate id, else {1, messages pending, deadline, the id of the burst's first message ('' when
+# this one is the first)}: the burst's correlation id in the logs is made from it (logs.burst_id).
 APPEND_LUA = (
     PUSH_PENDING_LUA
     + """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then return {0} end
 if ARGV[7] ~= '' then redis.call('SET', KEYS[6], ARGV[7], 'EX', ARGV[4]) end
 local n, deadline = push_pending(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[6], ARGV[5], ARGV[1], ARGV[2], ARGV[3])
-return {1, n, string.format('%.3f', deadline)}
+local first_id = ''
+if n > 1 then
+  local ok, first = pcall(cjson.decode, redis.call('LINDEX', KEYS[2], 0))
+  if ok and type(first) == 'table' and first['id'] then first_id = tostring(first['id']) end
+end
+return {1, n, string.format('%.3f', deadline), first_id}
 """
 )
 
@@ -167,6 +173,7 @@ class AppendResult:
     pending: int = 0  # messages now waiting in this chat's burst
     deadline: float = 0.0
     store: str = "redis"
+    first_id: str = ""  # the id of the first message of the burst it joined (its correlation id comes from it)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,7 +281,10 @@ class RedisStore:
         )
         if int(result[0]) == 0:
             return AppendResult(accepted=False, store=self.name)
-        return AppendResult(accepted=True, pending=int(result[1]), deadline=float(result[2]), store=self.name)
+        first_id = (result[3] if len(result) > 3 else "") or message.message_id
+        return AppendResult(
+            accepted=True, pending=int(result[1]), deadline=float(result[2]), store=self.name, first_id=first_id
+        )
 
     def claim_due(self, *, now: float, limit: int, lease_seconds: float) -> list[Claim]:
         """Claim up to `limit` chats that are due, or whose lease expired. Each claim is atomic per chat,
@@ -475,7 +485,10 @@ class LocalStore:
             if chat.first_at is None:
                 chat.first_at = now
             chat.deadline = min(now + debounce, chat.first_at + max_wait)
-            return AppendResult(accepted=True, pending=len(chat.pending), deadline=chat.deadline, store=self.name)
+            first_id = str((_json_object(chat.pending[0]) or {}).get("id") or message.message_id)
+            return AppendResult(
+                accepted=True, pending=len(chat.pending), deadline=chat.deadline, store=self.name, first_id=first_id
+            )
 
     def _forget_expired_ids(self, now: float) -> None:
         while self._seen and (next(iter(self._seen.values())) <= now or len(self._seen) > self.MAX_SEEN_IDS):

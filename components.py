@@ -19,7 +19,9 @@ from gateways import build_gateways
 from gateways.base import Gateway
 from gateways.simulator import SimulatorGateway
 from knowledge import KnowledgeBase, ReloadSignal, Watcher
+from liveness import Liveness
 from memory import History
+from metrics import Metrics
 from notify import HandoffNotifier
 from redis_keys import RedisKeys
 from redis_link import RedisLink
@@ -48,6 +50,8 @@ class Components:
     transcript: Transcript  # the WhatsApp simulator's chats (simulator.py)
     archive: Archive  # PostgreSQL archive (off without DATABASE_URL)
     usage: UsageLedger  # tokens and cost per chat and per day
+    metrics: Metrics  # Prometheus metrics of this host's processes (metrics.py)
+    liveness: Liveness  # workers' heartbeats
 
 
 def build_components(
@@ -86,7 +90,9 @@ def build_components(
             handoff_seconds=settings.handoff_pause_seconds,
         ),
     )
-    counters = Counters()
+    metrics = Metrics(enabled=settings.metrics_enabled)
+    counters = Counters(metrics)
+    liveness = Liveness(link, keys)
     archive = build_archive(settings, link, keys, counters)
     usage = UsageLedger(link, keys, Prices.from_settings(settings.model_prices))
     secret = webhook_secret(settings, link, keys)
@@ -110,12 +116,14 @@ def build_components(
         buffer=buffer,
         history=history,
         conversations=conversations,
-        ai=AIService(settings, knowledge, counters=counters),
+        ai=AIService(settings, knowledge, counters=counters, metrics=metrics),
         gateways=gateways,
         counters=counters,
         notifier=HandoffNotifier(settings.handoff_notify_url, counters),
         journal=archive.journal,
         usage=usage,
+        metrics=metrics,
+        liveness=liveness,
         clock=clock,
     )
     return Components(
@@ -134,4 +142,6 @@ def build_components(
         transcript=transcript,
         archive=archive,
         usage=usage,
+        metrics=metrics,
+        liveness=liveness,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -228,6 +229,11 @@ class Settings:
     archive_claim_idle_seconds: float = 30.0  # a dead writer's stream entries are taken over after this long
     archive_retention_days: int = 0  # rows older than this are purged daily; 0 (empty) = kept forever
 
+    # Operations: metrics and logs
+    metrics_enabled: bool = True  # /metrics and /health's deployment totals (prometheus-client multiprocess mode)
+    metrics_token: str = field(default="", repr=False)  # bearer token /metrics asks for; empty = open
+    log_format: str = "text"  # text | json (one JSON object per line, with correlation_id)
+
     # Background worker
     worker_enabled: bool = True
     worker_concurrency: int = 16
@@ -405,6 +411,14 @@ _HTTP_URL = _url("http", "https")
 
 
 AI_PROVIDERS = ("gemini", "openai")
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(raw: str) -> str:
+    kind = raw.strip().lower()
+    if kind not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {raw!r}")
+    return kind
 
 
 def _provider(raw: str) -> str:
@@ -537,6 +551,9 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
     "ARCHIVE_CLAIM_IDLE_SECONDS": ("archive_claim_idle_seconds", _positive(float)),
     "ARCHIVE_RETENTION_DAYS": ("archive_retention_days", _days_or_forever),
+    "METRICS_ENABLED": ("metrics_enabled", _to_bool),
+    "METRICS_TOKEN": ("metrics_token", _strip),
+    "LOG_FORMAT": ("log_format", _log_format),
     "WORKER_ENABLED": ("worker_enabled", _to_bool),
     "WORKER_CONCURRENCY": ("worker_concurrency", _positive(int)),
     "WORKER_POLL_SECONDS": ("worker_poll_seconds", _positive(float)),
@@ -555,6 +572,21 @@ MAY_BE_EMPTY = frozenset(
 )
 # Read by load_settings() itself: its content replaces SYSTEM_PROMPT.
 SYSTEM_PROMPT_FILE = "SYSTEM_PROMPT_FILE"
+# Read by prometheus-client itself when first imported (metrics.py calls `metrics_directory()` before that).
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_directory() -> str:
+    """PROMETHEUS_MULTIPROC_DIR, set to <temp dir>/wa-assistant-metrics-<uid> when empty, and created: every process
+    of a host writes its metric files there."""
+    path = os.environ.get(METRICS_DIR, "").strip()
+    if not path:
+        path = os.path.join(tempfile.gettempdir(), f"wa-assistant-metrics-{os.getuid()}")
+        os.environ[METRICS_DIR] = path
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 # Other names accepted for a variable (ALIAS -> NAME); setting both to different values is an error.
 ENV_ALIASES: dict[str, str] = {"RAG_DIR": "KNOWLEDGE_DIR"}
 
@@ -606,7 +638,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
 
 
 # Every name this service reads: a name in .env that is none of these but close to one is most likely a typo.
-KNOWN_NAMES = frozenset([*ENV_VARIABLES, *ENV_ALIASES, SYSTEM_PROMPT_FILE])
+KNOWN_NAMES = frozenset([*ENV_VARIABLES, *ENV_ALIASES, SYSTEM_PROMPT_FILE, METRICS_DIR])
 _OUR_PREFIXES = tuple({name.split("_", 1)[0] + "_" for name in KNOWN_NAMES})
 
 

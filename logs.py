@@ -1,9 +1,17 @@
-"""Logging set-up and redaction helpers: masked phone numbers and chat labels for log lines."""
+"""Logging set-up and redaction helpers: masked phone numbers and chat labels for log lines, the text or JSON
+format (LOG_FORMAT), and the burst's correlation id that every line of a burst carries, from each webhook to the
+send, in whichever process (`burst_id`, `log_context`)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
 import logging
 import re
+from collections.abc import Iterator
+
+from pythonjsonlogger.json import JsonFormatter
 
 _DIGITS = re.compile(r"\d+")
 
@@ -42,17 +50,67 @@ class OneLine(logging.Filter):
         return True
 
 
-def setup_logging(level: str) -> None:
-    """Configure the root logger once, unless a host (gunicorn) already did."""
+_correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
+_chat: contextvars.ContextVar[str] = contextvars.ContextVar("chat", default="")
+
+
+def burst_id(chat_key: str, first_message_id: str) -> str:
+    """A burst's correlation id: the same in the webhook of each of its messages and in the worker that answers it,
+    in any process, because both know the chat and the id of the burst's first message."""
+    return hashlib.sha256(f"{chat_key}|{first_message_id}".encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def log_context(correlation_id: str, chat: str) -> Iterator[None]:
+    """Every line logged inside (in this thread) carries the burst's correlation id and the masked chat."""
+    tokens = (_correlation_id.set(correlation_id), _chat.set(chat))
+    try:
+        yield
+    finally:
+        _correlation_id.reset(tokens[0])
+        _chat.reset(tokens[1])
+
+
+class BurstContext(logging.Filter):
+    """Puts `correlation_id` and `chat` on every record (given with `extra=`, or from `log_context`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "correlation_id", ""):
+            record.correlation_id = _correlation_id.get()
+        if not getattr(record, "chat", ""):
+            record.chat = _chat.get()
+        return True
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s %(correlation_id)s %(chat)s"
+
+
+def json_formatter() -> logging.Formatter:
+    """One JSON object per line: time, level, process, logger, message, correlation_id, chat (masked)."""
+    return JsonFormatter(
+        JSON_FIELDS,
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        json_ensure_ascii=False,
+    )
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Configure the root logger once, unless a host (gunicorn) already did; LOG_FORMAT=json switches every
+    handler to one JSON object per line."""
     root = logging.getLogger()
     gunicorn_error = logging.getLogger("gunicorn.error")
     if gunicorn_error.handlers:
         root.handlers = gunicorn_error.handlers
     elif not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+        logging.basicConfig(format=TEXT_FORMAT)
     for handler in root.handlers:
         if not any(isinstance(f, OneLine) for f in handler.filters):
             handler.addFilter(OneLine())
+        if not any(isinstance(f, BurstContext) for f in handler.filters):
+            handler.addFilter(BurstContext())
+        if log_format == "json":
+            handler.setFormatter(json_formatter())
     root.setLevel(level)
     # httpx/google-genai log every request at INFO with URLs; keep our INFO lines readable.
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "google_genai", "werkzeug"):

@@ -155,8 +155,13 @@ class RedisKeys:
         return [self.seen(literal, "*"), self.own_message(literal, "*"), self.media(literal, "*")]
 
     def stats(self) -> str:
-        """HASH of counters shared by every process (received, duplicates, replies_sent, ...). No TTL."""
+        """HASH dead_lettered: dead letters ever made (ACK_LUA). No TTL."""
         return f"{self.prefix}:stats"
+
+    def workers(self) -> str:
+        """ZSET worker id (host:pid:random) -> its last heartbeat (liveness.py); members older than ten missed
+        heartbeats are removed by the next heartbeat. No TTL."""
+        return f"{self.prefix}:workers"
 
 
 def _glob_escaped(text: str) -> str:

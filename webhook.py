@@ -28,6 +28,7 @@ from web.console import setup_console
 from web.errors import register_error_handlers
 from web.health import health
 from web.knowledge_admin import knowledge_admin
+from web.metrics_page import metrics_page
 from web.simulator import simulator_pages
 from web.webhooks import webhooks
 from webhook_token import announce
@@ -40,13 +41,13 @@ __all__ = ["Components", "build_components", "create_app"]
 def create_app(settings: Settings | None = None, *, start_worker: bool | None = None) -> Flask:
     """Build the app and its pipeline. `start_worker` defaults to WORKER_ENABLED."""
     settings = settings or load_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook_body_limit
     parts = build_components(settings)
     worker_enabled = settings.worker_enabled if start_worker is None else start_worker
     app.extensions.update(assistant=parts, worker_enabled=worker_enabled)
-    api = [webhooks, chats_api, archive_api, dead_letters_api, usage_api, knowledge_admin, health]
+    api = [webhooks, chats_api, archive_api, dead_letters_api, usage_api, knowledge_admin, health, metrics_page]
     for blueprint in [*api, admin_pages, simulator_pages]:
         app.register_blueprint(blueprint)
     setup_console(app, parts, exempt=api, checked_after_access=[admin_pages, simulator_pages])

@@ -35,8 +35,11 @@ from conversation import Changes, Conversations, text_hash
 from counters import Counters
 from errors import AIServiceError, SendError
 from gateways.base import Gateway
+from liveness import Liveness, worker_id
+from logs import burst_id, log_context
 from media import Burst, MediaLimits, MediaLoader, parts_of_records, user_record
 from memory import History, Turn
+from metrics import Metrics
 from models import ChatRef
 from notify import HandoffNotifier
 from prompt import Generated
@@ -67,11 +70,16 @@ class Worker:
         notifier: HandoffNotifier | None = None,
         journal: Journal | None = None,
         usage: UsageLedger | None = None,
+        metrics: Metrics | None = None,
+        liveness: Liveness | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.journal = journal  # the archive's (archive/journal.py); None or off = nothing archived
         self.usage = usage  # tokens and cost per chat and per day (usage.py); None = not summed
+        self.metrics = metrics or Metrics(enabled=False)
+        self.liveness = liveness  # heartbeats, so /health can tell how many workers are alive
+        self.id = worker_id()
         self.buffer = buffer
         self.history = history
         self.conversations = conversations
@@ -107,6 +115,8 @@ class Worker:
         if self.is_alive():
             return
         self._stop.clear()
+        if self.liveness is not None:  # counted from the start, before the loop's first round
+            self.liveness.beat(self.id, force=True)
         self._pool = ThreadPoolExecutor(self.settings.worker_concurrency, thread_name_prefix="reply")
         self._thread = threading.Thread(target=self.run_forever, name="buffer-worker", daemon=True)
         self._thread.start()
@@ -148,6 +158,8 @@ class Worker:
             while not self._stop.is_set():
                 claimed = 0
                 try:
+                    if self.liveness is not None:
+                        self.liveness.beat(self.id)
                     claimed = self.run_once()
                     self.renew_leases()
                     failures = 0
@@ -161,6 +173,8 @@ class Worker:
                     self._slot_free.wait(pause)
                     self._slot_free.clear()
         finally:
+            if self.liveness is not None:
+                self.liveness.leave(self.id)
             log.info("worker stopped")
 
     # ----- one round -------------------------------------------------------------------------------
@@ -200,14 +214,18 @@ class Worker:
                 log.warning("lease lost chat=%s: another worker took it over", claim.chat.label)
 
     def _process_guarded(self, claim: Claim) -> None:
+        self.metrics.in_flight(+1)
+        first_id = str(claim.messages[0].get("id") or "") if claim.messages else ""
         try:
-            self.process(claim)
+            with log_context(burst_id(claim.chat.key, first_id), claim.chat.label):
+                self.process(claim)
         except Exception:  # one chat's failure must not stop the others; its lease brings it back
             self.counters.add("worker_errors")
             log.exception("answering chat=%s failed; it will be retried when its lease expires", claim.chat.label)
         finally:
             with self._in_flight_lock:
                 self._in_flight.pop(claim.token, None)
+            self.metrics.in_flight(-1)
             self._slot_free.set()
 
     # ----- one chat --------------------------------------------------------------------------------
@@ -274,6 +292,14 @@ class Worker:
         counter = DECISION_COUNTERS.get(decision.reason)
         if counter:
             self.counters.add(counter)
+        gateway = claim.chat.gateway
+        self.metrics.burst(gateway, decision.action, len(claim.messages))
+        if decision.reason == "handoff_request":
+            self.metrics.handoff(gateway, "requested")
+        elif decision.reason == "opt_out":
+            self.metrics.opt_out(gateway)
+        elif decision.reason == "out_of_hours":
+            self.metrics.out_of_hours(gateway)
         log.info(
             "decision chat=%s action=%s reason=%s answered=%d handled_by_person=%d",
             claim.chat.label,
@@ -439,6 +465,15 @@ class Worker:
         )
         return sent
 
+    def _deadline(self, claim: Claim) -> float:
+        """When the burst fell due: DEBOUNCE_SECONDS after its last message, at most DEBOUNCE_MAX_WAIT_SECONDS after
+        its first (as the buffer computed it from the same times)."""
+        times = [float(m.get("at") or 0) for m in claim.messages if m.get("at")]
+        if not times:
+            return self.clock()
+        settings = self.settings
+        return min(max(times) + settings.debounce_seconds, min(times) + settings.debounce_max_wait_seconds)
+
     def _mark(self, parts: list[str], n: int) -> str:
         """The batch's note that part `n` is about to be sent (its text hash, and when), or '' past the end."""
         if n >= len(parts):
@@ -552,7 +587,15 @@ class Worker:
                 typing_ms = self._typing_ms(part)
                 # Only a split reply shows "typing…" before each part; otherwise each gateway's own default.
                 typing = {"typing_ms": typing_ms, "reply_to": plan.reply_to} if typing_ms else {}
-                message_id = gateway.send_text(claim.chat, part, **typing)
+                began = time.monotonic()
+                try:
+                    message_id = gateway.send_text(claim.chat, part, **typing)
+                except SendError:
+                    self.metrics.send(claim.chat.gateway, ok=False, seconds=time.monotonic() - began)
+                    raise
+                self.metrics.send(claim.chat.gateway, ok=True, seconds=time.monotonic() - began)
+                if sent == 0 and claim.attempts == 1:
+                    self.metrics.debounce_lag(claim.chat.gateway, self.clock() - self._deadline(claim))
                 self._archive(
                     [
                         reply_part_event(
@@ -582,6 +625,7 @@ class Worker:
                 # A refusal the gateway answered means the part did not go out: the retry need not look for it.
                 refused = NOT_SENDING if exc.status_code is not None else ""
                 self.buffer.release(claim, retry_at=self.clock() + delay, sending=refused)
+                self.metrics.send_retry(claim.chat.gateway)
                 log.warning(
                     "send failed chat=%s attempt=%d part=%d/%d: %s; retrying in %.0fs",
                     claim.chat.label,
@@ -612,6 +656,7 @@ class Worker:
             log.warning("lease lost chat=%s before dead-lettering; the new owner decides", claim.chat.label)
             return
         self.counters.add("dead_lettered")
+        self.metrics.dead_letter(claim.chat.gateway)
         label, attempts = claim.chat.label, claim.attempts
         log.error("reply abandoned chat=%s after %d attempts: %s (kept in dead letters)", label, attempts, reason)
 
@@ -679,3 +724,50 @@ def _last_record_id(claim: Claim) -> str:
 
 def encode_turns(turns: list[Turn]) -> str:
     return json.dumps([t.to_json() for t in turns], ensure_ascii=False)
+
+
+def main() -> None:
+    """`python worker.py`: the reply worker, the archive writer and the knowledge watcher, without an HTTP server
+    (web processes then run with WORKER_ENABLED=false). Stops on SIGTERM or Ctrl-C, letting running replies finish;
+    several may run, on several hosts."""
+    import signal
+    import sys
+
+    from components import build_components  # here: components imports this module
+    from config import load_settings, missing_for_production
+    from errors import ConfigError
+    from logs import setup_logging
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(settings.log_level, settings.log_format)
+    parts = build_components(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    for problem in missing_for_production(settings):
+        log.warning("%s", problem)
+    writer = parts.archive.writer
+    if writer is not None:
+        writer.start()
+    if parts.knowledge.configured and (settings.rag_auto_reload or parts.watcher.signal is not None):
+        parts.watcher.start()
+    parts.worker.start()
+    log.info("worker process running (no HTTP server); web processes should run with WORKER_ENABLED=false")
+    stop.wait()
+    log.info("stopping: letting running replies finish")
+    parts.worker.stop(timeout=STOP_TIMEOUT_SECONDS)
+    if writer is not None:
+        writer.stop()
+    parts.watcher.stop()
+    parts.worker.notifier.close()
+
+
+STOP_TIMEOUT_SECONDS = 25.0  # under systemd's and Docker's default stop timeouts (90 s, 10 s: raise Docker's)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +22,9 @@ from flask.testing import FlaskClient
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# The metrics files of this test process (metrics.py reads the variable when first imported): its own folder, never
+# a running service's.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wa-test-metrics-")
 
 from config import Settings  # noqa: E402 (needs ROOT on sys.path)
 from tests.fakes import FakeEvolution, FakeGemini, FakeOpenAI  # noqa: E402 (needs ROOT on sys.path)
@@ -85,6 +90,8 @@ def make_settings(**overrides: object) -> Settings:
         "lease_seconds": 5.0,
         "log_level": "DEBUG",
         "webhook_auth": False,  # open, as most tests post without a token (closed by default: test_webhook.py)
+        # /health shows this app's own counters (every app of the test process shares the metrics files).
+        "metrics_enabled": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from config import (
     ENV_ALIASES,
     ENV_VARIABLES,
     KNOWN_NAMES,
+    METRICS_DIR,
     SYSTEM_PROMPT_FILE,
     Settings,
     load_settings,
@@ -35,7 +36,7 @@ _ENV_LINE = re.compile(r"^(?:#\s*)?([A-Z][A-Z0-9_]*)=", re.MULTILINE)
 
 
 def config_names() -> set[str]:
-    return set(ENV_VARIABLES) | {SYSTEM_PROMPT_FILE} | set(ENV_ALIASES)
+    return set(ENV_VARIABLES) | {SYSTEM_PROMPT_FILE, METRICS_DIR} | set(ENV_ALIASES)
 
 
 # --- defaults ---------------------------------------------------------------------------------------------

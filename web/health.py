@@ -1,5 +1,6 @@
 """`GET /health`, never behind auth: ok / degraded / not_configured, Redis, Gemini, gateways, the worker, the
-knowledge base, the archive (state and backlog), the buffer's counts and this process's counters."""
+knowledge base, the archive (state and backlog), the live workers, the buffer's counts and the counters (every
+process of this host's, from the same files as /metrics; this process's alone with METRICS_ENABLED=false)."""
 
 from __future__ import annotations
 
@@ -41,9 +42,13 @@ def health_body() -> dict[str, Any]:
         redis_state = "up" if parts.link.ping() else "down"
     worker = worker_state()
     archive = parts.archive.health()
+    workers_alive = parts.liveness.alive()
+    if workers_alive is None:  # Redis cannot tell: this process's own worker is all that is known
+        workers_alive = int(worker == "alive")
     # not_configured: nothing could be answered yet (no model or no gateway); degraded: something that was working
     # is not (Redis down, the worker stopped, the archive's database away); ok otherwise.
-    healthy = redis_state != "down" and worker != "stopped" and archive["state"] != "down"
+    # No live worker anywhere: messages are buffered and nobody answers them.
+    healthy = redis_state != "down" and worker != "stopped" and archive["state"] != "down" and workers_alive > 0
     status = "ok" if healthy else "degraded"
     if not settings.ai_configured or not settings.any_gateway_configured:
         status = "not_configured"
@@ -56,6 +61,7 @@ def health_body() -> dict[str, Any]:
         "gateways": sorted(name for name in parts.gateways if name != "simulator"),
         "simulator": "simulator" in parts.gateways,
         "worker": worker,
+        "workers_alive": workers_alive,
         "knowledge": {
             "mode": knowledge.mode,
             "files": len(knowledge.snapshot.files),
@@ -64,7 +70,7 @@ def health_body() -> dict[str, Any]:
         },
         "archive": archive,
         **parts.buffer.counts(),
-        "counters": dict(sorted({**dict.fromkeys(CONVERSATION_COUNTERS, 0), **parts.counters.snapshot()}.items())),
+        "counters": dict(sorted({**dict.fromkeys(CONVERSATION_COUNTERS, 0), **parts.counters.totals()}.items())),
     }
     return body
 

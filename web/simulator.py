@@ -76,7 +76,7 @@ def post_message() -> tuple[Response, int]:
     parsed = parse(components().gateways["simulator"], inbound)
     if not isinstance(parsed, list):
         return parsed
-    summary, status = buffer_parsed(parsed)
+    summary, status = buffer_parsed(parsed, "simulator")
     if summary.get("buffered") or summary.get("human"):  # not a retried duplicate: show it once
         for message in parsed:
             if isinstance(message, IncomingMessage):

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from archive.events import lifecycle_event
 from errors import AuthError, PayloadError, SignatureError
 from gateways.base import Gateway, InboundRequest, Parsed
+from logs import burst_id
 from models import IgnoredEvent, IncomingMessage
 from web import components
 
@@ -76,7 +77,7 @@ def handle(gateway: Gateway, event: str) -> Response | tuple[Response, int]:
     parsed = parse(gateway, inbound)
     if not isinstance(parsed, list):
         return parsed
-    summary, status = buffer_parsed(parsed)
+    summary, status = buffer_parsed(parsed, gateway.name)
     special = gateway.answer(summary)
     if special is not None:
         return Response(special.body, special.status, content_type=special.content_type)
@@ -89,6 +90,9 @@ def unauthorized(gateway: Gateway, inbound: InboundRequest) -> tuple[Response, i
         gateway.verify(inbound)
     except AuthError as exc:
         components().counters.add("signature_failures" if isinstance(exc, SignatureError) else "auth_failures")
+        components().metrics.webhook(
+            gateway.name, "refused", "signature" if isinstance(exc, SignatureError) else "auth"
+        )
         log.warning("webhook rejected gateway=%s: %s", gateway.name, exc)
         return jsonify(error="unauthorized"), 401
     return None
@@ -120,9 +124,9 @@ def parse(gateway: Gateway, inbound: InboundRequest) -> list[Parsed] | tuple[Res
     return parsed
 
 
-def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent]) -> tuple[dict[str, Any], int]:
+def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: str) -> tuple[dict[str, Any], int]:
     parts = components()
-    buffer, counters = parts.buffer, parts.counters
+    buffer, counters, metrics = parts.buffer, parts.counters, parts.metrics
     buffered, duplicates, human, reasons = 0, 0, 0, []
     now = time.time()
     for item in parsed:
@@ -130,16 +134,20 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent]) -> tuple[dict[st
             counters.add("ignored")
             reasons.append(item.reason)
             chat = item.chat.label if item.chat else "-"
+            metrics.webhook(item.chat.gateway if item.chat else gateway_name, "ignored", item.reason)
             log.info("ignored chat=%s msg=%s reason=%s", chat, item.message_id or "-", item.reason)
             continue
         if item.from_me:
             outcome = from_business_side(item, now)
             if outcome in ("own_echo", "ignored"):
                 reasons.append("own_echo" if outcome == "own_echo" else "from_me")
+                metrics.webhook(item.chat.gateway, "ignored", reasons[-1])
             elif outcome == "duplicate":
                 duplicates += 1
+                metrics.webhook(item.chat.gateway, "duplicate")
             else:
                 human += 1
+                metrics.webhook(item.chat.gateway, "human")
             continue
         if item.chat.gateway == "evolution" and item.chat.instance == "default":
             warn_default_instance_once()
@@ -147,10 +155,13 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent]) -> tuple[dict[st
         if not result.accepted:
             duplicates += 1
             counters.add("duplicates")
+            metrics.webhook(item.chat.gateway, "duplicate")
             log.info("duplicate chat=%s msg=%s", item.chat.label, item.message_id)
             continue
         buffered += 1
         counters.add("received")
+        metrics.webhook(item.chat.gateway, "buffered")
+        burst = {"correlation_id": burst_id(item.chat.key, result.first_id), "chat": item.chat.label}
         log.info(
             "received chat=%s msg=%s kind=%s pending=%d due_in=%.1fs store=%s",
             item.chat.label,
@@ -159,8 +170,9 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent]) -> tuple[dict[st
             result.pending,
             result.deadline - now,
             result.store,
+            extra=burst,
         )
-        log.debug("text chat=%s msg=%s text=%.80r", item.chat.label, item.message_id, item.text)
+        log.debug("text chat=%s msg=%s text=%.80r", item.chat.label, item.message_id, item.text, extra=burst)
     if not buffered and not duplicates and not human:
         return {"status": "ignored", "reason": ",".join(dict.fromkeys(reasons)) or "no_message"}, 200
     summary = {"status": "buffered", "buffered": buffered, "duplicates": duplicates, "ignored": len(reasons)}
@@ -184,6 +196,8 @@ def from_business_side(item: IncomingMessage, now: float) -> str:
     }[outcome]
     parts.counters.add(counter)
     command = parts.conversations.commands.action_for(item)
+    if outcome == "pause":
+        parts.metrics.handoff(item.chat.gateway, "taken")
     if outcome in ("pause", "resume", "close") and command is not None and not command[2]:
         # A command typed on the phone (#humano, #bot, #encerrar): kept as a lifecycle event, never as text. (A
         # person's other messages are archived with the burst they join.)

@@ -293,6 +293,8 @@ class Harness:
         # Servers run in a folder of this test (no .env of the repo is read, nothing is written into it).
         self.cwd = tmp_path / "server-cwd"
         self.cwd.mkdir(exist_ok=True)
+        self.metrics_dir = tmp_path / "metrics"  # PROMETHEUS_MULTIPROC_DIR of this test's servers
+        self.metrics_dir.mkdir(exist_ok=True)
 
     def env(self, port: int, overrides: dict[str, Any]) -> dict[str, str]:
         """A clean environment: every variable the service reads is set here (empty = its default)."""
@@ -334,6 +336,7 @@ class Harness:
                 "WORKER_POLL_SECONDS": "0.05",
                 "MAX_BODY_BYTES": "1000000",
                 "WEBHOOK_AUTH": "off",  # most tests post without a token; closed by default: test_http.py
+                "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),  # this test's servers share it, as on one host
             }
         )
         env.update({name: str(value) for name, value in overrides.items()})
@@ -373,6 +376,19 @@ class Harness:
         server = ServerProcess(name, argv, self.env(port, overrides), port, self.tmp_path / f"{name}.log", self.cwd)
         self.servers.append(server)
         return server.spawn()
+
+    def spawn_worker_process(self, **overrides: Any) -> ServerProcess:
+        """`python worker.py`: the reply worker alone, no HTTP server."""
+        name = f"worker-{len(self.servers)}"
+        argv = [str(PYTHON), str(ROOT / "worker.py")]
+        port = free_port()  # read from the settings like any variable, never bound
+        server = ServerProcess(name, argv, self.env(port, overrides), port, self.tmp_path / f"{name}.log", self.cwd)
+        self.servers.append(server)
+        return server.spawn()
+
+    def workers_alive(self) -> int:
+        """Worker processes with a heartbeat in Redis (liveness.py)."""
+        return int(self.redis.zcard(f"{REDIS_PREFIX}:workers"))
 
     def python_server(self, **overrides: Any) -> ServerProcess:
         return self.spawn_python(**overrides).wait_ready()
