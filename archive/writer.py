@@ -151,14 +151,9 @@ class ArchiveWriter:
         try:
             self.store.migrate()
         except DATABASE_UNAVAILABLE as exc:
-            if self.database_up is not False:
-                log.warning(
-                    "archive: PostgreSQL unavailable at start (%s); events wait in the stream until it answers",
-                    exc.__class__.__name__,
-                )
-            self.database_up = False
+            self._database_down(exc)
             return False
-        self.database_up = True
+        self._database_back()
         log.info("archive: PostgreSQL ready, schema up to date")
         return True
 
@@ -224,20 +219,27 @@ class ArchiveWriter:
         try:
             inserted = self._insert(events)
         except DATABASE_UNAVAILABLE as exc:
-            if self.database_up is not False:
-                log.warning(
-                    "archive: PostgreSQL unavailable (%s); events wait in the stream until it is back",
-                    exc.__class__.__name__,
-                )
-            self.database_up = False
+            self._database_down(exc)
             return False
-        if self.database_up is False:
-            log.warning("archive: PostgreSQL reachable again, writing the backlog")
-        self.database_up = True
+        self._database_back()
         self.counters.add("archive_events_written", inserted)
         if inserted < len(events):
             self.counters.add("archive_events_already_written", len(events) - inserted)
         return True
+
+    def _database_down(self, exc: BaseException) -> None:
+        """Said once per outage."""
+        if self.database_up is not False:
+            log.warning(
+                "archive: PostgreSQL unavailable (%s); events wait in the stream until it is back",
+                exc.__class__.__name__,
+            )
+        self.database_up = False
+
+    def _database_back(self) -> None:
+        if self.database_up is False:
+            log.warning("archive: PostgreSQL reachable again, writing the backlog")
+        self.database_up = True
 
     def _insert(self, events: list[Event]) -> int:
         """The batch in one statement; if PostgreSQL refuses it (not an outage: a value it cannot take), each
