@@ -1,10 +1,12 @@
 """The background worker: claim due chats -> decide who answers (reply_policy) -> the burst, media loaded (media.py)
--> prompt -> reply -> send -> history -> ack. Handles no HTTP itself: read receipts, media downloads, sends and
-"did this part go out?" go through the chat's gateway (`gateways.base.Gateway`).
+-> prompt -> reply (ai_service: the provider chain) -> send -> history -> ack, handing what happened to the archive's
+journal and the metrics on the way. Handles no HTTP itself: read receipts, media downloads, sends and "did this
+part go out?" go through the chat's gateway (`gateways.base.Gateway`).
 
-One daemon thread per serving process runs `run_forever`; each claimed chat is processed on a small
-thread pool so replies go out concurrently. Claims are leased: the loop renews the leases of the chats it
-is working on, so a chat returns to the queue only when its process died or hung.
+It runs as a daemon thread in each serving process (WORKER_ENABLED=true), or alone as `python worker.py` (`main`,
+with the archive writer and the knowledge watcher, no HTTP server). Each claimed chat is processed on a small
+thread pool so replies go out concurrently. Claims are leased: the loop renews the leases of the chats it is working
+on, so a chat returns to the queue only when its process died or hung; a heartbeat says the worker is alive.
 """
 
 from __future__ import annotations
