@@ -11,6 +11,7 @@ Measurements
   3  drain time of 2,000 chats due in the same second
   4  CPU per reply (gunicorn master + workers, from /proc) during 3
   5  Redis memory per buffered chat (INFO used_memory), seen/dedupe marker included
+  A  the archive (bench/archive_bench.py, its own PostgreSQL): writer events/s, webhook and drain with it off vs on
 """
 
 from __future__ import annotations
@@ -635,7 +636,7 @@ def git_head() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="shrink every size (about 1.5 minutes)")
-    p.add_argument("--only", default="1,2,3,5", help="comma list of tests to run (4 comes with 3)")
+    p.add_argument("--only", default="1,2,3,5,A", help="comma list of tests to run (4 comes with 3)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--threads", type=int, default=4, help="threads per gthread worker (row 1b)")
     p.add_argument("--load-procs", type=int, default=2, help="load processes for max throughput")
@@ -734,6 +735,10 @@ def main(argv: list[str] | None = None) -> int:
                 bench_drain(args, redis, fakes, report, poll=args.diag_poll, key="3d")
         if "5" in args.tests:
             bench_memory(args, redis, report)
+        if "A" in args.tests:
+            import archive_bench
+
+            archive_bench.bench_archive(args, redis, fakes, report)
     finally:
         fakes.stop()
         redis.stop()
