@@ -38,6 +38,8 @@ BATCH_SIZE = 1000
 BLOCK_MS = 1000  # how long one XREADGROUP waits for new entries
 MAX_BACKOFF_SECONDS = 10.0
 IDLE_SECONDS = 0.2  # after a round that wrote nothing (XREADGROUP already waited up to BLOCK_MS for new entries)
+LINGER_SECONDS = 0.5  # after a round that wrote less than a full batch
+CLAIM_EVERY_SECONDS = 5.0  # how often a writer looks for a dead writer's entries
 PURGE_EVERY_SECONDS = 24 * 3600
 CONSUMER_CLEANUP_SECONDS = 3600
 CONSUMER_IDLE_MS = 24 * 3600 * 1000  # a writer silent this long with nothing pending belongs to a process long gone
@@ -78,6 +80,7 @@ class ArchiveWriter:
         self._claim_cursor = "0-0"
         self._next_purge_check = 0.0
         self._next_consumer_cleanup = 0.0
+        self._next_claim = 0.0
         self._purged_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -125,6 +128,10 @@ class ArchiveWriter:
                 self._stop.wait(min(0.5 * 2 ** min(failures, 5), MAX_BACKOFF_SECONDS))
             elif not written:
                 self._stop.wait(IDLE_SECONDS)
+            elif written < self.batch_size:
+                # A part batch: let more events gather, so that a drain's thousands of replies go in a few dozen
+                # inserts rather than hundreds of tiny ones (each costs several Redis round trips and an INSERT).
+                self._stop.wait(LINGER_SECONDS)
 
     # ----- one round -------------------------------------------------------------------------------
 
@@ -191,7 +198,8 @@ class ArchiveWriter:
         self._ensure_group(client)
         # Our own pending entries first: a batch PostgreSQL refused is retried before anything new is read.
         entries = self._read(client, "0")
-        if not entries and self.database_up is not False:
+        if not entries and self.database_up is not False and self.clock() >= self._next_claim:
+            self._next_claim = self.clock() + min(CLAIM_EVERY_SECONDS, self.claim_idle_ms / 2000)
             entries = self._claim_abandoned(client)
         if not entries:  # while the database is down, this one batch is what tells when it is back
             entries = self._read(client, ">", block=self.block_ms)
