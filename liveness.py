@@ -50,9 +50,20 @@ class Liveness:
         """A worker that stops cleanly stops counting at once."""
         self.link.run(lambda client: client.zrem(self.key, worker), lambda: 0)
 
-    def alive(self, *, now: float | None = None) -> int | None:
-        """Workers with a recent heartbeat; None when Redis cannot tell."""
+    def alive(self, *, now: float | None = None, own: str = "") -> int | None:
+        """Workers with a recent heartbeat; None when Redis cannot tell. `own` is this process's running worker:
+        it counts even when its heartbeat is not in Redis yet (a Redis that restarted empty, until the next beat)."""
         now = time.time() if now is None else now
         if self.link.client is None:
             return None
-        return self.link.run(lambda client: int(client.zcount(self.key, now - STALE_SECONDS, "+inf")), lambda: None)
+        since = now - STALE_SECONDS
+
+        def count(client: redis.Redis) -> int:
+            pipe = client.pipeline(transaction=False)
+            pipe.zcount(self.key, since, "+inf")
+            pipe.zscore(self.key, own or "-")
+            recent, own_beat = pipe.execute()
+            missing_own = bool(own) and (own_beat is None or float(own_beat) < since)
+            return int(recent) + int(missing_own)
+
+        return self.link.run(count, lambda: None)

@@ -42,7 +42,7 @@ def health_body() -> dict[str, Any]:
         redis_state = "up" if parts.link.ping() else "down"
     worker = worker_state()
     archive = parts.archive.health()
-    workers_alive = parts.liveness.alive()
+    workers_alive = parts.liveness.alive(own=parts.worker.id if worker == "alive" else "")
     if workers_alive is None:  # Redis cannot tell: this process's own worker is all that is known
         workers_alive = int(worker == "alive")
     # not_configured: nothing could be answered yet (no model or no gateway); degraded: something that was working

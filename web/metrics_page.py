@@ -16,7 +16,7 @@ def deployment_gauges() -> dict[str, float]:
     """What the whole deployment holds now, read from Redis (and PostgreSQL's backlog) when scraped."""
     parts = components()
     counts = parts.buffer.counts()
-    alive = parts.liveness.alive()
+    alive = parts.liveness.alive(own=parts.worker.id if parts.worker.is_alive() else "")
     gauges = {
         "wa_pending_chats": float(counts.get("chats_pending", 0)),
         "wa_in_progress_chats": float(counts.get("chats_in_progress", 0)),

@@ -419,8 +419,8 @@ class Harness:
 
     def redis_keys(self) -> list[str]:
         """The service's keys in Redis, but for the secrets it generates at start (the session key, the webhook
-        token): what messages, chats and replies left behind."""
-        generated = {f"{REDIS_PREFIX}:secret_key", f"{REDIS_PREFIX}:webhook:token"}
+        token) and the workers' heartbeats: what messages, chats and replies left behind."""
+        generated = {f"{REDIS_PREFIX}:secret_key", f"{REDIS_PREFIX}:webhook:token", f"{REDIS_PREFIX}:workers"}
         return sorted(key for key in self.redis.scan_iter(match=f"{REDIS_PREFIX}:*") if key not in generated)
 
     def close(self) -> None:
