@@ -107,6 +107,7 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: dict[str, Claim] = {}  # token -> claim, for lease renewal
         self._futures: set[Future[None]] = set()  # replies running on the pool, waited for by stop()
+        self._usage_events: dict[str, list[Event]] = {}  # token -> model usage not archived yet
         self._in_flight_lock = threading.Lock()
         self._last_heartbeat = 0.0
         self.last_loop_at = 0.0
@@ -227,6 +228,7 @@ class Worker:
         finally:
             with self._in_flight_lock:
                 self._in_flight.pop(claim.token, None)
+                self._usage_events.pop(claim.token, None)
             self.metrics.in_flight(-1)
             self._slot_free.set()
 
@@ -345,6 +347,8 @@ class Worker:
         if decision.reason in DECISION_KINDS:
             about = _last_id(decision) or _last_record_id(claim)
             events.append(decision_event(claim.chat, kind=decision.reason, about=about, at=self._last_at(decision)))
+        with self._in_flight_lock:
+            events += self._usage_events.pop(claim.token, [])  # one round trip for the whole burst
         self._archive(events)
 
     def _compose(self, claim: Claim, decision: Decision) -> tuple[str, list[Turn], dict[str, str]] | None:
@@ -571,7 +575,9 @@ class Worker:
             return
         cost = self.usage.record(claim.chat, list(generated.usage), now=self.clock()) if self.usage else 0.0
         about = _last_record_id(claim)
-        self._archive([usage_event(claim.chat, about=about, calls=generated.usage, cost_usd=cost, at=self.clock())])
+        event = usage_event(claim.chat, about=about, calls=generated.usage, cost_usd=cost, at=self.clock())
+        with self._in_flight_lock:  # archived with the burst's messages (_archive_burst)
+            self._usage_events.setdefault(claim.token, []).append(event)
 
     def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> str | None:
         """Send the parts not sent yet, in order, through the chat's own gateway, each after its typing pause;
