@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from models import ChatRef
@@ -39,7 +39,8 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
     def encode(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        # Field by field, not dataclasses.asdict (which deep-copies): this runs for every event on the reply path.
+        return json.dumps({name: getattr(self, name) for name in _FIELDS}, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def decode(cls, raw: str) -> Event | None:
@@ -56,6 +57,9 @@ class Event:
     @property
     def chat_ref(self) -> ChatRef:
         return ChatRef.from_key(self.chat)
+
+
+_FIELDS = tuple(f.name for f in fields(Event))
 
 
 def media_kind(record: Mapping[str, Any]) -> str:
