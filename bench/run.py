@@ -12,6 +12,7 @@ Measurements
   4  CPU per reply (gunicorn master + workers, from /proc) during 3
   5  Redis memory per buffered chat (INFO used_memory), seen/dedupe marker included
   A  the archive (bench/archive_bench.py, its own PostgreSQL): writer events/s, webhook and drain with it off vs on
+  M  the metrics (bench/metrics_bench.py): webhook throughput with METRICS_ENABLED false vs true
 """
 
 from __future__ import annotations
@@ -636,7 +637,7 @@ def git_head() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="shrink every size (about 1.5 minutes)")
-    p.add_argument("--only", default="1,2,3,5,A", help="comma list of tests to run (4 comes with 3)")
+    p.add_argument("--only", default="1,2,3,5,A,M", help="comma list of tests to run (4 comes with 3)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--threads", type=int, default=4, help="threads per gthread worker (row 1b)")
     p.add_argument("--load-procs", type=int, default=2, help="load processes for max throughput")
@@ -739,6 +740,10 @@ def main(argv: list[str] | None = None) -> int:
             import archive_bench
 
             archive_bench.bench_archive(args, redis, fakes, report)
+        if "M" in args.tests:
+            import metrics_bench
+
+            metrics_bench.bench_metrics(args, redis, fakes, report)
     finally:
         fakes.stop()
         redis.stop()

@@ -1,0 +1,94 @@
+"""Row M of `make bench`: what the Prometheus metrics cost on the webhook's path. Two gunicorns up at once, one with
+METRICS_ENABLED=false and one with it on (each with its own PROMETHEUS_MULTIPROC_DIR and Redis db), loaded one at a
+time in alternating windows (off, on, on, off, ...) by run.py's closed-loop load processes, so both see the same
+machine. Target: on >= 0.95x off. Run alone: `.venv/bin/python bench/metrics_bench.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from archive_bench import abba, db_url, webhook_window  # noqa: E402
+from harness import FakeHost, Gunicorn, RedisProc  # noqa: E402
+from run import RESULTS_DIR, Report, base_env, log, ms, pct  # noqa: E402
+
+METRICS_TOLERANCE = 0.05  # metrics on within 5 % of off
+OFF_DB, ON_DB = 2, 3
+
+
+def bench_metrics(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) -> None:
+    quick = getattr(args, "quick", False)
+    rounds = 1 if quick else 3
+    seconds = 3.0 if quick else 4.0
+    dirs = {name: Path(tempfile.mkdtemp(prefix=f"bench-metrics-{name}-")) for name in ("off", "on")}
+    servers: dict[str, Gunicorn] = {}
+    for name, db in (("off", OFF_DB), ("on", ON_DB)):
+        env = base_env(
+            db_url(redis, db),
+            fakes,
+            DEBOUNCE_SECONDS=600,
+            METRICS_ENABLED="true" if name == "on" else "false",
+            PROMETHEUS_MULTIPROC_DIR=dirs[name],
+        )
+        servers[name] = Gunicorn(
+            env, workers=args.workers, log_path=RESULTS_DIR / "logs" / f"gunicorn-metrics-{name}.log"
+        )
+        report.servers.append(servers[name])
+    log(f"[M1] starting two gunicorn sync -w {args.workers}: METRICS_ENABLED false and true")
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_ready()
+        windows: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        order = abba(rounds)
+        for i, name in enumerate(order):
+            log(f"[M1] window {i + 1}/{len(order)}: metrics {name}, {seconds:.0f} s closed loop")
+            windows[name].append(webhook_window(args, servers[name], seconds, tag=0x3100 + i))
+        rate = {name: sum(w["ok"] for w in runs) / sum(w["seconds"] for w in runs) for name, runs in windows.items()}
+        errors = {name: sum(w["errors"] for w in runs) for name, runs in windows.items()}
+        p99 = {name: pct([x for w in runs for x in w["lat"]], 99) for name, runs in windows.items()}
+        ratio = rate["on"] / rate["off"]
+        report.add(
+            "M1",
+            f"Webhook max throughput, metrics off vs on (`sync -w {args.workers}`, {args.conns} conns, "
+            f"{len(order)} alternating {seconds:.0f} s windows)",
+            f"off {rate['off']:,.0f} / on {rate['on']:,.0f} req/s = **{ratio:.2f}x** "
+            f"(p99 {ms(p99['off'])} / {ms(p99['on'])}; errors {errors['off']:.0f} / {errors['on']:.0f})",
+            f"on >= {1 - METRICS_TOLERANCE:.2f}x off",
+            ratio >= 1 - METRICS_TOLERANCE and not errors["off"] and not errors["on"],
+        )
+        report.notes.append(
+            "M1: per window off "
+            + ", ".join(f"{w['ok'] / w['seconds']:,.0f}" for w in windows["off"])
+            + " / on "
+            + ", ".join(f"{w['ok'] / w['seconds']:,.0f}" for w in windows["on"])
+            + " req/s. With metrics on, each webhook adds a counter increment (a memory-mapped file write) per "
+            "message and its /health counter."
+        )
+    finally:
+        for server in servers.values():
+            server.stop()
+        for path in dirs.values():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import run
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--out" not in argv:
+        argv += ["--out", str(RESULTS_DIR / "metrics.md")]
+    return run.main(["--only", "M", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
