@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
+from typing import Any
 
 from ai_service import AIService
 from archive.events import (
@@ -28,7 +29,7 @@ from archive.events import (
     decision_event,
     message_events,
     reply_part_event,
-    usage_event,
+    usage_data,
 )
 from archive.journal import Journal
 from buffer import NOT_SENDING, Buffer, Claim, is_human_record, profile_name
@@ -107,7 +108,7 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: dict[str, Claim] = {}  # token -> claim, for lease renewal
         self._futures: set[Future[None]] = set()  # replies running on the pool, waited for by stop()
-        self._usage_events: dict[str, list[Event]] = {}  # token -> model usage not archived yet
+        self._usage: dict[str, dict[str, Any]] = {}  # token -> the model calls' usage, until stored with the plan
         self._in_flight_lock = threading.Lock()
         self._last_heartbeat = 0.0
         self.last_loop_at = 0.0
@@ -228,7 +229,7 @@ class Worker:
         finally:
             with self._in_flight_lock:
                 self._in_flight.pop(claim.token, None)
-                self._usage_events.pop(claim.token, None)
+                self._usage.pop(claim.token, None)
             self.metrics.in_flight(-1)
             self._slot_free.set()
 
@@ -266,11 +267,14 @@ class Worker:
         # Archived before the reply is stored: a new owner after a crash sends the stored reply without asking the
         # model again, so this is where the transcripts are known (an event emitted twice is written once).
         self._archive_burst(claim, decision, transcripts)
+        with self._in_flight_lock:
+            usage = self._usage.pop(claim.token, None)
         plan = Plan(
             changes=decision.changes,
             decided_with=status.business_at,
             reply_to=_last_id(decision),
             written_at=self.clock(),
+            usage=usage,
         )
         parts = self._parts(chat, reply)
         # Fence: store the reply, its history turns and its plan with the batch (and the first part as the one about
@@ -347,8 +351,6 @@ class Worker:
         if decision.reason in DECISION_KINDS:
             about = _last_id(decision) or _last_record_id(claim)
             events.append(decision_event(claim.chat, kind=decision.reason, about=about, at=self._last_at(decision)))
-        with self._in_flight_lock:
-            events += self._usage_events.pop(claim.token, [])  # one round trip for the whole burst
         self._archive(events)
 
     def _compose(self, claim: Claim, decision: Decision) -> tuple[str, list[Turn], dict[str, str]] | None:
@@ -570,14 +572,12 @@ class Worker:
         return generated, burst
 
     def _account(self, claim: Claim, generated: Generated) -> None:
-        """Sum the calls' tokens and cost for the chat and the day, and archive them with the reply."""
+        """Sum the calls' tokens and cost for the chat and the day; the archive keeps them with the reply."""
         if not generated.usage:
             return
         cost = self.usage.record(claim.chat, list(generated.usage), now=self.clock()) if self.usage else 0.0
-        about = _last_record_id(claim)
-        event = usage_event(claim.chat, about=about, calls=generated.usage, cost_usd=cost, at=self.clock())
-        with self._in_flight_lock:  # archived with the burst's messages (_archive_burst)
-            self._usage_events.setdefault(claim.token, []).append(event)
+        with self._in_flight_lock:  # stored with the reply's plan, archived with its first part
+            self._usage[claim.token] = usage_data(generated.usage, cost)
 
     def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> str | None:
         """Send the parts not sent yet, in order, through the chat's own gateway, each after its typing pause;
@@ -613,6 +613,7 @@ class Worker:
                             text=part,
                             message_id=message_id,
                             at=self.clock(),
+                            usage=plan.usage if sent == 0 else None,
                         )
                     ]
                 )
@@ -688,6 +689,7 @@ class Plan:
     decided_with: float | None = None
     reply_to: str = ""
     written_at: float = 0.0  # when the reply was written; past REPLY_MAX_AGE_MINUTES it is not sent (0 = unknown)
+    usage: dict[str, Any] | None = None  # what the model calls cost (archive.events.usage_data), for the archive
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -695,6 +697,7 @@ class Plan:
             "decided_with": self.decided_with,
             "reply_to": self.reply_to,
             "written_at": self.written_at,
+            "usage": self.usage,
         }
 
     @classmethod
@@ -707,6 +710,7 @@ class Plan:
                 decided_with=data.get("decided_with"),
                 reply_to=str(data.get("reply_to") or ""),
                 written_at=float(data.get("written_at") or 0.0),
+                usage=data.get("usage") if isinstance(data.get("usage"), dict) else None,
             )
         except (ValueError, TypeError, AttributeError):
             return cls()

@@ -107,8 +107,21 @@ def message_events(
     return events
 
 
-def reply_part_event(chat: ChatRef, *, reply_to: str, index: int, text: str, message_id: str, at: float) -> Event:
-    """A part of the assistant's reply that the gateway took (with the id it gave)."""
+def reply_part_event(
+    chat: ChatRef,
+    *,
+    reply_to: str,
+    index: int,
+    text: str,
+    message_id: str,
+    at: float,
+    usage: Mapping[str, Any] | None = None,
+) -> Event:
+    """A part of the assistant's reply that the gateway took (with the id it gave); the first part carries what the
+    model calls that wrote the reply cost (`usage_data`)."""
+    data: dict[str, Any] = {"reply_to": reply_to, "part": index + 1}
+    if usage:
+        data["usage"] = dict(usage)
     return Event(
         event_id=f"bot|{chat.key}|{reply_to}|{index}",
         chat=chat.key,
@@ -118,7 +131,7 @@ def reply_part_event(chat: ChatRef, *, reply_to: str, index: int, text: str, mes
         text=text,
         gateway_message_id=message_id,
         delivery="sent",
-        data={"reply_to": reply_to, "part": index + 1},
+        data=data,
     )
 
 
@@ -171,17 +184,12 @@ def dead_letter_event(
     )
 
 
-def usage_event(chat: ChatRef, *, about: str, calls: Sequence[Usage], cost_usd: float, at: float) -> Event:
-    """The model calls that wrote a reply: provider, model and tokens of each, and their cost (MODEL_PRICES)."""
-    return Event(
-        event_id=f"model_usage|{chat.key}|{about}|{at:.6f}",
-        chat=chat.key,
-        kind="model_usage",
-        at=at,
-        data={
-            "calls": [call.to_json() for call in calls],
-            "input_tokens": sum(call.input_tokens for call in calls),
-            "output_tokens": sum(call.output_tokens for call in calls),
-            "cost_usd": round(cost_usd, 6),
-        },
-    )
+def usage_data(calls: Sequence[Usage], cost_usd: float) -> dict[str, Any]:
+    """A reply's model calls as its first part's row keeps them (`data.usage`): provider, model and tokens of each,
+    their sum and their cost (MODEL_PRICES)."""
+    return {
+        "calls": [call.to_json() for call in calls],
+        "input_tokens": sum(call.input_tokens for call in calls),
+        "output_tokens": sum(call.output_tokens for call in calls),
+        "cost_usd": round(cost_usd, 6),
+    }

@@ -211,3 +211,15 @@ def test_while_postgresql_is_away_the_pages_say_so_and_nothing_is_erased(make_ap
     erased = client.post(f"/admin/chats/{CHAT.key}/erase", data={"csrf_token": token}, follow_redirects=True)
     assert "nada foi apagado" in erased.text
     assert [turn.text for turn in parts.history.recent(CHAT)] == ["Oi"]
+
+
+def test_a_reply_in_the_archive_shows_what_the_model_cost(client: FlaskClient) -> None:
+    log_in(client)
+    store = parts_of(client).archive.store
+    assert store is not None
+    usage = {"calls": [{"provider": "gemini", "model": "gemini-3-flash-preview"}], "input_tokens": 1200}
+    usage |= {"output_tokens": 80, "cost_usd": 0.00084}
+    part = reply_part_event(CHAT, reply_to="m1", index=0, text="Custa R$ 48.", message_id="X1", at=AT, usage=usage)
+    store.write([part])
+    page = client.get(f"/admin/chats/{CHAT.key}").text
+    assert "Modelo: gemini gemini-3-flash-preview · 1.200 tokens de entrada, 80 de saída · US$ 0,0008" in page

@@ -164,7 +164,13 @@ ERASED_LABELS = {
 
 @admin_pages.context_processor
 def archive_helpers() -> dict[str, Any]:
-    return {"local_time": local_time, "event_note": event_note, "authors": AUTHORS, "media_kinds": MEDIA_KINDS}
+    return {
+        "local_time": local_time,
+        "event_note": event_note,
+        "authors": AUTHORS,
+        "media_kinds": MEDIA_KINDS,
+        "usage_words": usage_words,
+    }
 
 
 def local_time(at: float) -> str:
@@ -198,8 +204,6 @@ def event_note(event: dict[str, Any]) -> str:
         attempts = int(data.get("attempts") or 0)
         tries = f" após {attempts} tentativa{'s' if attempts != 1 else ''}" if attempts else ""
         return f"Resposta não entregue{tries} ({data.get('error') or 'erro desconhecido'})."
-    if kind == "model_usage":
-        return f"Modelo: {usage_words(data)}."
     by = NOTE_BY.get(str(data.get("by") or ""))
     if kind in LIFECYCLE_NOTES:
         return f"{LIFECYCLE_NOTES[kind]} {by}." if by else f"{LIFECYCLE_NOTES[kind]}."
