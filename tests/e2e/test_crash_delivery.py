@@ -116,7 +116,10 @@ def test_evolution_kills_at_accept_never_duplicate_a_part(e2e: Harness, killer: 
     assert killer.kills == rounds
     wait_until(all_whole, timeout=30 + rounds, what="every reply whole, each part once")
     e2e.assert_no_more(sends=rounds * len(PARTS), seconds=2 * LEASE)
-    assert last.health()["counters"].get("parts_resent_after_crash", 0) == 0
+    # /health counts for every process of the host: each killed part was found (its echo, or findMessages), not
+    # sent again. A part whose server died before the gateway took it (another chat's, in flight at a kill) may be
+    # sent again, rightly: the check above shows no part went out twice.
+    assert last.health()["counters"].get("parts_found_after_crash", 0) >= rounds
 
 
 @pytest.fixture
