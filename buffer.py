@@ -29,6 +29,8 @@ from redis_link import RedisLink
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A hook that adds commands to a Redis pipeline, sent in the same round trip as a buffer call (the archive's events).
+Also = Callable[[Any], None]
 
 DEAD_LETTERS_KEPT = 1000
 NOT_SENDING = "{}"  # the `sending` note after a part the gateway refused: nothing to look for on a retry
@@ -349,17 +351,18 @@ class RedisStore:
         sent: int | None = None,
         sent_id: str = "",
         sending: str = "",
+        also: Also | None = None,
     ) -> bool:
         """Extend the lease (and store the reply, its history turns, its plan, the parts sent and the part about to
-        be sent) only if this claim still owns the batch; record `sent_id` as one of ours in any case."""
+        be sent) only if this claim still owns the batch; record `sent_id` as one of ours in any case. `also` adds
+        commands to the same round trip."""
         chat = claim.chat.key
         keys = [self.keys.leases(), self.keys.meta(chat)]
         if sent_id:
             keys.append(self.keys.own_message(chat, sent_id))
         progress = "" if sent is None else sent
         args = [chat, claim.token, lease_until, reply, turns, plan, progress, self.dedup_ttl, sending]
-        owned = self._renew(keys=keys, args=args)
-        return bool(owned)
+        return bool(self._run(self._renew, keys, args, also))
 
     def media_blob(self, claim: Claim, message_id: str) -> str | None:
         return self.client.get(self.keys.media(claim.chat.key, message_id))
@@ -368,16 +371,34 @@ class RedisStore:
         if message_ids:
             self.client.delete(*(self.keys.media(claim.chat.key, message_id) for message_id in message_ids))
 
-    def ack(self, claim: Claim, *, dead_letter: str = "", sent_id: str = "") -> bool:
+    def ack(self, claim: Claim, *, dead_letter: str = "", sent_id: str = "", also: Also | None = None) -> bool:
         """Finish the batch (optionally recording it as a dead letter) if this claim still owns it; record
-        `sent_id` (the last part's) as one of ours in any case."""
+        `sent_id` (the last part's) as one of ours in any case. `also` adds commands to the same round trip."""
         chat = claim.chat.key
         k = self.keys
         keys = [k.leases(), k.batch(chat), k.meta(chat), k.due(), k.pending(chat), k.dead_letters(), k.stats()]
         if sent_id:
             keys.append(k.own_message(chat, sent_id))
-        done = self._ack(keys=keys, args=[chat, claim.token, dead_letter, DEAD_LETTERS_KEPT, self.dedup_ttl])
-        return bool(done)
+        args = [chat, claim.token, dead_letter, DEAD_LETTERS_KEPT, self.dedup_ttl]
+        return bool(self._run(self._ack, keys, args, also))
+
+    def _run(self, script: Any, keys: list[str], args: list[Any], also: Also | None) -> Any:
+        """The script's answer; with `also`, the commands it adds (the archive's events) go in the same round trip,
+        after the script (not atomic with it: they are idempotent)."""
+        if also is None:
+            return script(keys=keys, args=args)
+        pipe = self.client.pipeline(transaction=False)
+        # EVALSHA by hand: a Script given a pipeline checks SCRIPT EXISTS first, one round trip more.
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        also(pipe)
+        try:
+            return pipe.execute()[0]
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it: load it, then the rest apart
+            answer = script(keys=keys, args=args)
+            rest = self.client.pipeline(transaction=False)
+            also(rest)
+            rest.execute()
+            return answer
 
     def answer_now(self, chat: ChatRef, now: float) -> bool:
         k = self.keys
@@ -732,12 +753,17 @@ class Buffer:
         sent: int | None = None,
         sent_id: str = "",
         sending: str = "",
+        also: Also | None = None,
     ) -> bool:
         """True while `claim` still owns its batch; extends the lease and stores `reply`, the history `turns` and
         the `plan` that go with it, how many of its parts were `sent` and the part about to be sent (`sending`,
         which a new owner after a crash reconciles instead of sending blindly), when given. On Redis, `sent_id`
-        (the part just sent) is remembered as the assistant's own in the same call. Raises on Redis errors."""
-        return self._store(claim).renew(
+        (the part just sent) is remembered as the assistant's own in the same call, and `also` adds its commands
+        to the same round trip (it is not called for a claim held in this process: see `shares_round_trips`).
+        Raises on Redis errors."""
+        store = self._store(claim)
+        extra = {"also": also} if isinstance(store, RedisStore) else {}
+        return store.renew(
             claim,
             lease_until=now + self.lease_seconds,
             reply=reply,
@@ -746,7 +772,12 @@ class Buffer:
             sent=sent,
             sent_id=sent_id,
             sending=sending,
+            **extra,
         )
+
+    def shares_round_trips(self, claim: Claim) -> bool:
+        """True when `also` hooks given for this claim run (its batch is on Redis)."""
+        return isinstance(self._store(claim), RedisStore)
 
     def release(self, claim: Claim, *, retry_at: float, sending: str = "") -> bool:
         """Give the batch back, to be claimed again at `retry_at` (keeps a generated reply and its progress;
@@ -765,10 +796,13 @@ class Buffer:
         ids = [str(m.get("id")) for m in claim.messages if m.get("blob")]
         self._store(claim).drop_media(claim, ids)
 
-    def ack(self, claim: Claim, *, sent_id: str = "") -> bool:
+    def ack(self, claim: Claim, *, sent_id: str = "", also: Also | None = None) -> bool:
         """Finish the batch; on Redis, `sent_id` (the last part sent) is remembered as the assistant's own in the
-        same call."""
-        return self._store(claim).ack(claim, sent_id=sent_id)
+        same call, and `also` adds its commands to the same round trip."""
+        store = self._store(claim)
+        if isinstance(store, RedisStore):
+            return store.ack(claim, sent_id=sent_id, also=also)
+        return store.ack(claim, sent_id=sent_id)
 
     def count_reply(self, claim: Claim, *, now: float) -> int:
         """Replies to this claim's chat in the last hour, this one included (loop guard)."""

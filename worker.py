@@ -32,7 +32,7 @@ from archive.events import (
     usage_data,
 )
 from archive.journal import Journal
-from buffer import NOT_SENDING, Buffer, Claim, is_human_record, profile_name
+from buffer import NOT_SENDING, Also, Buffer, Claim, is_human_record, profile_name
 from config import Settings
 from conversation import Changes, Conversations, text_hash
 from counters import Counters
@@ -264,9 +264,10 @@ class Worker:
         if composed is None:
             return
         reply, turns, transcripts = composed
-        # Archived before the reply is stored: a new owner after a crash sends the stored reply without asking the
-        # model again, so this is where the transcripts are known (an event emitted twice is written once).
-        self._archive_burst(claim, decision, transcripts)
+        # Archived with the fence that stores the reply (one round trip): a new owner after a crash sends the stored
+        # reply without asking the model again, so this is where the transcripts are known (an event emitted twice
+        # is written once).
+        archived = self._burst_events(claim, decision, transcripts)
         with self._in_flight_lock:
             usage = self._usage.pop(claim.token, None)
         plan = Plan(
@@ -286,6 +287,7 @@ class Worker:
             turns=encode_turns(turns),
             plan=json.dumps(plan.to_json()),
             sending=self._mark(parts, 0),
+            also=self._also(claim, archived),
         )
         if not owned:
             log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
@@ -329,9 +331,8 @@ class Worker:
         messages go into the history, the conversation records what changed, and the batch is done."""
         self.conversations.settle(claim.chat, decision.changes, now=self.clock())
         self.history.append(claim.chat, [*decision.earlier, *decision.user_turn(self._last_at(decision))])
-        self._archive_burst(claim, decision)
         self._forget_media(claim)
-        self.buffer.ack(claim)
+        self.buffer.ack(claim, also=self._also(claim, self._burst_events(claim, decision)))
 
     def _archive(self, events: list[Event]) -> None:
         """Hand events to the archive's journal (a Redis Stream, or memory while Redis is down); never fails a
@@ -344,14 +345,25 @@ class Worker:
             self.counters.add("archive_emit_failures")
             log.exception("archive: events of chat=%s not recorded", events[0].chat_ref.label if events else "-")
 
-    def _archive_burst(self, claim: Claim, decision: Decision, transcripts: dict[str, str] | None = None) -> None:
+    def _also(self, claim: Claim, events: list[Event]) -> Also | None:
+        """A hook that puts `events` into the archive's stream in the same round trip as the buffer call it is given
+        to; None when there is nothing to add that way (the archive is off, or the claim is held in this process
+        while Redis is down: the journal keeps them then)."""
+        if not events or self.journal is None or not self.journal.enabled:
+            return None
+        if not self.buffer.shares_round_trips(claim):
+            self._archive(events)
+            return None
+        return self.journal.adder(events)
+
+    def _burst_events(self, claim: Claim, decision: Decision, transcripts: dict[str, str] | None = None) -> list[Event]:
         """The burst's messages (the customer's and a person's), and the decision when it is one worth keeping."""
         now = self.clock()
         events = message_events(claim.chat, claim.messages, transcripts=transcripts, now=now)
         if decision.reason in DECISION_KINDS:
             about = _last_id(decision) or _last_record_id(claim)
             events.append(decision_event(claim.chat, kind=decision.reason, about=about, at=self._last_at(decision)))
-        self._archive(events)
+        return events
 
     def _compose(self, claim: Claim, decision: Decision) -> tuple[str, list[Turn], dict[str, str]] | None:
         """(reply, history turns, the model's transcript of each media item by message id) for the burst; None when
@@ -422,12 +434,13 @@ class Worker:
             self.history.append(chat, replied)
             self.buffer.ack(claim)
             return
-        last_id = self._send(claim, parts, plan, start)
-        if last_id is None:
+        outcome = self._send(claim, parts, plan, start)
+        if outcome is None:
             return
+        last_id, last_part = outcome
         # History before ack: once acked, the chat's next burst may be claimed at once and must see this turn.
         self.history.append(chat, turns)
-        if not self.buffer.ack(claim, sent_id=last_id):
+        if not self.buffer.ack(claim, sent_id=last_id, also=self._also(claim, last_part)):
             self.counters.add("late_acks")
             log.warning("reply sent but lease had expired chat=%s: it may be answered twice", chat.label)
         self.counters.add("replies_sent")
@@ -579,14 +592,15 @@ class Worker:
         with self._in_flight_lock:  # stored with the reply's plan, archived with its first part
             self._usage[claim.token] = usage_data(generated.usage, cost)
 
-    def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> str | None:
+    def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> tuple[str, list[Event]] | None:
         """Send the parts not sent yet, in order, through the chat's own gateway, each after its typing pause;
-        remember each part's id (its echo is ours) and how many went out. Returns the last part's id ('' when
-        the gateway gives none), or None when it failed: then retry later with backoff (the parts already out are
-        not sent again) or dead-letter."""
+        remember each part's id (its echo is ours) and how many went out, and archive each part with that progress.
+        Returns the last part's id ('' when the gateway gives none) and its archive event, for the ack; or None
+        when it failed: then retry later with backoff (the parts already out are not sent again) or dead-letter."""
         gateway = self.gateways.get(claim.chat.gateway)
         sent = start
         message_id = ""
+        archived: list[Event] = []
         try:
             if gateway is None:
                 raise SendError(f"no sender for gateway {claim.chat.gateway!r}", transient=False)
@@ -604,27 +618,28 @@ class Worker:
                 self.metrics.send(claim.chat.gateway, ok=True, seconds=time.monotonic() - began)
                 if sent == 0 and claim.attempts == 1:
                     self.metrics.debounce_lag(claim.chat.gateway, self.clock() - self._deadline(claim))
-                self._archive(
-                    [
-                        reply_part_event(
-                            claim.chat,
-                            reply_to=plan.reply_to or _last_record_id(claim),
-                            index=sent,
-                            text=part,
-                            message_id=message_id,
-                            at=self.clock(),
-                            usage=plan.usage if sent == 0 else None,
-                        )
-                    ]
-                )
+                archived = [
+                    reply_part_event(
+                        claim.chat,
+                        reply_to=plan.reply_to or _last_record_id(claim),
+                        index=sent,
+                        text=part,
+                        message_id=message_id,
+                        at=self.clock(),
+                        usage=plan.usage if sent == 0 else None,
+                    )
+                ]
                 sent += 1
                 if not claim.records_sent_ids:  # Redis records it with the progress below, or with the ack
                     self.conversations.mark_sent(claim.chat, message_id)
                 if sent < len(parts):  # a re-claim after a crash sends only what is left
+                    progress = self._mark(parts, sent)
+                    also = self._also(claim, archived)
                     self.buffer.renew(
-                        claim, now=self.clock(), sent=sent, sent_id=message_id, sending=self._mark(parts, sent)
+                        claim, now=self.clock(), sent=sent, sent_id=message_id, sending=progress, also=also
                     )
-            return message_id
+                    archived = []
+            return message_id, archived
         except SendError as exc:
             self.counters.add("send_failures")
             if exc.transient and claim.attempts < self.settings.delivery_max_attempts:

@@ -12,7 +12,8 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 
@@ -48,6 +49,17 @@ class Journal:
         except redis.RedisError as exc:  # not an outage (a full Redis: OOM, say): kept here, never an error upstream
             log.warning("archive: events kept in memory, Redis refused them: %s", exc.__class__.__name__)
             self._keep(encoded)
+
+    def adder(self, events: Sequence[Event]) -> Callable[[Any], None]:
+        """A hook that appends `events` to a pipeline another call is sending (buffer.py's `also`), so they cost no
+        round trip of their own."""
+        encoded = [event.encode() for event in events]
+
+        def add(pipe: Any) -> None:
+            for raw in encoded:
+                pipe.xadd(self.stream, {FIELD: raw})
+
+        return add
 
     def _append(self, client: redis.Redis, encoded: list[str]) -> None:
         pipe = client.pipeline(transaction=False)

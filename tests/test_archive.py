@@ -577,3 +577,25 @@ def test_the_archive_command_upgrades_and_purges(postgres_url: str, tmp_path: Pa
     purged = run_archive_command("purge", env={**env, "ARCHIVE_RETENTION_DAYS": "7"}, cwd=tmp_path)
     assert purged.returncode == 0 and "purged 1 events older than 7 days" in purged.stdout
     assert run_archive_command("upgrade", env={}, cwd=tmp_path).returncode == 2  # no DATABASE_URL
+
+
+def test_events_sent_with_the_buffer_calls_survive_a_redis_that_forgot_its_scripts(
+    archived_app: Callable[..., App], redis_client: redis.Redis, postgres_url: str
+) -> None:
+    """The burst's events ride on the fence and the part's on the ack (one round trip each, EVALSHA in a pipeline);
+    a Redis restarted without its script cache answers NOSCRIPT there, and both still happen."""
+    a = archived_app()
+    a.post(text_event(msg_id(), "Oi"))
+    a.answer()
+    a.post(text_event(msg_id(), "Tem bolo de cenoura?"))
+    redis_client.script_flush()
+    assert a.answer() == 1
+    drain(a.parts)
+    texts = [(r["author"], r["text"]) for r in rows(postgres_url)]
+    assert texts == [
+        ("customer", "Oi"),
+        ("bot", "Resposta: Oi"),
+        ("customer", "Tem bolo de cenoura?"),
+        ("bot", "Resposta: Tem bolo de cenoura?"),
+    ]
+    assert a.parts.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 0}
