@@ -38,7 +38,9 @@ BATCH_SIZE = 1000
 BLOCK_MS = 1000  # how long one XREADGROUP waits for new entries
 MAX_BACKOFF_SECONDS = 10.0
 IDLE_SECONDS = 0.2  # after a round that wrote nothing (XREADGROUP already waited up to BLOCK_MS for new entries)
-LINGER_SECONDS = 0.5  # after a round that wrote less than a full batch
+# After a round that wrote less than a full batch. The archive is not read in real time: waiting lets a drain's
+# thousands of replies go in a few dozen inserts, and keeps the writer's work out of the way while replies go out.
+LINGER_SECONDS = 2.0
 CLAIM_EVERY_SECONDS = 5.0  # how often a writer looks for a dead writer's entries
 PURGE_EVERY_SECONDS = 24 * 3600
 CONSUMER_CLEANUP_SECONDS = 3600
@@ -129,9 +131,7 @@ class ArchiveWriter:
             elif not written:
                 self._stop.wait(IDLE_SECONDS)
             elif written < self.batch_size:
-                # A part batch: let more events gather, so that a drain's thousands of replies go in a few dozen
-                # inserts rather than hundreds of tiny ones (each costs several Redis round trips and an INSERT).
-                self._stop.wait(LINGER_SECONDS)
+                self._stop.wait(LINGER_SECONDS)  # a part batch: let more events gather
 
     # ----- one round -------------------------------------------------------------------------------
 
