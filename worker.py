@@ -108,7 +108,6 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: dict[str, Claim] = {}  # token -> claim, for lease renewal
         self._futures: set[Future[None]] = set()  # replies running on the pool, waited for by stop()
-        self._usage: dict[str, dict[str, Any]] = {}  # token -> the model calls' usage, until stored with the plan
         self._in_flight_lock = threading.Lock()
         self._last_heartbeat = 0.0
         self.last_loop_at = 0.0
@@ -229,7 +228,6 @@ class Worker:
         finally:
             with self._in_flight_lock:
                 self._in_flight.pop(claim.token, None)
-                self._usage.pop(claim.token, None)
             self.metrics.in_flight(-1)
             self._slot_free.set()
 
@@ -263,13 +261,11 @@ class Worker:
         composed = self._compose(claim, decision)
         if composed is None:
             return
-        reply, turns, transcripts = composed
+        reply, turns, transcripts, usage = composed
         # Archived with the fence that stores the reply (one round trip): a new owner after a crash sends the stored
         # reply without asking the model again, so this is where the transcripts are known (an event emitted twice
         # is written once).
         archived = self._burst_events(claim, decision, transcripts)
-        with self._in_flight_lock:
-            usage = self._usage.pop(claim.token, None)
         plan = Plan(
             changes=decision.changes,
             decided_with=status.business_at,
@@ -365,9 +361,12 @@ class Worker:
             events.append(decision_event(claim.chat, kind=decision.reason, about=about, at=self._last_at(decision)))
         return events
 
-    def _compose(self, claim: Claim, decision: Decision) -> tuple[str, list[Turn], dict[str, str]] | None:
-        """(reply, history turns, the model's transcript of each media item by message id) for the burst; None when
-        it is settled without one (loop guard, or Gemini failed and FALLBACK_REPLY is empty)."""
+    def _compose(
+        self, claim: Claim, decision: Decision
+    ) -> tuple[str, list[Turn], dict[str, str], dict[str, Any] | None] | None:
+        """(reply, history turns, the model's transcript of each media item by message id, what the model calls
+        cost) for the burst; None when it is settled without one (loop guard, or Gemini failed and FALLBACK_REPLY is
+        empty)."""
         earlier = list(decision.earlier)
         name = profile_name(decision.answered)
         asked_at = self._last_at(decision)  # the customer's turn is dated when its last message came in
@@ -376,6 +375,7 @@ class Worker:
                 decision.text,
                 [*earlier, *decision.user_turn(asked_at), Turn(role="model", text=decision.text, at=self.clock())],
                 {},
+                None,
             )
         if self._is_a_loop(claim):
             self._settle_without_reply(claim, decision)
@@ -395,6 +395,7 @@ class Worker:
                 self.settings.fallback_reply,
                 [*earlier, Turn(role="user", text=burst.record(), at=asked_at, name=name)],
                 {},
+                None,
             )
         notice = burst.notice
         reply = f"{generated.reply}\n\n{notice}" if notice else generated.reply
@@ -403,7 +404,7 @@ class Worker:
             Turn(role="user", text=burst.record(generated.transcripts), at=asked_at, name=name),
             Turn(role="model", text=reply, at=self.clock()),
         ]
-        return reply, turns, burst.transcripts_by_id(generated.transcripts)
+        return reply, turns, burst.transcripts_by_id(generated.transcripts), self._account(claim, generated)
 
     def _deliver(self, claim: Claim, reply: str, turns: list[Turn], plan: Plan, parts: list[str], start: int) -> None:
         """Record the decision's changes, then send the parts from `start` on, remember the reply, ack. Not one
@@ -581,16 +582,15 @@ class Worker:
             self.counters.add("fallbacks")
             log.error("no model answered chat=%s: %s; sending FALLBACK_REPLY", claim.chat.label, exc)
             return None, burst
-        self._account(claim, generated)
         return generated, burst
 
-    def _account(self, claim: Claim, generated: Generated) -> None:
-        """Sum the calls' tokens and cost for the chat and the day; the archive keeps them with the reply."""
+    def _account(self, claim: Claim, generated: Generated) -> dict[str, Any] | None:
+        """Sum the calls' tokens and cost for the chat and the day; returns them as the reply's plan keeps them (the
+        archive stores them with its first part), or None when the model reported none."""
         if not generated.usage:
-            return
+            return None
         cost = self.usage.record(claim.chat, list(generated.usage), now=self.clock()) if self.usage else 0.0
-        with self._in_flight_lock:  # stored with the reply's plan, archived with its first part
-            self._usage[claim.token] = usage_data(generated.usage, cost)
+        return usage_data(generated.usage, cost)
 
     def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> tuple[str, list[Event]] | None:
         """Send the parts not sent yet, in order, through the chat's own gateway, each after its typing pause;
