@@ -33,6 +33,14 @@ T = TypeVar("T")
 Also = Callable[[Any], None]
 
 DEAD_LETTERS_KEPT = 1000
+
+
+def burst_deadline(first_at: float, last_at: float, *, debounce: float, max_wait: float) -> float:
+    """When a burst falls due: `debounce` after its last message, at most `max_wait` after its first (what
+    PUSH_PENDING_LUA computes in Redis)."""
+    return min(last_at + debounce, first_at + max_wait)
+
+
 NOT_SENDING = "{}"  # the `sending` note after a part the gateway refused: nothing to look for on a retry
 REPLY_WINDOW_SECONDS = 3600
 
@@ -505,7 +513,7 @@ class LocalStore:
             chat.pending.append(encode_message(message, now, has_blob=bool(blob)))
             if chat.first_at is None:
                 chat.first_at = now
-            chat.deadline = min(now + debounce, chat.first_at + max_wait)
+            chat.deadline = burst_deadline(chat.first_at, now, debounce=debounce, max_wait=max_wait)
             first_id = str((_json_object(chat.pending[0]) or {}).get("id") or message.message_id)
             return AppendResult(
                 accepted=True, pending=len(chat.pending), deadline=chat.deadline, store=self.name, first_id=first_id

@@ -32,7 +32,7 @@ from archive.events import (
     usage_data,
 )
 from archive.journal import Journal
-from buffer import NOT_SENDING, Also, Buffer, Claim, is_human_record, profile_name
+from buffer import NOT_SENDING, Also, Buffer, Claim, burst_deadline, is_human_record, profile_name
 from config import Settings
 from conversation import Changes, Conversations, text_hash
 from counters import Counters
@@ -493,8 +493,8 @@ class Worker:
         times = [float(m.get("at") or 0) for m in claim.messages if m.get("at")]
         if not times:
             return self.clock()
-        settings = self.settings
-        return min(max(times) + settings.debounce_seconds, min(times) + settings.debounce_max_wait_seconds)
+        debounce, max_wait = self.settings.debounce_seconds, self.settings.debounce_max_wait_seconds
+        return burst_deadline(min(times), max(times), debounce=debounce, max_wait=max_wait)
 
     def _mark(self, parts: list[str], n: int) -> str:
         """The batch's note that part `n` is about to be sent (its text hash, and when), or '' past the end."""
