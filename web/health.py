@@ -42,7 +42,7 @@ def health_body() -> dict[str, Any]:
         redis_state = "up" if parts.link.ping() else "down"
     worker = worker_state()
     archive = parts.archive.health()
-    workers_alive = parts.liveness.alive(own=parts.worker.id if worker == "alive" else "")
+    workers_alive = live_workers()
     if workers_alive is None:  # Redis cannot tell: this process's own worker is all that is known
         workers_alive = int(worker == "alive")
     # not_configured: nothing could be answered yet (no model or no gateway); degraded: something that was working
@@ -56,7 +56,7 @@ def health_body() -> dict[str, Any]:
         "status": status,
         "redis": redis_state,
         "gemini": gemini_state(settings),
-        "ai": ai_state(settings),
+        "ai": ai_state(),
         "gateway": "configured" if settings.gateway_configured else "missing EVOLUTION_API",
         "gateways": sorted(name for name in parts.gateways if name != "simulator"),
         "simulator": "simulator" in parts.gateways,
@@ -81,18 +81,20 @@ def gemini_state(settings: Settings) -> str:
     return "configured" if settings.gemini_configured else "missing GEMINI_API_KEY"
 
 
-def ai_state(settings: Settings) -> dict[str, Any]:
-    """Who answers (and who takes over), with their models and whether they are configured."""
+def ai_state() -> dict[str, Any]:
+    """Who answers (and who takes over), with their models and whether they are configured: the providers the
+    worker's chain holds (ai_service.py)."""
+    described = [
+        {"name": p.name, "model": p.model, "configured": p.configured} for p in components().worker.ai.providers
+    ]
+    return {"provider": described[0], "fallback": described[1] if len(described) > 1 else None}
 
-    def described(name: str) -> dict[str, Any]:
-        model = settings.openai_model if name == "openai" else settings.gemini_model
-        return {"name": name, "model": model, "configured": settings.provider_configured(name)}
 
-    fallback = settings.ai_fallback_provider
-    return {
-        "provider": described(settings.ai_provider),
-        "fallback": described(fallback) if fallback and fallback != settings.ai_provider else None,
-    }
+def live_workers() -> int | None:
+    """Worker processes alive (liveness.py), this process's running worker included even before its heartbeat
+    reaches Redis; None when Redis cannot tell."""
+    worker = components().worker
+    return components().liveness.alive(own=worker.id if worker.is_alive() else "")
 
 
 def worker_state() -> str:

@@ -8,6 +8,7 @@ import hmac
 from flask import Blueprint, Response, jsonify, request
 
 from web import components
+from web.health import live_workers
 
 metrics_page = Blueprint("metrics_page", __name__)
 
@@ -16,7 +17,7 @@ def deployment_gauges() -> dict[str, float]:
     """What the whole deployment holds now, read from Redis (and PostgreSQL's backlog) when scraped."""
     parts = components()
     counts = parts.buffer.counts()
-    alive = parts.liveness.alive(own=parts.worker.id if parts.worker.is_alive() else "")
+    alive = live_workers()
     gauges = {
         "wa_pending_chats": float(counts.get("chats_pending", 0)),
         "wa_in_progress_chats": float(counts.get("chats_in_progress", 0)),
