@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from werkzeug.exceptions import NotFound
 
 from archive.events import DEAD_LETTER
@@ -28,7 +28,7 @@ from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_lett
 from privacy import ArchiveUnavailable, Erased, erase, export
 from usage import UsageLedger
 from web import components
-from web.archive_api import MAX_QUERY_CHARS, event_view
+from web.archive_api import MAX_QUERY_CHARS, event_view, export_download
 from web.chats_api import MAX_PERSON_MESSAGE_CHARS, chat_from_path, view
 from web.console_auth import login_page, require_login, safe_next, try_login
 from web.health import health_body
@@ -101,7 +101,7 @@ def chat_body(raw: str) -> str:
 def chat_view(chat: ChatRef) -> dict[str, Any]:
     now = round(time.time(), 3)
     name = customer_name(components().history.recent(chat))
-    return {"view": view(chat, now), "now": now, "states": STATES, "name": name, "usage_words": usage_words}
+    return {"view": view(chat, now), "now": now, "states": STATES, "name": name}
 
 
 @admin_pages.post("/chats/<path:raw>/action")
@@ -147,7 +147,6 @@ NOTES = {
     "opt_out": "O cliente pediu para não receber mais mensagens.",
     "opt_in": "O cliente voltou a aceitar mensagens.",
     "out_of_hours": "Mensagem fora do horário de atendimento: o assistente avisou o horário.",
-    "stale_reply": "Uma resposta atrasada foi descartada.",
 }
 LIFECYCLE_NOTES = {"pause": "Bot pausado", "resume": "Bot retomado", "close": "Conversa encerrada"}
 NOTE_BY = {"panel": "pelo painel", "phone": "pelo celular"}
@@ -261,9 +260,7 @@ def contact_export(raw: str) -> Response:
     except ArchiveUnavailable:
         flash("O arquivo está indisponível agora (o PostgreSQL não responde): tente exportar de novo em instantes.")
         return redirect(url_for("admin_pages.chat_page", raw=chat.key))
-    response = jsonify(body)
-    safe = "".join(c if c.isalnum() else "-" for c in chat.key)
-    response.headers["Content-Disposition"] = f'attachment; filename="contato-{safe}.json"'
+    response = export_download(body, chat)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -330,9 +327,7 @@ def knowledge() -> str:
 def status() -> str:
     checks = gateway_states() if request.args.get("check") else {}
     today = components().usage.of_day(UsageLedger.day(time.time()))
-    return render_template(
-        "admin/status.html", health=health_body(), checks=checks, today=today, usage_words=usage_words
-    )
+    return render_template("admin/status.html", health=health_body(), checks=checks, today=today)
 
 
 def gateway_states() -> dict[str, str]:

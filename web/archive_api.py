@@ -13,6 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from archive.store import PAGE_LIMIT, SEARCH_LIMIT
 from archive.store import UNAVAILABLE as DATABASE_UNAVAILABLE
+from models import ChatRef
 from privacy import ArchiveUnavailable, erase, export
 from web import components
 from web.admin_auth import admin_refusal
@@ -101,10 +102,15 @@ def export_contact(raw: str) -> tuple[Response, int]:
         body = export(components(), chat)
     except ArchiveUnavailable:
         return archive_down()
+    return export_download(body, chat), 200
+
+
+def export_download(body: dict[str, Any], chat: ChatRef) -> Response:
+    """A contact's export as a JSON attachment named after the chat (the API's and the panel's download)."""
     response = jsonify(body)
     safe = "".join(c if c.isalnum() else "-" for c in chat.key)
     response.headers["Content-Disposition"] = f'attachment; filename="contato-{safe}.json"'
-    return response, 200
+    return response
 
 
 @archive_api.delete("/contacts/<path:raw>")
