@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
@@ -45,14 +45,7 @@ class Erased:
     queues: int = 0  # the chat's entries in the due and leases sets
 
     def to_json(self) -> dict[str, int]:
-        return {
-            "redis_keys": self.redis_keys,
-            "dead_letters": self.dead_letters,
-            "stream_entries": self.stream_entries,
-            "archive_rows": self.archive_rows,
-            "in_memory": self.in_memory,
-            "queues": self.queues,
-        }
+        return asdict(self)
 
 
 def export(parts: Components, chat: ChatRef) -> dict[str, Any]:
