@@ -118,6 +118,11 @@ class RedisKeys:
         days, renewed by each reply."""
         return f"{self.prefix}:chat:{chat}:usage"
 
+    def conversation_usage(self, chat: str, opened_at: str) -> str:
+        """HASH input_tokens, output_tokens, cost_micro_usd of one conversation of a chat (`opened_at` as the
+        conversation HASH stores it). TTL 90 days, renewed by each reply."""
+        return f"{self.usage(chat)}:{opened_at}"
+
     def usage_day(self, day: str) -> str:
         """HASH of a UTC day (YYYY-MM-DD): input_tokens, output_tokens, cost_micro_usd, and per provider:model
         their tokens and calls. TTL 400 days."""
@@ -150,9 +155,15 @@ class RedisKeys:
         ]
 
     def chat_key_patterns(self, chat: str) -> list[str]:
-        """SCAN patterns of one chat's per-message keys (dedupe markers, own ids, media blobs)."""
+        """SCAN patterns of one chat's per-message keys (dedupe markers, own ids, media blobs) and per-conversation
+        costs."""
         literal = _glob_escaped(chat)
-        return [self.seen(literal, "*"), self.own_message(literal, "*"), self.media(literal, "*")]
+        return [
+            self.seen(literal, "*"),
+            self.own_message(literal, "*"),
+            self.media(literal, "*"),
+            self.conversation_usage(literal, "*"),
+        ]
 
     def stats(self) -> str:
         """HASH dead_lettered: dead letters ever made (ACK_LUA). No TTL."""

@@ -34,7 +34,7 @@ from archive.events import (
 from archive.journal import Journal
 from buffer import NOT_SENDING, Also, Buffer, Claim, burst_deadline, is_human_record, profile_name
 from config import Settings
-from conversation import Changes, Conversations, text_hash
+from conversation import Changes, Conversations, stamp, text_hash
 from counters import Counters
 from errors import AIServiceError, SendError
 from gateways.base import Gateway
@@ -404,7 +404,8 @@ class Worker:
             Turn(role="user", text=burst.record(generated.transcripts), at=asked_at, name=name),
             Turn(role="model", text=reply, at=self.clock()),
         ]
-        return reply, turns, burst.transcripts_by_id(generated.transcripts), self._account(claim, generated)
+        usage = self._account(claim, generated, conversation=decision.conversation_since)
+        return reply, turns, burst.transcripts_by_id(generated.transcripts), usage
 
     def _deliver(self, claim: Claim, reply: str, turns: list[Turn], plan: Plan, parts: list[str], start: int) -> None:
         """Record the decision's changes, then send the parts from `start` on, remember the reply, ack. Not one
@@ -584,12 +585,15 @@ class Worker:
             return None, burst
         return generated, burst
 
-    def _account(self, claim: Claim, generated: Generated) -> dict[str, Any] | None:
+    def _account(self, claim: Claim, generated: Generated, *, conversation: float) -> dict[str, Any] | None:
         """Sum the calls' tokens and cost for the chat and the day; returns them as the reply's plan keeps them (the
         archive stores them with its first part), or None when the model reported none."""
         if not generated.usage:
             return None
-        cost = self.usage.record(claim.chat, list(generated.usage), now=self.clock()) if self.usage else 0.0
+        cost = 0.0
+        if self.usage is not None:
+            opened = stamp(conversation) if conversation else ""
+            cost = self.usage.record(claim.chat, list(generated.usage), now=self.clock(), conversation=opened)
         return usage_data(generated.usage, cost)
 
     def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> tuple[str, list[Event]] | None:

@@ -178,6 +178,7 @@ def test_a_pending_burst_shows_before_any_conversation(client: FlaskClient, part
         "conversation": {"opened_at": None, "last_message_at": None, "last_human_action_at": None},
         "last_messages": [],
         "usage": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0},  # nothing asked of a model yet
+        "usage_total": {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0},
     }
 
 

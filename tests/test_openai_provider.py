@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -348,3 +349,18 @@ def test_the_panel_shows_what_the_model_cost_for_the_chat_and_today(
     status = s.client.get("/admin/status").text
     assert "openai (gpt-4o-mini)" in status
     assert "12 tokens de entrada, 7 de saída · US$ 0,0060" in status and "openai:gpt-4o-mini: 1 chamada" in status
+
+
+def test_usage_is_summed_per_conversation_and_per_chat(service: Callable[..., Service]) -> None:
+    s = service(model_prices="gpt-4o-mini:0.15/0.6", conversation_idle_minutes=0.01)  # idle 0.6 s closes one
+    s.post(text_event(msg_id(), "Oi"))
+    s.answer()
+    first = s.client.get(f"/admin/api/chats/{quote(CHAT.key, safe='')}", headers=AUTH).get_json()
+    assert first["usage"]["input_tokens"] == 12 and first["usage_total"]["input_tokens"] == 12
+    time.sleep(0.8)  # the conversation closes; the next message opens another
+    s.post(text_event(msg_id(), "Voltei"))
+    s.answer()
+    second = s.client.get(f"/admin/api/chats/{quote(CHAT.key, safe='')}", headers=AUTH).get_json()
+    assert second["conversation"]["opened_at"] > first["conversation"]["opened_at"]
+    assert (second["usage"]["input_tokens"], second["usage"]["output_tokens"]) == (12, 7)  # this conversation's
+    assert (second["usage_total"]["input_tokens"], second["usage_total"]["output_tokens"]) == (24, 14)

@@ -141,6 +141,7 @@ def test_a_burst_gets_one_reply(
         p.keys.outbox(CHAT.key),  # the reply's text hash, so its echo is known as ours
         p.keys.own_message(CHAT.key, "FAKE000001"),  # the id the send returned, likewise
         p.keys.usage(CHAT.key),  # the tokens the reply cost, for the chat...
+        p.keys.conversation_usage(CHAT.key, f"{T0:.3f}"),  # ... for its conversation (opened by the first message)
         p.keys.usage_day(UsageLedger.day(p.clock())),  # ... and for the day
     }
     assert all(redis_client.ttl(key) > 0 for key in leftovers), "every key left behind expires"

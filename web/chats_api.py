@@ -17,10 +17,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from conversation import CLOSE, PAUSE, RESUME
+from conversation import CLOSE, PAUSE, RESUME, stamp
 from models import ChatRef
 from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person, steer
-from usage import UsageLedger
+from usage import UsageLedger, totals
 from web import components
 from web.admin_auth import admin_refusal
 
@@ -86,7 +86,9 @@ def view(chat: ChatRef, now: float) -> dict[str, Any]:
             "last_human_action_at": status.business_at or None,
         },
         "last_messages": [{"role": turn.by, "text": turn.text, "at": turn.at} for turn in parts.history.recent(chat)],
-        "usage": parts.usage.of_chat(chat),
+        # The tokens and cost of this conversation's replies; and of the chat's, over the last 90 days.
+        "usage": parts.usage.of_conversation(chat, stamp(status.opened_at)) if status.opened_at else totals({}),
+        "usage_total": parts.usage.of_chat(chat),
     }
 
 
