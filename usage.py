@@ -95,41 +95,40 @@ class UsageLedger:
     def record(self, chat: ChatRef, calls: list[Usage], *, now: float | None = None, conversation: str = "") -> float:
         """Add the calls of one reply to the chat's, its conversation's (`conversation`: when it opened, as the
         conversation HASH stores it) and the day's sums; returns their cost in USD."""
-        cost = sum(self.prices.cost_usd(call) for call in calls)
         if not calls:
             return 0.0
-        day = self.day(now or time.time())
-        sums = [self.keys.usage(chat.key)]
+        costs = [self.prices.cost_usd(call) for call in calls]
+        day_key = self.keys.usage_day(self.day(now or time.time()))
+        kept = [self.keys.usage(chat.key)]  # the chat's and the conversation's sums, kept CHAT_DAYS_KEPT
         if conversation:
-            sums.append(self.keys.conversation_usage(chat.key, conversation))
-        sums.append(self.keys.usage_day(day))
+            kept.append(self.keys.conversation_usage(chat.key, conversation))
 
         def add(client: redis.Redis) -> None:
             pipe = client.pipeline(transaction=True)
-            for call in calls:
-                micro = round(self.prices.cost_usd(call) * MICRO)
-                for key in sums:
+            for call, cost in zip(calls, costs, strict=True):
+                for key in (*kept, day_key):
                     pipe.hincrby(key, "input_tokens", call.input_tokens)
                     pipe.hincrby(key, "output_tokens", call.output_tokens)
-                    pipe.hincrby(key, "cost_micro_usd", micro)
+                    pipe.hincrby(key, "cost_micro_usd", round(cost * MICRO))
                 by_model = f"{call.provider}:{call.model}:"
-                pipe.hincrby(self.keys.usage_day(day), f"{by_model}input_tokens", call.input_tokens)
-                pipe.hincrby(self.keys.usage_day(day), f"{by_model}output_tokens", call.output_tokens)
-                pipe.hincrby(self.keys.usage_day(day), f"{by_model}calls", 1)
-            pipe.expire(self.keys.usage_day(day), DAYS_KEPT * 86400)
-            for key in sums[:-1]:  # the chat's and the conversation's
+                pipe.hincrby(day_key, f"{by_model}input_tokens", call.input_tokens)
+                pipe.hincrby(day_key, f"{by_model}output_tokens", call.output_tokens)
+                pipe.hincrby(day_key, f"{by_model}calls", 1)
+            pipe.expire(day_key, DAYS_KEPT * 86400)
+            for key in kept:
                 pipe.expire(key, CHAT_DAYS_KEPT * 86400)
             pipe.execute()
 
         self.link.run(add, lambda: None)
-        return cost
+        return sum(costs)
 
     def of_chat(self, chat: ChatRef) -> dict[str, Any]:
-        key = self.keys.usage(chat.key)
-        return totals(self.link.run(lambda client: client.hgetall(key), dict))
+        return self._totals(self.keys.usage(chat.key))
 
     def of_conversation(self, chat: ChatRef, conversation: str) -> dict[str, Any]:
-        key = self.keys.conversation_usage(chat.key, conversation)
+        return self._totals(self.keys.conversation_usage(chat.key, conversation))
+
+    def _totals(self, key: str) -> dict[str, Any]:
         return totals(self.link.run(lambda client: client.hgetall(key), dict))
 
     def of_day(self, day: str) -> dict[str, Any]:

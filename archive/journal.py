@@ -54,18 +54,16 @@ class Journal:
         """A hook that appends `events` to a pipeline another call is sending (buffer.py's `also`), so they cost no
         round trip of their own."""
         encoded = [event.encode() for event in events]
-
-        def add(pipe: Any) -> None:
-            for raw in encoded:
-                pipe.xadd(self.stream, {FIELD: raw})
-
-        return add
+        return lambda pipe: self._xadd(pipe, encoded)
 
     def _append(self, client: redis.Redis, encoded: list[str]) -> None:
         pipe = client.pipeline(transaction=False)
+        self._xadd(pipe, encoded)
+        pipe.execute()
+
+    def _xadd(self, pipe: Any, encoded: list[str]) -> None:
         for raw in encoded:
             pipe.xadd(self.stream, {FIELD: raw})
-        pipe.execute()
 
     def _keep(self, encoded: list[str]) -> None:
         with self._lock:
