@@ -126,6 +126,8 @@ def build_components(
         liveness=liveness,
         clock=clock,
     )
+    if archive.writer is not None:
+        archive.writer.busy = worker.busy  # replies first, the archive just after
     return Components(
         settings=settings,
         link=link,

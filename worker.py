@@ -155,6 +155,10 @@ class Worker:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def busy(self) -> bool:
+        """Replies are being written or sent by this process now."""
+        return bool(self._in_flight)
+
     def run_forever(self) -> None:
         failures = 0
         try:

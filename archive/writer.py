@@ -41,6 +41,12 @@ IDLE_SECONDS = 0.2  # after a round that wrote nothing (XREADGROUP already waite
 # After a round that wrote less than a full batch. The archive is not read in real time: waiting lets a drain's
 # thousands of replies go in a few dozen inserts, and keeps the writer's work out of the way while replies go out.
 LINGER_SECONDS = 2.0
+# While this process has replies in flight the writer waits (polling every YIELD_POLL_SECONDS) for up to
+# MAX_YIELD_SECONDS, or until the backlog reaches YIELD_BACKLOG entries: the replies of a drain go out first, and the
+# archive follows in full batches just after, instead of taking CPU and the GIL from the replies.
+MAX_YIELD_SECONDS = 20.0
+YIELD_BACKLOG = 20_000
+YIELD_POLL_SECONDS = 0.5
 CLAIM_EVERY_SECONDS = 5.0  # how often a writer looks for a dead writer's entries
 PURGE_EVERY_SECONDS = 24 * 3600
 CONSUMER_CLEANUP_SECONDS = 3600
@@ -86,6 +92,10 @@ class ArchiveWriter:
         self._purged_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # True while this process's replies are running (the wiring gives it Worker.busy): the writer waits then.
+        self.busy: Callable[[], bool] = lambda: False
+        self.max_yield_seconds = MAX_YIELD_SECONDS
+        self.linger_seconds = LINGER_SECONDS
 
     # ----- lifecycle -------------------------------------------------------------------------------
 
@@ -130,8 +140,17 @@ class ArchiveWriter:
                 self._stop.wait(min(0.5 * 2 ** min(failures, 5), MAX_BACKOFF_SECONDS))
             elif not written:
                 self._stop.wait(IDLE_SECONDS)
-            elif written < self.batch_size:
-                self._stop.wait(LINGER_SECONDS)  # a part batch: let more events gather
+            else:
+                if written < self.batch_size:
+                    self._stop.wait(self.linger_seconds)  # a part batch: let more events gather
+                self._yield_to_replies()
+
+    def _yield_to_replies(self) -> None:
+        """Wait while this process's replies are running, within MAX_YIELD_SECONDS and YIELD_BACKLOG: the archive
+        is not read in real time, a customer waiting for an answer is."""
+        until = self.clock() + self.max_yield_seconds
+        while not self._stop.is_set() and self.busy() and self.clock() < until and self.backlog() < YIELD_BACKLOG:
+            self._stop.wait(YIELD_POLL_SECONDS)
 
     # ----- one round -------------------------------------------------------------------------------
 

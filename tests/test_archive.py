@@ -599,3 +599,59 @@ def test_events_sent_with_the_buffer_calls_survive_a_redis_that_forgot_its_scrip
         ("bot", "Resposta: Tem bolo de cenoura?"),
     ]
     assert a.parts.buffer.counts() == {"chats_pending": 0, "chats_in_progress": 0, "dead_letters": 0}
+
+
+def test_the_writer_waits_while_this_process_is_replying_and_catches_up_after(
+    archived_app: Callable[..., App], postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("archive.writer.YIELD_POLL_SECONDS", 0.05)
+    a = archived_app()
+    writer = a.parts.archive.writer
+    store = a.parts.archive.store
+    assert writer is not None and store is not None
+    assert writer.busy == a.parts.worker.busy  # the wiring: the writer yields to this process's replies
+    replying = threading.Event()
+    replying.set()
+    writer.busy = replying.is_set
+    writer.linger_seconds = 0.05
+    writer.start()
+    try:
+        a.parts.archive.emit(events_of(CHAT, ["primeira"], at=time.time()))
+        wait_for(lambda: store.count() == 1)  # an idle writer writes at once
+        a.parts.archive.emit(events_of(OTHER, ["segunda", "terceira"], at=time.time()))
+        time.sleep(1.0)
+        assert store.count() == 1  # replies are running: the archive waits
+        assert writer.backlog() == 2
+        replying.clear()
+        wait_for(lambda: store.count() == 3)
+    finally:
+        writer.stop()
+
+
+def test_the_writer_does_not_wait_for_replies_longer_than_its_limit(
+    archived_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("archive.writer.YIELD_POLL_SECONDS", 0.05)
+    a = archived_app()
+    writer = a.parts.archive.writer
+    store = a.parts.archive.store
+    assert writer is not None and store is not None
+    writer.busy = lambda: True  # a process that is always replying
+    writer.linger_seconds = 0.05
+    writer.max_yield_seconds = 0.5
+    writer.start()
+    try:
+        a.parts.archive.emit(events_of(CHAT, ["primeira"], at=time.time()))
+        wait_for(lambda: store.count() == 1)
+        a.parts.archive.emit(events_of(OTHER, ["segunda"], at=time.time()))
+        wait_for(lambda: store.count() == 2, timeout=5.0)
+    finally:
+        writer.stop()
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 5.0) -> None:
+    until = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > until:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
