@@ -26,13 +26,13 @@ def service(fake: FakeGemini, **overrides: object) -> AIService:
 def test_build_prompt_turns_history_into_alternating_roles() -> None:
     history = [Turn(role="user", text="Oi"), Turn(role="model", text="Olá!"), Turn(role="user", text="Preço?")]
     contents = build_prompt(history, "E o frete?")
-    assert [c.role for c in contents] == ["user", "model", "user"]
-    assert [p.text for p in contents[-1].parts] == ["Preço?", "E o frete?"]
+    assert [c["role"] for c in contents] == ["user", "model", "user"]
+    assert [p["text"] for p in contents[-1]["parts"]] == ["Preço?", "E o frete?"]
 
 
 def test_build_prompt_never_opens_with_the_model_but_keeps_what_the_business_said_first() -> None:
     contents = build_prompt([Turn(role="model", text="Seu pedido está pronto!", author="human")], "Oba")
-    assert [(c.role, [p.text for p in c.parts or []]) for c in contents] == [
+    assert [(c["role"], [p["text"] for p in c["parts"]]) for c in contents] == [
         ("user", [BUSINESS_FIRST]),
         ("model", ["Seu pedido está pronto!"]),
         ("user", ["Oba"]),
