@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run check test lint bench bench-knowledge bench-console redis-server postgresql browser clean
+.PHONY: run check test lint bench bench-profile bench-knowledge bench-console redis-server postgresql browser clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ test: $(VENV)/.installed redis-server postgresql browser nginx
 
 bench: $(VENV)/.installed redis-server postgresql
 	$(PY) bench/run.py
+
+# Call trees of the webhook and reply paths (pyinstrument) under bench/profiles/; no PostgreSQL: the archive is off.
+bench-profile: $(VENV)/.installed redis-server
+	$(PY) bench/profile_paths.py
 
 bench-knowledge: $(VENV)/.installed
 	$(PY) bench/retrieval.py

@@ -162,7 +162,10 @@ def service_env(overrides: dict[str, Any]) -> dict[str, str]:
 
 
 class Gunicorn:
-    """`gunicorn webhook:app -w N [--worker-class gthread --threads T]` in its own process group."""
+    """`gunicorn webhook:app -w N [--worker-class gthread --threads T]` in its own process group.
+
+    `app` serves another WSGI app instead (row H's empty Flask app, `ceiling_app:app`), imported from `pythonpath`
+    when given: the service snapshot gunicorn runs in holds no bench/ files."""
 
     def __init__(
         self,
@@ -172,8 +175,12 @@ class Gunicorn:
         worker_class: str = "sync",
         threads: int = 1,
         log_path: Path,
+        app: str = "webhook:app",
+        pythonpath: Path | None = None,
     ) -> None:
         self.port = free_port()
+        self.app = app
+        self.pythonpath = pythonpath
         self.workers = workers
         self.worker_class = worker_class
         self.threads = threads
@@ -198,7 +205,7 @@ class Gunicorn:
         config.write_text("# empty: every option is on the command line\n")
         argv = [
             str(GUNICORN),
-            "webhook:app",
+            self.app,
             "-c",
             str(config),
             "-w",
@@ -214,6 +221,9 @@ class Gunicorn:
         ]
         if self.worker_class != "sync":
             argv += ["--worker-class", self.worker_class, "--threads", str(self.threads)]
+        if self.pythonpath is not None:
+            # Only for an app outside the service: the product is always imported from SOURCE (the cwd) alone.
+            argv += ["--pythonpath", str(self.pythonpath)]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             argv,

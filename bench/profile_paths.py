@@ -148,9 +148,7 @@ def profile_reply(redis_url: str, fakes: Any, chats: int) -> str:
     per_reply = (time.thread_time() - start) / chats
     load(2 * chats)
     text = run_profiled(answer_all)
-    return (
-        header("reply", f"{per_reply * 1e3:.3f} ms CPU per reply ({chats:,} replies)") + text
-    )
+    return header("reply", f"{per_reply * 1e3:.3f} ms CPU per reply ({chats:,} replies)") + text
 
 
 def header(path: str, figure: str) -> str:

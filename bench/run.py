@@ -4,15 +4,23 @@ Starts its own redis-server (free port, no persistence), a fake Gemini (50 ms pe
 Evolution sendText in a separate process, runs the service under gunicorn with env vars only, drives it
 from separate load processes, prints one markdown table and writes it to bench/results/latest.md.
 
-Measurements
+Measurements (`--only` picks some; H runs first)
+  H  the hot path's ceiling (bench/hotpath_bench.py): webhook max throughput of an empty Flask app
+     (bench/ceiling_app.py) and of the product under identical gunicorns, in alternating windows; target: the median
+     of the rounds' product/ceiling ratios >= 0.80
   1  webhook max throughput (closed loop) and ack latency at a paced 500 req/s (open loop), for
-     `gunicorn -w 4` (sync) and `--worker-class gthread --threads 4`
+     `gunicorn -w 4` (sync; ack p99 < 5 ms) and `--worker-class gthread --threads 4`
   2  deadline -> sendText lag with 10,000 chats buffered at once, deadlines spread over 60 s
-  3  drain time of 2,000 chats due in the same second
-  4  CPU per reply (gunicorn master + workers, from /proc) during 3
-  5  Redis memory per buffered chat (INFO used_memory), seen/dedupe marker included
+  3  drain of 2,000 chats due in the same second, with history, knowledge and a text burst: each chat holds two
+     earlier turns of history and a burst of three customer texts, the server has KNOWLEDGE_DIR=examples/knowledge;
+     target >= 600 replies/s
+  4  CPU per reply (gunicorn master + workers, from /proc) during 3; target <= 2.5 ms
+  5  Redis memory per buffered chat (INFO used_memory), seen/dedupe marker included; target <= 800 B beyond the text
   A  the archive (bench/archive_bench.py, its own PostgreSQL): writer events/s, webhook and drain with it off vs on
   M  the metrics (bench/metrics_bench.py): webhook throughput with METRICS_ENABLED false vs true
+
+`--profile` runs bench/profile_paths.py instead of the rows (`--profile-tag`, default "after", names its files under
+bench/profiles/): the profiler's own CPU would distort every figure measured beside it, so the two never share a run.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,12 @@ from harness import ROOT, FakeHost, Gunicorn, RedisProc, machine_window, system_
 
 RESULTS_DIR = BENCH_DIR / "results"
 PREFIX = "wa_assistant"  # the service default, so key lengths (and memory) are the production ones
+KNOWLEDGE_DIR = ROOT / "examples" / "knowledge"  # the working tree's: the source snapshot holds only .py files
+ACK_P99_TARGET = 0.005  # row 1a
+DRAIN_TARGET_REPLIES_PER_SECOND = 600.0  # row 3
+CPU_PER_REPLY_TARGET = 0.0025  # row 4, seconds
+MEMORY_TARGET_BEYOND_TEXT = 800  # row 5, bytes
+BURST_STEP = 0.01  # seconds between a preloaded burst's messages; short, so no earlier deadline passes mid-preload
 
 
 # ----- small helpers ------------------------------------------------------------------------------------
@@ -165,26 +180,74 @@ def make_buffer(redis_url: str, debounce: float) -> Any:
     )
 
 
+def make_history(redis_url: str) -> Any:
+    """The service's chat history on the bench's Redis, with the service's default turn cap and expiry."""
+    from config import Settings
+    from memory import History
+    from redis_keys import RedisKeys
+    from redis_link import RedisLink
+
+    defaults = Settings()
+    return History(
+        RedisLink(redis_url),
+        RedisKeys(PREFIX),
+        max_turns=defaults.history_max_turns,
+        ttl_seconds=defaults.history_ttl_seconds,
+    )
+
+
+def chat_ref(chat: int) -> Any:
+    from models import ChatRef
+
+    return ChatRef(gateway="evolution", instance=loadgen.INSTANCE, chat_id=loadgen.jid_for(chat))
+
+
 MESSAGE_TEXT = "Oi! Vocês têm o tênis 42 em estoque? Qual o preço?"
 
 
-def preload(buffer: Any, chats: list[int], deadlines: list[float], debounce: float) -> list[float]:
-    """Buffer one message per chat through the service's own Buffer.append, with `now` chosen so each chat's
-    deadline is exactly the given one. Returns the time each append finished."""
-    from models import ChatRef, IncomingMessage
+def preload_history(history: Any, chats: list[int], pairs: Sequence[tuple[str, str]], at: float) -> None:
+    """Give each chat earlier turns (customer, reply) through the service's History.append, as a sent reply does."""
+    from memory import Turn
+
+    turns = [
+        Turn(role=role, text=text, at=at) for pair in pairs for role, text in zip(("user", "model"), pair, strict=True)
+    ]
+    for chat in chats:
+        history.append(chat_ref(chat), turns)
+
+
+def preload(
+    buffer: Any,
+    chats: list[int],
+    deadlines: list[float],
+    debounce: float,
+    texts: Sequence[str] = (MESSAGE_TEXT,),
+) -> list[float]:
+    """Buffer each chat's `texts` (one message each, BURST_STEP apart) through the service's own Buffer.append, with
+    `now` chosen so each chat's deadline after its last message is exactly the given one. Returns the time each chat's
+    last append finished."""
+    from models import IncomingMessage
 
     done = []
+    last = len(texts) - 1
     for chat, deadline in zip(chats, deadlines, strict=True):
-        message = IncomingMessage(
-            chat=ChatRef(gateway="evolution", instance=loadgen.INSTANCE, chat_id=loadgen.jid_for(chat)),
-            message_id=f"3EB0{chat:016X}",
-            text=MESSAGE_TEXT,
-            push_name="Cliente Bench",
-            timestamp=int(deadline - debounce),
-        )
-        result = buffer.append(message, now=deadline - debounce)
-        if not result.accepted or result.store != "redis" or abs(result.deadline - deadline) > 0.002:
-            raise RuntimeError(f"preload failed for chat {chat}: {result}")
+        ref = chat_ref(chat)
+        for i, text in enumerate(texts):
+            now = deadline - debounce - (last - i) * BURST_STEP
+            message = IncomingMessage(
+                chat=ref,
+                # A single message keeps the id row 5 reads the seen marker of.
+                message_id=f"3EB0{chat:016X}" + (f"{i:02X}" if last else ""),
+                text=text,
+                push_name="Cliente Bench",
+                timestamp=int(now),
+            )
+            result = buffer.append(message, now=now)
+            if not result.accepted or result.store != "redis":
+                raise RuntimeError(f"preload failed for chat {chat}, message {i}: {result}")
+        # Each append slides the deadline to its `now` + debounce: only the last one's is the chat's deadline.
+        if abs(result.deadline - deadline) > 0.002:
+            raise RuntimeError(f"preload of chat {chat} ended with deadline {result.deadline}, not {deadline}")
         done.append(time.time())
     return done
 
@@ -205,6 +268,8 @@ def wait_sends(fakes: FakeHost, expected: int, until: float) -> int:
 def bench_webhook(args: argparse.Namespace, redis: RedisProc, fakes: FakeHost, report: Report, cls: str) -> None:
     label = f"sync -w {args.workers}" if cls == "sync" else f"gthread -w {args.workers} --threads {args.threads}"
     key = "1a" if cls == "sync" else "1b"
+    # The issue's 5 ms is for the production configuration (sync, 1a); gthread (1b) keeps the earlier 10 ms.
+    ack_target = ACK_P99_TARGET if cls == "sync" else 0.010
     redis.client.flushall()
     env = base_env(redis.url, fakes, DEBOUNCE_SECONDS=600)
     server = Gunicorn(
@@ -331,8 +396,8 @@ def bench_webhook(args: argparse.Namespace, redis: RedisProc, fakes: FakeHost, r
             f"Ack latency at {args.paced_rate:.0f} req/s paced (open loop, from intended send), `{label}`",
             f"p50 {ms(p50)} / p99 {ms(p99)} (max {ms(max(from_intended, default=float('nan')))}; "
             f"{len(good):,} ok, {failed} failed)",
-            "p99 < 10 ms",
-            p99 < 0.010 and failed == 0,
+            f"p99 < {ack_target * 1000:.0f} ms",
+            p99 < ack_target and failed == 0,
         )
         report.notes.append(
             f"{key} paced: p99.9 {ms(pct(from_intended, 99.9))}; measured from the actual send p50 "
@@ -471,11 +536,12 @@ def bench_lag(args: argparse.Namespace, redis: RedisProc, fakes: FakeHost, repor
 def bench_drain(
     args: argparse.Namespace, redis: RedisProc, fakes: FakeHost, report: Report, *, poll: float | None, key: str
 ) -> None:
+    from profile_paths import BURST, HISTORY_TURNS  # the reply profile's workload, so the two read alike
+
     n = args.drain_chats
-    target = 15.0 * n / 2000
     redis.client.flushall()
     fakes.reset()
-    overrides: dict[str, Any] = {"DEBOUNCE_SECONDS": 5}
+    overrides: dict[str, Any] = {"DEBOUNCE_SECONDS": 5, "KNOWLEDGE_DIR": KNOWLEDGE_DIR}
     if poll is not None:
         overrides["WORKER_POLL_SECONDS"] = poll
     env = base_env(redis.url, fakes, **overrides)
@@ -486,9 +552,11 @@ def bench_drain(
     server.start().wait_ready()
     chats = [500_000 + i for i in range(n)]
     try:
+        # History first: it has no deadline, so its writes need not fit in the lead time before the burst falls due.
+        preload_history(make_history(redis.url), chats, HISTORY_TURNS, at=time.time() - 3600)
         buffer = make_buffer(redis.url, 5.0)
-        t_due = time.time() + 1.5 + n * 0.0005
-        done = preload(buffer, chats, [t_due] * n, 5.0)
+        t_due = time.time() + 1.5 + n * len(BURST) * 0.0007
+        done = preload(buffer, chats, [t_due] * n, 5.0, texts=BURST)
         headroom = t_due - done[-1]
         sleep_until(t_due - 0.05)
         cpu0, rcpu0, fcpu0, sys0 = server.cpu(), redis.cpu(), fakes.cpu(), system_cpu()
@@ -514,24 +582,29 @@ def bench_drain(
         cpu_per_reply = srv_cpu / max(replies, 1)
         machine = machine_window(sys0, sys1)
         wall = (times[-1] - times[0]) if len(times) > 1 else float("nan")
-        what = f"Drain: {n:,} chats due in the same second -> {n:,} sendText"
+        rate = n / drain if drain == drain else float("nan")
+        what = (
+            f"Drain with history, knowledge and a text burst: {n:,} chats due in the same second, each a burst of "
+            f"{len(BURST)} customer texts after {len(HISTORY_TURNS)} earlier turns (customer + reply) of history, "
+            f"KNOWLEDGE_DIR=examples/knowledge -> {n:,} sendText"
+        )
         if poll is not None:
             what += f" (diagnostic: WORKER_POLL_SECONDS={poll})"
         report.add(
             key,
             what,
-            f"{secs(drain)} ({n / drain if drain == drain else float('nan'):,.0f} replies/s; first send "
-            f"+{secs(first)}; {missing} missing, {duplicates} duplicates)",
-            f"< {target:.1f} s" + ("" if n == 2000 else " (scaled from 15 s / 2,000)"),
-            (drain < target and missing == 0 and duplicates == 0) if poll is None else None,
+            f"{rate:,.0f} replies/s ({secs(drain)}; first send +{secs(first)}; {missing} missing, "
+            f"{duplicates} duplicates)",
+            f">= {DRAIN_TARGET_REPLIES_PER_SECOND:,.0f} replies/s",
+            (rate >= DRAIN_TARGET_REPLIES_PER_SECOND and missing == 0 and duplicates == 0) if poll is None else None,
         )
         if poll is None:
             report.add(
                 "4",
                 "CPU per reply (gunicorn master + workers, /proc utime+stime, during 3)",
-                f"{cpu_per_reply * 1000:.1f} ms/reply ({srv_cpu:.2f} CPU-s / {replies:,} replies)",
-                "info (no target)",
-                None,
+                f"{cpu_per_reply * 1000:.2f} ms/reply ({srv_cpu:.2f} CPU-s / {replies:,} replies)",
+                f"<= {CPU_PER_REPLY_TARGET * 1000:.1f} ms",
+                cpu_per_reply <= CPU_PER_REPLY_TARGET and replies >= n,
             )
             report.notes.append(
                 f"4: same window, redis-server {(rcpu1 - rcpu0) / max(replies, 1) * 1000:.2f} ms/reply, fake "
@@ -549,6 +622,8 @@ def bench_drain(
         report.raw[f"{key}_drain"] = {
             "poll": poll,
             "drain": drain,
+            "replies_per_s": rate,
+            "headroom": headroom,
             "first": first,
             "replies": replies,
             "missing": missing,
@@ -596,8 +671,8 @@ def bench_memory(args: argparse.Namespace, redis: RedisProc, report: Report) -> 
         "5",
         f"Redis memory per buffered chat, 1 message ({text_bytes} B text), incl. seen/dedupe marker + due ZSET",
         f"{beyond:,.0f} B beyond the text ({per_chat:,.0f} B total/chat, {n:,} chats)",
-        "<= 2,048 B beyond text",
-        beyond <= 2048,
+        f"<= {MEMORY_TARGET_BEYOND_TEXT:,} B beyond text",
+        beyond <= MEMORY_TARGET_BEYOND_TEXT,
     )
     report.notes.append(
         "5: INFO used_memory delta / chats; includes the seen marker (STRING with TTL, so also an expires-dict "
@@ -637,7 +712,7 @@ def git_head() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="shrink every size (about 1.5 minutes)")
-    p.add_argument("--only", default="1,2,3,5,A,M", help="comma list of tests to run (4 comes with 3)")
+    p.add_argument("--only", default="H,1,2,3,5,A,M", help="comma list of tests to run (4 comes with 3)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--threads", type=int, default=4, help="threads per gthread worker (row 1b)")
     p.add_argument("--load-procs", type=int, default=2, help="load processes for max throughput")
@@ -682,6 +757,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="before starting, wait up to SECONDS for the machine to be < 25%% busy (shared machines)",
     )
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="run bench/profile_paths.py (call trees of the webhook and reply paths) instead of the rows",
+    )
+    p.add_argument("--profile-tag", default="after", help="with --profile: suffix of bench/profiles/<path>-<tag>.txt")
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {
@@ -704,6 +785,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.profile:
+        import profile_paths
+
+        return profile_paths.main(["--tag", args.profile_tag])
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "logs").mkdir(exist_ok=True)
     started = time.time()
@@ -725,6 +810,10 @@ def main(argv: list[str] | None = None) -> int:
     fakes = FakeHost(args.gemini_delay)
     log(f"redis-server pid {redis.pid} on :{redis.port}; fakes at {fakes.gemini_url} / {fakes.evolution_url}")
     try:
+        if "H" in args.tests:
+            import hotpath_bench
+
+            hotpath_bench.bench_hotpath(args, redis, fakes, report)
         if "1" in args.tests:
             bench_webhook(args, redis, fakes, report, "sync")
             bench_webhook(args, redis, fakes, report, "gthread")
