@@ -22,6 +22,30 @@ MICRO = 1_000_000  # costs are summed in micro-dollars (integers: HINCRBY is exa
 DAYS_KEPT = 400
 CHAT_DAYS_KEPT = 90  # a chat's sum, from its last reply on (the archive keeps every call for good)
 
+# One call instead of a MULTI of a dozen HINCRBYs: a reply's sums were a sixth of the Redis commands it sent.
+# KEYS: the chat's sums (and its conversation's), then the day's. ARGV: the TTL of the first ones, the day's TTL,
+# then per model call: input tokens, output tokens, cost in micro-USD, and "provider:model:" for the day's fields.
+# (The day's key and the chat's are in different hash slots: under Redis Cluster this becomes two calls.)
+RECORD_LUA = """
+local day = KEYS[#KEYS]
+for i = 3, #ARGV, 4 do
+  local input, output, cost, model = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  for k = 1, #KEYS do
+    redis.call('HINCRBY', KEYS[k], 'input_tokens', input)
+    redis.call('HINCRBY', KEYS[k], 'output_tokens', output)
+    redis.call('HINCRBY', KEYS[k], 'cost_micro_usd', cost)
+  end
+  redis.call('HINCRBY', day, model .. 'input_tokens', input)
+  redis.call('HINCRBY', day, model .. 'output_tokens', output)
+  redis.call('HINCRBY', day, model .. 'calls', 1)
+end
+redis.call('EXPIRE', day, ARGV[2])
+for k = 1, #KEYS - 1 do
+  redis.call('EXPIRE', KEYS[k], ARGV[1])
+end
+return 1
+"""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Usage:
@@ -91,6 +115,7 @@ class UsageLedger:
         self.link = link
         self.keys = keys
         self.prices = prices
+        self._script: Any = None  # RECORD_LUA registered on the link's current client
 
     def record(self, chat: ChatRef, calls: list[Usage], *, now: float | None = None, conversation: str = "") -> float:
         """Add the calls of one reply to the chat's, its conversation's (`conversation`: when it opened, as the
@@ -103,21 +128,14 @@ class UsageLedger:
         if conversation:
             kept.append(self.keys.conversation_usage(chat.key, conversation))
 
+        args: list[int | str] = [CHAT_DAYS_KEPT * 86400, DAYS_KEPT * 86400]
+        for call, cost in zip(calls, costs, strict=True):
+            args += [call.input_tokens, call.output_tokens, round(cost * MICRO), f"{call.provider}:{call.model}:"]
+
         def add(client: redis.Redis) -> None:
-            pipe = client.pipeline(transaction=True)
-            for call, cost in zip(calls, costs, strict=True):
-                for key in (*kept, day_key):
-                    pipe.hincrby(key, "input_tokens", call.input_tokens)
-                    pipe.hincrby(key, "output_tokens", call.output_tokens)
-                    pipe.hincrby(key, "cost_micro_usd", round(cost * MICRO))
-                by_model = f"{call.provider}:{call.model}:"
-                pipe.hincrby(day_key, f"{by_model}input_tokens", call.input_tokens)
-                pipe.hincrby(day_key, f"{by_model}output_tokens", call.output_tokens)
-                pipe.hincrby(day_key, f"{by_model}calls", 1)
-            pipe.expire(day_key, DAYS_KEPT * 86400)
-            for key in kept:
-                pipe.expire(key, CHAT_DAYS_KEPT * 86400)
-            pipe.execute()
+            if self._script is None or self._script.registered_client is not client:
+                self._script = client.register_script(RECORD_LUA)
+            self._script(keys=[*kept, day_key], args=args)
 
         self.link.run(add, lambda: None)
         return sum(costs)

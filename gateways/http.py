@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -26,6 +27,32 @@ FETCH_RETRY_STATUS_CODES = (429, 500, 502, 503, 504)
 # 400/422 mean the gateway rejected this message itself (e.g. number not on WhatsApp): retrying cannot help.
 PERMANENT_STATUS_CODES = frozenset({400, 413, 422})
 CHUNK_BYTES = 64 * 1024
+
+
+class GatewaySession(requests.Session):
+    """A Session that reads the environment (HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE) once per host, not on
+    every request as requests does: a gateway's host does not change, and that reading was a twentieth of a
+    reply's CPU."""
+
+    MAX_HOSTS = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def merge_environment_settings(
+        self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
+        if proxies or not isinstance(url, str):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, stream, verify, cert)
+        settings = self._environment.get(key)
+        if settings is None:
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if len(self._environment) < self.MAX_HOSTS:
+                self._environment[key] = settings
+        return {**settings, "proxies": dict(settings["proxies"])}
 
 
 def retrying_session(
@@ -49,7 +76,7 @@ def retrying_session(
         raise_on_status=False,
         respect_retry_after_header=True,
     )
-    session = requests.Session()
+    session = GatewaySession()
     adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

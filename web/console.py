@@ -8,8 +8,8 @@ every other unsafe request is checked before any route runs, so a new blueprint 
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, current_app, request
-from flask.sessions import SecureCookieSessionInterface
+from flask import Blueprint, Flask, Request, Response, current_app, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 
 from components import Components
@@ -21,9 +21,19 @@ CSP = (
 )
 
 
-class CookieSecureOverHttps(SecureCookieSessionInterface):
-    """The session cookie is Secure exactly when the request came over HTTPS (gunicorn counts X-Forwarded-Proto from
-    the proxies in --forwarded-allow-ips, 127.0.0.1 by default)."""
+# Paths that never have a session: a gateway's webhook carries a token or a signature, not a cookie, and reading
+# and signing the cookie was a tenth of a webhook's CPU.
+SESSIONLESS_PREFIXES = ("/webhook",)
+
+
+class ConsoleSessions(SecureCookieSessionInterface):
+    """The console's signed session cookie, Secure exactly when the request came over HTTPS (gunicorn counts
+    X-Forwarded-Proto from the proxies in --forwarded-allow-ips, 127.0.0.1 by default); none on the webhooks."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if request.path.startswith(SESSIONLESS_PREFIXES):
+            return None  # Flask's null session: empty, and nothing is ever saved
+        return super().open_session(app, request)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(request and request.is_secure)
@@ -33,7 +43,7 @@ def setup_console(
     app: Flask, parts: Components, *, exempt: list[Blueprint], checked_after_access: list[Blueprint]
 ) -> None:
     app.secret_key = session_key(parts.settings, parts.link, parts.keys)
-    app.session_interface = CookieSecureOverHttps()
+    app.session_interface = ConsoleSessions()
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",

@@ -7,6 +7,7 @@ conversation.py (handoff), the assistant's own echoes are recognised there and i
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -81,7 +82,8 @@ def handle(gateway: Gateway, event: str) -> Response | tuple[Response, int]:
     special = gateway.answer(summary)
     if special is not None:
         return Response(special.body, special.status, content_type=special.content_type)
-    return jsonify(summary), status
+    # The summary is a few flat fields: dumped directly, without Flask's JSON provider (sorting, checks).
+    return Response(json.dumps(summary, separators=(",", ":")), status, mimetype="application/json")
 
 
 def unauthorized(gateway: Gateway, inbound: InboundRequest) -> tuple[Response, int] | None:
