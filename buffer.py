@@ -256,6 +256,25 @@ def inline_blob(message: IncomingMessage, max_bytes: int) -> str:
     return media.inline if len(media.inline) * 3 // 4 <= max_bytes else ""
 
 
+def claim_from(chat: str, token: str, result: list[Any], *, store: str) -> Claim:
+    """The Claim for CLAIM_LUA's answer (see its comment for the layout)."""
+    return Claim(
+        chat=ChatRef.from_key(chat),
+        token=token,
+        attempts=int(result[0]),
+        reply=result[1] or "",
+        turns=result[2] or "",
+        plan=result[3] or "",
+        sent=int(result[4] or 0),
+        sending=result[5] or "",
+        conversation=dict(zip(result[6][::2], result[6][1::2], strict=True)),
+        opted_out=bool(result[7]),
+        history=list(result[8]),
+        messages=[json.loads(item) for item in result[9:]],
+        store=store,
+    )
+
+
 class RedisStore:
     """The shared buffer on Redis. Each public method is one atomic script call (plus read-only lookups)."""
 
@@ -310,43 +329,55 @@ class RedisStore:
         candidates = list(dict.fromkeys(expired + due))
         random.shuffle(candidates)
         claims: list[Claim] = []
-        for chat in candidates:
-            if len(claims) >= limit:
-                break
-            token = uuid.uuid4().hex
-            result = self._claim(
-                keys=[
-                    k.due(),
-                    k.leases(),
-                    k.pending(chat),
-                    k.batch(chat),
-                    k.meta(chat),
-                    k.conversation(chat),
-                    k.opt_out(chat),
-                    k.history(chat),
-                ],
-                args=[chat, now, now + lease_seconds, token, self.history_turns],
-            )
-            if not result:
-                continue
-            claims.append(
-                Claim(
-                    chat=ChatRef.from_key(chat),
-                    token=token,
-                    attempts=int(result[0]),
-                    reply=result[1] or "",
-                    turns=result[2] or "",
-                    plan=result[3] or "",
-                    sent=int(result[4] or 0),
-                    sending=result[5] or "",
-                    conversation=dict(zip(result[6][::2], result[6][1::2], strict=True)),
-                    opted_out=bool(result[7]),
-                    history=list(result[8]),
-                    messages=[json.loads(item) for item in result[9:]],
-                    store=self.name,
-                )
-            )
+        # As many claim calls as free slots go in one round trip; where some lose a race (another worker took the
+        # chat, or it is not due any more), the next candidates are tried.
+        while candidates and len(claims) < limit:
+            batch, candidates = candidates[: limit - len(claims)], candidates[limit - len(claims) :]
+            for chat, token, result in self._claim_batch(batch, now=now, lease_seconds=lease_seconds):
+                if result:
+                    claims.append(claim_from(chat, token, result, store=self.name))
         return claims
+
+    def _claim_batch(self, chats: list[str], *, now: float, lease_seconds: float) -> list[tuple[str, str, Any]]:
+        """One CLAIM_LUA per chat, all in one pipeline (each claim is atomic on its own); (chat, token, answer)."""
+        tokens = [uuid.uuid4().hex for _ in chats]
+
+        def args(chat: str, token: str) -> list[Any]:
+            return [chat, now, now + lease_seconds, token, self.history_turns]
+
+        pipe = self.client.pipeline(transaction=False)
+        for chat, token in zip(chats, tokens, strict=True):
+            # EVALSHA by hand: a Script given a pipeline checks SCRIPT EXISTS first, one round trip more.
+            keys = self._claim_keys(chat)
+            pipe.evalsha(self._claim.sha, len(keys), *keys, *args(chat, token))
+        answers = pipe.execute(raise_on_error=False)
+        if any(isinstance(answer, redis.exceptions.NoScriptError) for answer in answers):
+            # Redis restarted and forgot the script: a claim refused with NOSCRIPT did not run, so it is run again.
+            answers = [
+                self._claim(
+                    keys=self._claim_keys(chat), args=[chat, now, now + lease_seconds, token, self.history_turns]
+                )
+                if isinstance(answer, redis.exceptions.NoScriptError)
+                else answer
+                for chat, token, answer in zip(chats, tokens, answers, strict=True)
+            ]
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return list(zip(chats, tokens, answers, strict=True))
+
+    def _claim_keys(self, chat: str) -> list[str]:
+        k = self.keys
+        return [
+            k.due(),
+            k.leases(),
+            k.pending(chat),
+            k.batch(chat),
+            k.meta(chat),
+            k.conversation(chat),
+            k.opt_out(chat),
+            k.history(chat),
+        ]
 
     def renew(
         self,

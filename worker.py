@@ -161,13 +161,14 @@ class Worker:
 
     def run_forever(self) -> None:
         failures = 0
+        min_free = 1
         try:
             while not self._stop.is_set():
                 claimed = 0
                 try:
                     if self.liveness is not None:
                         self.liveness.beat(self.id)
-                    claimed = self.run_once()
+                    claimed = self.run_once(min_free=min_free)
                     self.renew_leases()
                     failures = 0
                 except Exception:  # the loop must survive anything; one bad round is logged and retried
@@ -176,9 +177,12 @@ class Worker:
                 self.last_loop_at = time.time()
                 if not claimed:
                     pause = min(self.settings.worker_poll_seconds * (2 ** min(failures, 5)), MAX_IDLE_BACKOFF_SECONDS)
-                    # A saturated pool wakes up as soon as one reply finishes, not a whole poll later.
-                    self._slot_free.wait(pause)
+                    # A saturated pool wakes up as soon as one reply finishes, not a whole poll later; but it claims
+                    # again only once a quarter of it is free (or a poll passed without a reply finishing): in a
+                    # drain, claiming for one slot at a time cost a Redis round trip per reply.
+                    woken_by_a_reply = self._slot_free.wait(pause)
                     self._slot_free.clear()
+                    min_free = self.refill_at if woken_by_a_reply else 1
         finally:
             if self.liveness is not None:
                 self.liveness.leave(self.id)
@@ -186,14 +190,20 @@ class Worker:
 
     # ----- one round -------------------------------------------------------------------------------
 
-    def run_once(self, *, wait: bool = False) -> int:
-        """Claim the chats that are due and start answering them; returns how many were claimed.
+    @property
+    def refill_at(self) -> int:
+        """Free slots worth a claim while replies are running: a quarter of WORKER_CONCURRENCY."""
+        return max(1, self.settings.worker_concurrency // 4)
+
+    def run_once(self, *, wait: bool = False, min_free: int = 1) -> int:
+        """Claim the chats that are due (when at least `min_free` slots are free) and start answering them; returns
+        how many were claimed.
 
         With `wait=True` (tests, benchmarks) the claims are processed here, one after another.
         """
         with self._in_flight_lock:
             free = self.settings.worker_concurrency - len(self._in_flight)
-        if free <= 0:
+        if free < max(1, min_free):
             return 0
         claims = self.buffer.claim_due(now=self.clock(), limit=free)
         for claim in claims:

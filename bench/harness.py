@@ -33,17 +33,18 @@ from tests.redis_server import RedisServer, free_port  # noqa: E402 (needs ROOT 
 SOURCE = ROOT
 
 
-def snapshot_source(dest: Path) -> str:
-    """Copy the service's Python files (top level and packages; not tests/, bench/, hidden dirs or .venv) and
+def snapshot_source(dest: Path, root: Path = ROOT) -> str:
+    """Copy the service's Python files of `root` (this tree, or another checkout to compare with: top level and
+    packages; not tests/, bench/, hidden dirs or .venv) and
     the test helpers the bench imports (fakes.py, redis_server.py) to `dest`, once two reads 0.3 s apart agree
     (so a file being rewritten at that moment is not caught half-way). Returns a short content hash."""
     skip = {"tests", "bench", "node_modules"}
     files = [
         f
-        for f in sorted(ROOT.rglob("*.py"))
-        if not any(part.startswith(".") or part in skip for part in f.relative_to(ROOT).parts[:-1])
+        for f in sorted(root.rglob("*.py"))
+        if not any(part.startswith(".") or part in skip for part in f.relative_to(root).parts[:-1])
     ]
-    files += [ROOT / "tests" / name for name in ("__init__.py", "fakes.py", "redis_server.py")]
+    files += [root / "tests" / name for name in ("__init__.py", "fakes.py", "redis_server.py")]
     for _ in range(20):
         first = {f: f.read_bytes() for f in files}
         time.sleep(0.3)
@@ -53,9 +54,9 @@ def snapshot_source(dest: Path) -> str:
         shutil.rmtree(dest)
     digest = hashlib.sha256()
     for f, data in first.items():
-        (dest / f.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
-        (dest / f.relative_to(ROOT)).write_bytes(data)
-        digest.update(str(f.relative_to(ROOT)).encode() + b"\0" + data)
+        (dest / f.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+        (dest / f.relative_to(root)).write_bytes(data)
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + data)
     use_source(dest)
     return digest.hexdigest()[:12]
 

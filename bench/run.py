@@ -686,16 +686,16 @@ def bench_memory(args: argparse.Namespace, redis: RedisProc, report: Report) -> 
     client.flushall()
 
 
-def git_head() -> str:
+def git_head(root: Path = ROOT) -> str:
     import subprocess
 
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=10,
@@ -756,6 +756,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help="before starting, wait up to SECONDS for the machine to be < 25%% busy (shared machines)",
     )
+    p.add_argument(
+        "--source",
+        type=Path,
+        metavar="CHECKOUT",
+        help="measure another checkout's service code (e.g. a `git worktree` of the last release: the 'before' "
+        "figures), with this tree's bench",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument(
         "--profile",
@@ -799,7 +806,10 @@ def main(argv: list[str] | None = None) -> int:
         busy_before = machine_busy(5.0)
     load_before = os.getloadavg()
     report = Report()
-    if args.no_snapshot:
+    if args.source:
+        digest = harness.snapshot_source(RESULTS_DIR / "src", root=args.source.resolve())
+        source = f"snapshot of {args.source} at start, sha256 {digest}, its git HEAD {git_head(args.source)}; bench"
+    elif args.no_snapshot:
         harness.use_source(ROOT)
         source = "working tree (live)"
     else:

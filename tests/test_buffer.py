@@ -357,6 +357,16 @@ def test_the_seen_marker_expires_after_dedup_ttl(redis_buffer: Buffer, redis_cli
     assert DEDUP_TTL * 1000 - 1000 < ttl_ms <= DEDUP_TTL * 1000
 
 
+def test_claims_survive_a_redis_that_forgot_its_scripts(redis_buffer: Buffer, redis_client: redis.Redis) -> None:
+    for n in range(3):
+        redis_buffer.append(message(n, chat_id=f"55119000000{n}@s.whatsapp.net"), now=T0 + n)
+    redis_client.script_flush()  # a restarted Redis: the claims, sent in one pipeline, meet NOSCRIPT
+    claims = redis_buffer.claim_due(now=T0 + 100, limit=5)
+    assert sorted(c.chat.chat_id for c in claims) == [f"55119000000{n}@s.whatsapp.net" for n in range(3)]
+    assert [ids(c) for c in sorted(claims, key=lambda c: c.chat.chat_id)] == [["MSG0"], ["MSG1"], ["MSG2"]]
+    assert redis_buffer.claim_due(now=T0 + 100, limit=5) == []  # each claimed once
+
+
 def test_dead_letters_and_stats_in_redis(redis_buffer: Buffer, redis_client: redis.Redis) -> None:
     redis_buffer.append(message(1, "Oi"), now=T0)
     (claim,) = redis_buffer.claim_due(now=T0 + DEBOUNCE, limit=10)
