@@ -430,14 +430,17 @@ class RedisStore:
         # EVALSHA by hand: a Script given a pipeline checks SCRIPT EXISTS first, one round trip more.
         pipe.evalsha(script.sha, len(keys), *keys, *args)
         also(pipe)
-        try:
-            return pipe.execute()[0]
-        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it: load it, then the rest apart
-            answer = script(keys=keys, args=args)
-            rest = self.client.pipeline(transaction=False)
-            also(rest)
-            rest.execute()
-            return answer
+        answer, *rest = pipe.execute(raise_on_error=False)
+        for failed in rest:
+            if isinstance(failed, Exception):
+                raise failed
+        if isinstance(answer, redis.exceptions.NoScriptError):
+            # Redis restarted and forgot the script: only the script is run again (loading it); the commands after
+            # it in the pipeline did run, and running them twice would journal each event twice.
+            return script(keys=keys, args=args)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def answer_now(self, chat: ChatRef, now: float) -> bool:
         k = self.keys

@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from archive.events import Event, message_events, reply_part_event
+from archive.journal import FIELD
 from archive.store import ArchiveStore, chat_hash
 from archive.writer import ARCHIVE_GROUP, ArchiveWriter
 from config import Settings
@@ -590,6 +591,10 @@ def test_events_sent_with_the_buffer_calls_survive_a_redis_that_forgot_its_scrip
     a.post(text_event(msg_id(), "Tem bolo de cenoura?"))
     redis_client.script_flush()
     assert a.answer() == 1
+    journaled = [
+        json.loads(fields[FIELD])["event_id"] for _, fields in redis_client.xrange(a.parts.keys.archive_stream())
+    ]
+    assert len(journaled) == len(set(journaled)) > 0  # each event journaled once, not again by the NOSCRIPT retry
     drain(a.parts)
     texts = [(r["author"], r["text"]) for r in rows(postgres_url)]
     assert texts == [
