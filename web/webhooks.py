@@ -163,6 +163,8 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
         buffered += 1
         counters.add("received")
         metrics.webhook(item.chat.gateway, "buffered")
+        if not log.isEnabledFor(logging.INFO):
+            continue  # INFO is off: no masked number or correlation id for a line nobody reads
         burst = {"correlation_id": burst_id(item.chat.key, result.first_id), "chat": item.chat.label}
         log.info(
             "received chat=%s msg=%s kind=%s pending=%d due_in=%.1fs store=%s",
