@@ -289,12 +289,13 @@ def bench_writer(args: Any, redis: RedisProc, pg: PostgresServer, report: Report
 
 
 def webhook_windows_together(
-    args: Any, servers: dict[str, Gunicorn], seconds: float, tag: int
+    args: Any, servers: dict[str, Gunicorn], seconds: float, tag: int, expect: dict[str, bytes] | None = None
 ) -> dict[str, dict[str, Any]]:
     """The same closed-loop load on every server at the same time (each its own load processes): the servers share
     the machine's moment, so a drift of the shared machine, which moves one server's rate by 10 % and more from one
     window to the next, moves both alike, and the ratio of their rates is what each request costs them. The
-    connections are split between the servers, so the machine carries the load of one server alone."""
+    connections are split between the servers, so the machine carries the load of one server alone. `expect`: per
+    server, what an answer must contain to count (loadgen.closed_loop's default: `"buffered"`)."""
     per_proc = max(1, args.conns // (len(servers) * args.load_procs))
     start_at = time.time() + 2.0
     loads = {}
@@ -312,6 +313,7 @@ def webhook_windows_together(
                 "duration": seconds,
                 "chats": args.tp_chats,
                 "run_tag": tag,
+                **({"expect": expect[name]} if expect and name in expect else {}),
             }
             for i in range(args.load_procs)
         ]
@@ -326,6 +328,7 @@ def webhook_windows_together(
         windows[name] = {
             "ok": sum(r["ok"] for r in results),
             "errors": sum(r["errors"] + r["not_buffered"] for r in results),
+            "err_samples": [sample for r in results for sample in r["err_samples"]][:3],
             "lat": [x for r in results for x in r["lat"]],
             "cpu": cpu1[name] - cpu0[name],
             "seconds": seconds,

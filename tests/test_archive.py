@@ -609,17 +609,12 @@ def test_events_sent_with_the_buffer_calls_survive_a_redis_that_forgot_its_scrip
 def test_the_writer_waits_while_this_process_is_replying_and_catches_up_after(
     archived_app: Callable[..., App], postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("archive.writer.YIELD_POLL_SECONDS", 0.05)
     a = archived_app()
-    writer = a.parts.archive.writer
-    store = a.parts.archive.store
-    assert writer is not None and store is not None
-    assert writer.busy == a.parts.worker.busy  # the wiring: the writer yields to this process's replies
+    assert a.parts.archive.writer is not None
+    assert a.parts.archive.writer.busy == a.parts.worker.busy  # the wiring: the writer yields to this process's replies
     replying = threading.Event()
     replying.set()
-    writer.busy = replying.is_set
-    writer.linger_seconds = 0.05
-    writer.start()
+    writer, store = running_writer(a, replying.is_set, monkeypatch)
     try:
         a.parts.archive.emit(events_of(CHAT, ["primeira"], at=time.time()))
         wait_for(lambda: store.count() == 1)  # an idle writer writes at once
@@ -636,15 +631,8 @@ def test_the_writer_waits_while_this_process_is_replying_and_catches_up_after(
 def test_the_writer_does_not_wait_for_replies_longer_than_its_limit(
     archived_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("archive.writer.YIELD_POLL_SECONDS", 0.05)
     a = archived_app()
-    writer = a.parts.archive.writer
-    store = a.parts.archive.store
-    assert writer is not None and store is not None
-    writer.busy = lambda: True  # a process that is always replying
-    writer.linger_seconds = 0.05
-    writer.max_yield_seconds = 0.5
-    writer.start()
+    writer, store = running_writer(a, lambda: True, monkeypatch, max_yield_seconds=0.5)  # always replying
     try:
         a.parts.archive.emit(events_of(CHAT, ["primeira"], at=time.time()))
         wait_for(lambda: store.count() == 1)
@@ -652,6 +640,20 @@ def test_the_writer_does_not_wait_for_replies_longer_than_its_limit(
         wait_for(lambda: store.count() == 2, timeout=5.0)
     finally:
         writer.stop()
+
+
+def running_writer(
+    a: App, busy: Callable[[], bool], monkeypatch: pytest.MonkeyPatch, *, max_yield_seconds: float = 20.0
+) -> tuple[ArchiveWriter, ArchiveStore]:
+    """The app's writer on its thread, with short pauses, yielding to `busy`."""
+    monkeypatch.setattr("archive.writer.YIELD_POLL_SECONDS", 0.05)
+    writer, store = a.parts.archive.writer, a.parts.archive.store
+    assert writer is not None and store is not None
+    writer.busy = busy
+    writer.linger_seconds = 0.05
+    writer.max_yield_seconds = max_yield_seconds
+    writer.start()
+    return writer, store
 
 
 def wait_for(condition: Callable[[], bool], *, timeout: float = 5.0) -> None:
