@@ -88,8 +88,8 @@ def system_instruction(texts: tuple[str, ...]) -> Content:
     return {"parts": [{"text": text} for text in texts]}
 
 
-def _answer(body: str) -> tuple[str, str, dict[str, Any]]:
-    """The answer's text (its non-thought text parts), why there is none, and its usage metadata."""
+def _answer(body: str, model: str) -> tuple[str, str, Usage]:
+    """The answer's text (its non-thought text parts), why there is none, and what the call used."""
     data = json.loads(body) if body else {}
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
@@ -100,7 +100,7 @@ def _answer(body: str) -> tuple[str, str, dict[str, Any]]:
         p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
     )
     reason = str(first.get("finishReason") or (data.get("promptFeedback") or {}).get("blockReason") or "")
-    return text, reason, data.get("usageMetadata") or {}
+    return text, reason, _usage(data.get("usageMetadata") or {}, model)
 
 
 def _usage(meta: dict[str, Any], model: str) -> Usage:
@@ -168,7 +168,7 @@ class GeminiProvider:
             raise AIServiceError("GEMINI_API_KEY is not set", transient=False)
         try:
             response = self._client._api_client.request("post", self._path, body)
-            text, reason, meta = _answer(response.body or "")
+            text, reason, usage = _answer(response.body or "", self.model)
         except genai_errors.APIError as exc:
             transient = exc.code in RETRY_STATUS_CODES
             message = f"gemini answered {exc.code} {exc.status or ''}".strip()
@@ -180,4 +180,4 @@ class GeminiProvider:
         text = text.strip()
         if not text:
             raise AIServiceError(f"gemini returned no text {reason}".strip(), transient=False)
-        return text, _usage(meta, self.model)
+        return text, usage

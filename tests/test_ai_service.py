@@ -85,6 +85,21 @@ def test_empty_or_blocked_answer_is_an_error(fake_gemini: FakeGemini) -> None:
         service(fake_gemini).generate_reply([], "Oi")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        ["not", "an", "object"],
+        {"candidates": [{"content": "texto solto"}]},
+        {"candidates": [{"content": {"parts": [{"text": "Oi!"}]}}], "usageMetadata": ["10"]},
+        {"candidates": [{"content": {"parts": [{"text": "Oi!"}]}}], "usageMetadata": {"promptTokenCount": "dez"}},
+    ],
+)
+def test_an_answer_that_is_not_geminis_json_is_a_clear_error(fake_gemini: FakeGemini, body: object) -> None:
+    fake_gemini.queue(Canned(200, body))
+    with pytest.raises(AIServiceError, match="unreadable"):
+        service(fake_gemini).generate_reply([], "Oi")
+
+
 def test_timeout_is_retried_then_reported(fake_gemini: FakeGemini) -> None:
     fake_gemini.delay = 1.5
     with pytest.raises(AIServiceError, match="unreachable"):
