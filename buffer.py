@@ -275,6 +275,22 @@ def claim_from(chat: str, token: str, result: list[Any], *, store: str) -> Claim
     )
 
 
+def _queue_script(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
+    """Add a registered script's call to a pipeline. EVALSHA by hand: a Script given a pipeline checks SCRIPT EXISTS
+    first, one round trip more."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def _script_answer(answer: Any, script: Any, keys: list[str], args: list[Any]) -> Any:
+    """A script's answer from a pipeline run with raise_on_error=False. NOSCRIPT (Redis restarted and forgot it) means
+    the call did not run: it is run again through the Script, which loads it."""
+    if isinstance(answer, redis.exceptions.NoScriptError):
+        return script(keys=keys, args=args)
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
 class RedisStore:
     """The shared buffer on Redis. Each public method is one atomic script call (plus read-only lookups)."""
 
@@ -340,31 +356,20 @@ class RedisStore:
 
     def _claim_batch(self, chats: list[str], *, now: float, lease_seconds: float) -> list[tuple[str, str, Any]]:
         """One CLAIM_LUA per chat, all in one pipeline (each claim is atomic on its own); (chat, token, answer)."""
-        tokens = [uuid.uuid4().hex for _ in chats]
-
-        def args(chat: str, token: str) -> list[Any]:
-            return [chat, now, now + lease_seconds, token, self.history_turns]
-
+        calls = []
+        for chat in chats:
+            token = uuid.uuid4().hex
+            calls.append(
+                (chat, token, self._claim_keys(chat), [chat, now, now + lease_seconds, token, self.history_turns])
+            )
         pipe = self.client.pipeline(transaction=False)
-        for chat, token in zip(chats, tokens, strict=True):
-            # EVALSHA by hand: a Script given a pipeline checks SCRIPT EXISTS first, one round trip more.
-            keys = self._claim_keys(chat)
-            pipe.evalsha(self._claim.sha, len(keys), *keys, *args(chat, token))
+        for _, _, keys, args in calls:
+            _queue_script(pipe, self._claim, keys, args)
         answers = pipe.execute(raise_on_error=False)
-        if any(isinstance(answer, redis.exceptions.NoScriptError) for answer in answers):
-            # Redis restarted and forgot the script: a claim refused with NOSCRIPT did not run, so it is run again.
-            answers = [
-                self._claim(
-                    keys=self._claim_keys(chat), args=[chat, now, now + lease_seconds, token, self.history_turns]
-                )
-                if isinstance(answer, redis.exceptions.NoScriptError)
-                else answer
-                for chat, token, answer in zip(chats, tokens, answers, strict=True)
-            ]
-        for answer in answers:
-            if isinstance(answer, Exception):
-                raise answer
-        return list(zip(chats, tokens, answers, strict=True))
+        return [
+            (chat, token, _script_answer(answer, self._claim, keys, args))
+            for (chat, token, keys, args), answer in zip(calls, answers, strict=True)
+        ]
 
     def _claim_keys(self, chat: str) -> list[str]:
         k = self.keys
@@ -427,20 +432,15 @@ class RedisStore:
         if also is None:
             return script(keys=keys, args=args)
         pipe = self.client.pipeline(transaction=False)
-        # EVALSHA by hand: a Script given a pipeline checks SCRIPT EXISTS first, one round trip more.
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        _queue_script(pipe, script, keys, args)
         also(pipe)
         answer, *rest = pipe.execute(raise_on_error=False)
         for failed in rest:
             if isinstance(failed, Exception):
                 raise failed
-        if isinstance(answer, redis.exceptions.NoScriptError):
-            # Redis restarted and forgot the script: only the script is run again (loading it); the commands after
-            # it in the pipeline did run, and running them twice would journal each event twice.
-            return script(keys=keys, args=args)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+        # The commands after the script did run: on NOSCRIPT only the script is run again (running them twice would
+        # journal each event twice).
+        return _script_answer(answer, script, keys, args)
 
     def answer_now(self, chat: ChatRef, now: float) -> bool:
         k = self.keys

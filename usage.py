@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
-
 from models import ChatRef
 from redis_keys import RedisKeys
 from redis_link import RedisLink
@@ -115,7 +113,7 @@ class UsageLedger:
         self.link = link
         self.keys = keys
         self.prices = prices
-        self._script: Any = None  # RECORD_LUA registered on the link's current client
+        self._record = link.client.register_script(RECORD_LUA) if link.client is not None else None
 
     def record(self, chat: ChatRef, calls: list[Usage], *, now: float | None = None, conversation: str = "") -> float:
         """Add the calls of one reply to the chat's, its conversation's (`conversation`: when it opened, as the
@@ -132,12 +130,9 @@ class UsageLedger:
         for call, cost in zip(calls, costs, strict=True):
             args += [call.input_tokens, call.output_tokens, round(cost * MICRO), f"{call.provider}:{call.model}:"]
 
-        def add(client: redis.Redis) -> None:
-            if self._script is None or self._script.registered_client is not client:
-                self._script = client.register_script(RECORD_LUA)
-            self._script(keys=[*kept, day_key], args=args)
-
-        self.link.run(add, lambda: None)
+        record = self._record
+        if record is not None:  # without Redis the sums are not kept (the archive keeps the calls)
+            self.link.run(lambda client: record(keys=[*kept, day_key], args=args, client=client), lambda: None)
         return sum(costs)
 
     def of_chat(self, chat: ChatRef) -> dict[str, Any]:
