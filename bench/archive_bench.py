@@ -331,6 +331,42 @@ def webhook_windows_together(
     return windows
 
 
+def side_by_side(
+    args: Any,
+    servers: dict[str, Gunicorn],
+    *,
+    rounds: int,
+    seconds: float,
+    tag: int,
+    row: str,
+    expect: dict[str, bytes] | None = None,
+) -> tuple[dict[str, dict[str, Any]], list[float]]:
+    """`rounds` of webhook_windows_together on two servers: per server its totals (rate, errors, latency, CPU per
+    request, per-round rates), and each round's ratio of the second server's requests to the first's."""
+    windows: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    for i in range(rounds):
+        log(f"[{row}] round {i + 1}/{rounds}: {' and '.join(servers)} loaded together, {seconds:.0f} s")
+        for name, window in webhook_windows_together(args, servers, seconds, tag=tag + i, expect=expect).items():
+            windows[name].append(window)
+    totals: dict[str, dict[str, Any]] = {}
+    for name, runs in windows.items():
+        ok = sum(w["ok"] for w in runs)
+        lat = [x for w in runs for x in w["lat"]]
+        totals[name] = {
+            "ok": ok,
+            "rate": ok / sum(w["seconds"] for w in runs),
+            "errors": sum(w["errors"] for w in runs),
+            "err_samples": [sample for w in runs for sample in w["err_samples"]][:5],
+            "p50": pct(lat, 50),
+            "p99": pct(lat, 99),
+            "cpu_ms": sum(w["cpu"] for w in runs) / max(ok, 1) * 1000,
+            "windows": [w["ok"] / w["seconds"] for w in runs],
+        }
+    first, second = windows.values()
+    ratios = [b["ok"] / a["ok"] if a["ok"] else 0.0 for a, b in zip(first, second, strict=True)]
+    return totals, ratios
+
+
 def drains_together(
     args: Any, redis: RedisProc, fakes: FakeHost, servers: dict[str, Gunicorn], first_chat: int, pg_url: str
 ) -> dict[str, dict[str, Any]]:
@@ -404,28 +440,8 @@ def bench_side_by_side(args: Any, redis: RedisProc, fakes: FakeHost, pg: Postgre
         for server in servers.values():
             server.wait_ready()
         # -- A2: webhook max throughput, both servers loaded at the same time
-        windows: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
         rounds = args.archive_windows
-        for i in range(rounds):
-            log(f"[A2] round {i + 1}/{rounds}: archive off and on loaded together, {args.archive_window:.0f} s")
-            for name, window in webhook_windows_together(args, servers, args.archive_window, tag=0xA200 + i).items():
-                windows[name].append(window)
-        tp: dict[str, dict[str, float]] = {}
-        for name, runs in windows.items():
-            ok = sum(w["ok"] for w in runs)
-            span = sum(w["seconds"] for w in runs)
-            lat = [x for w in runs for x in w["lat"]]
-            tp[name] = {
-                "rate": ok / span,
-                "errors": sum(w["errors"] for w in runs),
-                "p50": pct(lat, 50),
-                "p99": pct(lat, 99),
-                "cpu_ms": sum(w["cpu"] for w in runs) / max(ok, 1) * 1000,
-                "windows": [w["ok"] / w["seconds"] for w in runs],
-            }
-        ratios = [
-            on["ok"] / off["ok"] if off["ok"] else 0.0 for off, on in zip(windows["off"], windows["on"], strict=True)
-        ]
+        tp, ratios = side_by_side(args, servers, rounds=rounds, seconds=args.archive_window, tag=0xA200, row="A2")
         ratio = statistics.median(ratios)
         report.add(
             "A2",

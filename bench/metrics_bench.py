@@ -17,9 +17,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from archive_bench import db_url, webhook_windows_together  # noqa: E402
+from archive_bench import db_url, side_by_side  # noqa: E402
 from harness import FakeHost, Gunicorn, RedisProc  # noqa: E402
-from run import RESULTS_DIR, Report, base_env, log, ms, pct  # noqa: E402
+from run import RESULTS_DIR, Report, base_env, log, ms  # noqa: E402
 
 METRICS_TOLERANCE = 0.05  # metrics on within 5 % of off
 OFF_DB, ON_DB = 2, 3
@@ -49,35 +49,26 @@ def bench_metrics(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) 
             server.start()
         for server in servers.values():
             server.wait_ready()
-        windows: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-        for i in range(rounds):
-            log(f"[M1] round {i + 1}/{rounds}: metrics off and on loaded together, {seconds:.0f} s closed loop")
-            for name, window in webhook_windows_together(args, servers, seconds, tag=0x3100 + i).items():
-                windows[name].append(window)
-        rate = {name: sum(w["ok"] for w in runs) / sum(w["seconds"] for w in runs) for name, runs in windows.items()}
-        errors = {name: sum(w["errors"] for w in runs) for name, runs in windows.items()}
-        p99 = {name: pct([x for w in runs for x in w["lat"]], 99) for name, runs in windows.items()}
-        cpu = {name: sum(w["cpu"] for w in runs) / max(sum(w["ok"] for w in runs), 1) for name, runs in windows.items()}
-        pairs = zip(windows["off"], windows["on"], strict=True)  # round r's off and on windows, at the same time
-        ratios = [on["ok"] / off["ok"] if off["ok"] else 0.0 for off, on in pairs]
+        totals, ratios = side_by_side(args, servers, rounds=rounds, seconds=seconds, tag=0x3100, row="M1")
         ratio = statistics.median(ratios)
+        off, on = totals["off"], totals["on"]
         report.add(
             "M1",
             f"Webhook max throughput, metrics off vs on (`sync -w {args.workers}` each, {args.conns} conns "
             f"split between them, both loaded at the same time, {rounds} rounds of {seconds:.0f} s; median of the "
             "rounds' ratios)",
-            f"**{ratio:.2f}x** (rounds {min(ratios):.2f}-{max(ratios):.2f}x; all windows off {rate['off']:,.0f} / "
-            f"on {rate['on']:,.0f} req/s = {rate['on'] / rate['off']:.2f}x; server CPU per request "
-            f"{cpu['off'] * 1000:.2f} / {cpu['on'] * 1000:.2f} ms; p99 {ms(p99['off'])} / {ms(p99['on'])}; "
-            f"errors {errors['off']:.0f} / {errors['on']:.0f})",
+            f"**{ratio:.2f}x** (rounds {min(ratios):.2f}-{max(ratios):.2f}x; all windows off {off['rate']:,.0f} / "
+            f"on {on['rate']:,.0f} req/s = {on['rate'] / off['rate']:.2f}x; server CPU per request "
+            f"{off['cpu_ms']:.2f} / {on['cpu_ms']:.2f} ms; p99 {ms(off['p99'])} / {ms(on['p99'])}; "
+            f"errors {off['errors']:.0f} / {on['errors']:.0f})",
             f"on >= {1 - METRICS_TOLERANCE:.2f}x off",
-            ratio >= 1 - METRICS_TOLERANCE and not errors["off"] and not errors["on"],
+            ratio >= 1 - METRICS_TOLERANCE and not off["errors"] and not on["errors"],
         )
         report.notes.append(
             "M1: per round off "
-            + ", ".join(f"{w['ok'] / w['seconds']:,.0f}" for w in windows["off"])
+            + ", ".join(f"{x:,.0f}" for x in off["windows"])
             + " / on "
-            + ", ".join(f"{w['ok'] / w['seconds']:,.0f}" for w in windows["on"])
+            + ", ".join(f"{x:,.0f}" for x in on["windows"])
             + " req/s. With metrics on, each buffered message adds two counter increments (memory-mapped file "
             "writes): its outcome and its /health counter."
         )
