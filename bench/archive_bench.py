@@ -549,10 +549,7 @@ def bench_archive(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) 
 def main(argv: list[str] | None = None) -> int:
     import run
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--out" not in argv:
-        argv += ["--out", str(RESULTS_DIR / "archive.md")]
-    return run.main(["--only", "A", *argv])
+    return run.run_alone("A", "archive.md", argv)
 
 
 if __name__ == "__main__":

@@ -95,10 +95,7 @@ def bench_hotpath(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) 
 def main(argv: list[str] | None = None) -> int:
     import run
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--out" not in argv:
-        argv += ["--out", str(RESULTS_DIR / "hotpath.md")]
-    return run.main(["--only", "H", *argv])
+    return run.run_alone("H", "hotpath.md", argv)
 
 
 if __name__ == "__main__":

@@ -82,10 +82,7 @@ def bench_metrics(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) 
 def main(argv: list[str] | None = None) -> int:
     import run
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--out" not in argv:
-        argv += ["--out", str(RESULTS_DIR / "metrics.md")]
-    return run.main(["--only", "M", *argv])
+    return run.run_alone("M", "metrics.md", argv)
 
 
 if __name__ == "__main__":

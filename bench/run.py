@@ -875,5 +875,13 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed and args.strict else 0
 
 
+def run_alone(only: str, out_name: str, argv: list[str] | None = None) -> int:
+    """A row's module run as a script: `main()` with `--only <row>`, writing bench/results/<out_name> unless told."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--out" not in argv:
+        argv += ["--out", str(RESULTS_DIR / out_name)]
+    return main(["--only", only, *argv])
+
+
 if __name__ == "__main__":
     sys.exit(main())
