@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,14 @@ def machine_window(before: dict[str, int], after: dict[str, int]) -> dict[str, f
         # loopback TCP is processed in softirq context: not charged to any process's utime/stime
         "irq_pct": 100.0 * ((after["irq"] + after["softirq"]) - (before["irq"] + before["softirq"])) / total,
     }
+
+
+def metrics_tempdir(prefix: str) -> Path:
+    """A fresh PROMETHEUS_MULTIPROC_DIR where the service puts its own by default (config.memory_directory:
+    /dev/shm when writable), so a server measured here writes its metric files where it would in production."""
+    shm = "/dev/shm"
+    parent = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
 
 
 # ----- redis-server -------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from archive_bench import side_by_side  # noqa: E402
-from harness import FakeHost, Gunicorn, RedisProc  # noqa: E402
+from harness import FakeHost, Gunicorn, RedisProc, metrics_tempdir  # noqa: E402
 from run import RESULTS_DIR, Report, base_env, log, ms  # noqa: E402
 
 CEILING_RATIO_TARGET = 0.80
@@ -32,7 +31,7 @@ def bench_hotpath(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) 
     quick = getattr(args, "quick", False)
     rounds = 1 if quick else 5
     redis.client.flushall()
-    metrics_dir = Path(tempfile.mkdtemp(prefix="bench-hotpath-metrics-"))
+    metrics_dir = metrics_tempdir("bench-hotpath-metrics-")
     common = {"DEBOUNCE_SECONDS": 600, "METRICS_ENABLED": "true"}
     servers = {
         "ceiling": Gunicorn(

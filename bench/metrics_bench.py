@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from archive_bench import db_url, side_by_side  # noqa: E402
-from harness import FakeHost, Gunicorn, RedisProc  # noqa: E402
+from harness import FakeHost, Gunicorn, RedisProc, metrics_tempdir  # noqa: E402
 from run import RESULTS_DIR, Report, base_env, log, ms  # noqa: E402
 
 METRICS_TOLERANCE = 0.05  # metrics on within 5 % of off
@@ -29,7 +28,7 @@ def bench_metrics(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) 
     quick = getattr(args, "quick", False)
     rounds = 1 if quick else 5
     seconds = 4.0
-    dirs = {name: Path(tempfile.mkdtemp(prefix=f"bench-metrics-{name}-")) for name in ("off", "on")}
+    dirs = {name: metrics_tempdir(f"bench-metrics-{name}-") for name in ("off", "on")}
     servers: dict[str, Gunicorn] = {}
     for name, db in (("off", OFF_DB), ("on", ON_DB)):
         env = base_env(

@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chats", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=PROFILES_DIR)
     args = parser.parse_args(argv)
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench-profile-metrics-"))
+    from harness import metrics_tempdir
+
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_tempdir("bench-profile-metrics-")))
     from tests.redis_server import RedisServer
 
     redis_server = RedisServer(Path(tempfile.mkdtemp(prefix="bench-profile-"))).start()

@@ -258,9 +258,11 @@ def test_units_run_the_two_processes_with_the_shared_settings() -> None:
     assert worker["Service"]["ExecStart"].split() == [VENV_BIN + "python", "worker.py"]
 
     metrics_dirs = {unit["Service"]["Environment"] for unit in (web, worker)}
-    assert metrics_dirs == {"PROMETHEUS_MULTIPROC_DIR=/var/lib/wa-assistant/metrics"}
+    assert metrics_dirs == {"PROMETHEUS_MULTIPROC_DIR=/run/wa-assistant/metrics"}, "in memory, as /dev/shm by default"
     for unit in (web, worker):
-        assert "wa-assistant/metrics" in unit["Service"]["StateDirectory"].split()
+        assert "wa-assistant/metrics" in unit["Service"]["RuntimeDirectory"].split()
+        # Without it, stopping one unit would delete the other's live metric files.
+        assert unit["Service"]["RuntimeDirectoryPreserve"] == "yes"
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -288,7 +290,7 @@ def test_tmpfiles_rule_creates_and_empties_the_metrics_dir(tmp_path: Path) -> No
     me = f"{getpass.getuser()} {grp.getgrgid(os.getgid()).gr_name}"
     (tmp_path / "rule.conf").write_text(rule.replace("wa-assistant wa-assistant", me), encoding="utf-8")
     root = tmp_path / "root"
-    stale = root / "var/lib/wa-assistant/metrics/counter_123.db"
+    stale = root / "run/wa-assistant/metrics/counter_123.db"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
 

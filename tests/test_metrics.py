@@ -3,15 +3,18 @@ a dead process's live gauges are dropped and its counters kept; `/metrics` is of
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from prometheus_client import Counter, Gauge, Histogram
 
+import config
 import metrics
 from metrics import Metrics
 from tests.conftest import ROOT
@@ -93,3 +96,15 @@ def test_metrics_endpoint_off_open_and_behind_its_token(make_app: Callable[..., 
     assert guarded.get("/metrics").status_code == 401
     assert guarded.get("/metrics", headers={"Authorization": "Bearer tok-8"}).status_code == 401
     assert guarded.get("/metrics", headers={"Authorization": "Bearer tok-9"}).status_code == 200
+
+
+def test_the_default_metrics_directory_is_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every counter increment writes to a memory-mapped file there: on a disk it costs webhook throughput."""
+    if not os.access("/dev/shm", os.W_OK):
+        pytest.skip("this host has no writable /dev/shm")
+    monkeypatch.delenv(config.METRICS_DIR)
+    path = config.metrics_directory()
+    assert path == f"/dev/shm/wa-assistant-metrics-{os.getuid()}" and os.path.isdir(path)
+    assert os.environ[config.METRICS_DIR] == path, "set for prometheus-client, which reads it on import"
+    filesystems = {line.split()[1]: line.split()[2] for line in Path("/proc/mounts").read_text().splitlines()}
+    assert filesystems.get("/dev/shm") == "tmpfs"
