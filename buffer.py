@@ -46,23 +46,29 @@ REPLY_WINDOW_SECONDS = 3600
 
 # A Lua function that pushes one record onto a chat's pending burst and slides its deadline; included by APPEND_LUA
 # and by conversation.py's script for a human attendant's messages, so both keep one order and one deadline.
-# now_str is the time as the caller wrote it (stored as is); returns the messages pending and the deadline.
+# now_str is the time as the caller wrote it. The burst's first message time is its first record's `at`: a pending
+# chat keeps no other key than its LIST and its `due` member (see RedisKeys.meta). Returns the messages pending, the
+# deadline and the id of the burst's first message ('' when this one is the first).
 PUSH_PENDING_LUA = """
 local function push_pending(pending, meta, due, leases, chat, record, now_str, debounce, max_wait)
   local now = tonumber(now_str)
   local n = redis.call('RPUSH', pending, record)
-  local first = tonumber(redis.call('HGET', meta, 'first_at'))
-  if not first then
-    first = now
-    redis.call('HSET', meta, 'first_at', now_str)
+  local first, first_id = now, ''
+  if n > 1 then
+    local ok, head = pcall(cjson.decode, redis.call('LINDEX', pending, 0))
+    if ok and type(head) == 'table' then
+      first = tonumber(head['at']) or now
+      if head['id'] then first_id = tostring(head['id']) end
+    end
   end
   local deadline = math.min(now + tonumber(debounce), first + tonumber(max_wait))
-  redis.call('HSET', meta, 'deadline', string.format('%.3f', deadline))
-  -- While a batch of this chat is being answered, the new burst waits for its ack (see ACK_LUA).
-  if not redis.call('ZSCORE', leases, chat) then
+  if redis.call('ZSCORE', leases, chat) then
+    -- A batch of this chat is being answered: the new burst waits for its ack, which makes it due then (ACK_LUA).
+    redis.call('HSET', meta, 'deadline', string.format('%.3f', deadline))
+  else
     redis.call('ZADD', due, deadline, chat)
   end
-  return n, deadline
+  return n, deadline, first_id
 end
 """
 
@@ -75,12 +81,8 @@ APPEND_LUA = (
     + """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then return {0} end
 if ARGV[7] ~= '' then redis.call('SET', KEYS[6], ARGV[7], 'EX', ARGV[4]) end
-local n, deadline = push_pending(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[6], ARGV[5], ARGV[1], ARGV[2], ARGV[3])
-local first_id = ''
-if n > 1 then
-  local ok, first = pcall(cjson.decode, redis.call('LINDEX', KEYS[2], 0))
-  if ok and type(first) == 'table' and first['id'] then first_id = tostring(first['id']) end
-end
+local n, deadline, first_id = push_pending(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[6], ARGV[5], ARGV[1], ARGV[2],
+                                           ARGV[3])
 return {1, n, string.format('%.3f', deadline), first_id}
 """
 )
@@ -115,7 +117,8 @@ if not due or tonumber(due) > now then return false end
 redis.call('ZREM', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 0 then return false end
 redis.call('RENAME', KEYS[3], KEYS[4])
-redis.call('HDEL', KEYS[5], 'first_at', 'reply', 'turns', 'plan', 'sent', 'sending')
+-- 'first_at' and a pending 'deadline' only from before pending chats kept no meta (an upgrade).
+redis.call('HDEL', KEYS[5], 'first_at', 'deadline', 'reply', 'turns', 'plan', 'sent', 'sending')
 redis.call('HSET', KEYS[5], 'token', ARGV[4], 'attempts', 1)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return {1, '', '', '', 0, '', redis.call('HGETALL', KEYS[6]), redis.call('EXISTS', KEYS[7]), history(),
@@ -140,13 +143,12 @@ if ARGV[9] ~= '' then redis.call('HSET', KEYS[2], 'sending', ARGV[9]) end
 return 1
 """
 
-# KEYS: 1 due, 2 leases, 3 pending, 4 meta
+# KEYS: 1 due, 2 leases, 3 pending
 # ARGV: 1 chat key, 2 now
 # Makes the burst being typed due now (the simulator's "responder agora"); a batch being answered is left alone.
 # Returns 1 when there was a burst to hurry, else 0.
 ANSWER_NOW_LUA = """
 if redis.call('LLEN', KEYS[3]) == 0 or redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[4], 'deadline', ARGV[2])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
@@ -166,13 +168,11 @@ if ARGV[3] ~= '' then
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[3], 'token', 'attempts', 'reply', 'turns', 'plan', 'sent', 'sending')
 if redis.call('LLEN', KEYS[5]) > 0 then
   local deadline = redis.call('HGET', KEYS[3], 'deadline') or '0'
   redis.call('ZADD', KEYS[4], deadline, ARGV[1])
-else
-  redis.call('DEL', KEYS[3])
 end
+redis.call('DEL', KEYS[3])
 return 1
 """
 
@@ -444,7 +444,7 @@ class RedisStore:
 
     def answer_now(self, chat: ChatRef, now: float) -> bool:
         k = self.keys
-        keys = [k.due(), k.leases(), k.pending(chat.key), k.meta(chat.key)]
+        keys = [k.due(), k.leases(), k.pending(chat.key)]
         return bool(self._answer_now(keys=keys, args=[chat.key, f"{now:.3f}"]))
 
     def dead_letter_records(self) -> list[str]:
@@ -488,9 +488,10 @@ class RedisStore:
         with self.client.pipeline(transaction=False) as pipe:
             pipe.llen(k.pending(chat.key))
             pipe.llen(k.batch(chat.key))
-            pipe.hget(k.meta(chat.key), "deadline")
-            typing, answering, deadline = pipe.execute()
-        return _pending_info(int(typing), int(answering), deadline)
+            pipe.zscore(k.due(), chat.key)
+            pipe.hget(k.meta(chat.key), "deadline")  # kept there while a batch of the chat is being answered
+            typing, answering, due, held = pipe.execute()
+        return _pending_info(int(typing), int(answering), due if due is not None else held)
 
     def next_deadline(self) -> float | None:
         """Earliest deadline or lease expiry, so an idle worker can sleep until then."""

@@ -31,8 +31,10 @@ class RedisKeys:
         return f"{self.prefix}:chat:{chat}:batch"
 
     def meta(self, chat: str) -> str:
-        """HASH first_at, deadline (pending burst); token, attempts, reply, turns, plan, sent (claimed batch).
-        Deleted when idle."""
+        """HASH of a claimed batch: token, attempts, reply, turns, plan, sent, sending; and `deadline` of a burst typed
+        while that batch is answered (made due on ack). Absent while a chat only has a burst being typed: its deadline
+        is its `due` score and its first message time the first record's `at` (a buffered chat costs no HASH).
+        Deleted on ack."""
         return f"{self.prefix}:chat:{chat}:meta"
 
     def conversation(self, chat: str) -> str:

@@ -396,6 +396,42 @@ def test_an_idle_chat_leaves_only_its_seen_markers(redis_buffer: Buffer, redis_c
     assert leftovers == {KEYS.seen(other.key, "MSG9"), KEYS.dead_letters(), KEYS.stats()}
 
 
+def test_a_burst_being_typed_holds_its_list_its_due_member_and_its_seen_markers_only(
+    redis_buffer: Buffer, redis_client: redis.Redis
+) -> None:
+    """No `meta` HASH per buffered chat (bench row 5): the deadline is the `due` score, the burst's first message
+    time the first record's `at`; the HASH exists only while a batch is claimed."""
+    chat = chat_ref().key
+    redis_buffer.append(message(1), now=T0)
+    redis_buffer.append(message(2), now=T0 + 5)
+    seen = {KEYS.seen(chat, "MSG1"), KEYS.seen(chat, "MSG2")}
+    assert set(redis_client.keys("*")) == seen | {KEYS.pending(chat), KEYS.due()}
+    assert redis_client.zscore(KEYS.due(), chat) == pytest.approx(T0 + 5 + DEBOUNCE)
+    assert redis_buffer.pending_info(chat_ref())["deadline"] == pytest.approx(T0 + 5 + DEBOUNCE)
+
+    (claim,) = redis_buffer.claim_due(now=T0 + 5 + DEBOUNCE, limit=10)
+    assert redis_client.exists(KEYS.meta(chat))
+    redis_buffer.append(message(3), now=T0 + 20)  # typed while the batch is answered: its deadline waits in meta
+    assert redis_client.zscore(KEYS.due(), chat) is None
+    assert redis_buffer.pending_info(chat_ref())["deadline"] == pytest.approx(T0 + 20 + DEBOUNCE)
+    assert redis_buffer.ack(claim)
+    assert not redis_client.exists(KEYS.meta(chat))
+    assert redis_client.zscore(KEYS.due(), chat) == pytest.approx(T0 + 20 + DEBOUNCE)
+
+
+def test_a_meta_hash_of_the_older_layout_is_cleared_by_the_claim(
+    redis_buffer: Buffer, redis_client: redis.Redis
+) -> None:
+    """A burst buffered before an upgrade kept first_at and deadline in meta: the claim and ack leave nothing."""
+    chat = chat_ref().key
+    redis_buffer.append(message(1), now=T0)
+    redis_client.hset(KEYS.meta(chat), mapping={"first_at": T0, "deadline": T0 + DEBOUNCE})
+    (claim,) = redis_buffer.claim_due(now=T0 + DEBOUNCE, limit=10)
+    assert set(redis_client.hkeys(KEYS.meta(chat))) == {"token", "attempts"}
+    assert redis_buffer.ack(claim)
+    assert set(redis_client.keys("*")) == {KEYS.seen(chat, "MSG1")}
+
+
 def test_every_key_has_a_ttl_or_is_a_documented_exception(redis_buffer: Buffer, redis_client: redis.Redis) -> None:
     busy, waiting, dead = chat_ref(), chat_ref("5521911112222@s.whatsapp.net"), chat_ref("5531933334444@s.whatsapp.net")
     redis_buffer.append(message(1, chat_id=busy.chat_id), now=T0)
