@@ -676,8 +676,9 @@ def bench_memory(args: argparse.Namespace, redis: RedisProc, report: Report) -> 
     )
     report.notes.append(
         "5: INFO used_memory delta / chats; includes the seen marker (STRING with TTL, so also an expires-dict "
-        "entry), the pending LIST (the message JSON: id, text, kind, name, ts, at), the meta HASH and the "
-        "chat's `due` ZSET member, plus key-space dict growth. MEMORY USAGE of one chat: "
+        "entry), the pending LIST (the message JSON: id, text, kind, name, ts, at), the meta HASH if the code "
+        "keeps one for a chat being typed (since 3a4f519 it does not: 0 B) and the chat's `due` ZSET member, plus "
+        "key-space dict growth. MEMORY USAGE of one chat: "
         + ", ".join(f"{k} {v:,.0f} B" for k, v in parts.items())
         + " (MEMORY USAGE excludes dict/expires overhead)."
     )
