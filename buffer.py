@@ -415,31 +415,47 @@ class RedisStore:
         if message_ids:
             self.client.delete(*(self.keys.media(claim.chat.key, message_id) for message_id in message_ids))
 
-    def ack(self, claim: Claim, *, dead_letter: str = "", sent_id: str = "", also: Also | None = None) -> bool:
+    def ack(
+        self,
+        claim: Claim,
+        *,
+        dead_letter: str = "",
+        sent_id: str = "",
+        before: Also | None = None,
+        also: Also | None = None,
+    ) -> bool:
         """Finish the batch (optionally recording it as a dead letter) if this claim still owns it; record
-        `sent_id` (the last part's) as one of ours in any case. `also` adds commands to the same round trip."""
+        `sent_id` (the last part's) as one of ours in any case. `before` and `also` add commands to the same round
+        trip, run before and after the script."""
         chat = claim.chat.key
         k = self.keys
         keys = [k.leases(), k.batch(chat), k.meta(chat), k.due(), k.pending(chat), k.dead_letters(), k.stats()]
         if sent_id:
             keys.append(k.own_message(chat, sent_id))
         args = [chat, claim.token, dead_letter, DEAD_LETTERS_KEPT, self.dedup_ttl]
-        return bool(self._run(self._ack, keys, args, also))
+        return bool(self._run(self._ack, keys, args, also, before=before))
 
-    def _run(self, script: Any, keys: list[str], args: list[Any], also: Also | None) -> Any:
-        """The script's answer; with `also`, the commands it adds (the archive's events) go in the same round trip,
-        after the script (not atomic with it: they are idempotent)."""
-        if also is None:
+    def _run(
+        self, script: Any, keys: list[str], args: list[Any], also: Also | None, *, before: Also | None = None
+    ) -> Any:
+        """The script's answer; with `before` / `also`, the commands they add (the reply's history turns, the
+        archive's events) go in the same round trip, before / after the script (not atomic with it)."""
+        if also is None and before is None:
             return script(keys=keys, args=args)
         pipe = self.client.pipeline(transaction=False)
+        if before is not None:
+            before(pipe)
+        at = len(pipe.command_stack)
         _queue_script(pipe, script, keys, args)
-        also(pipe)
-        answer, *rest = pipe.execute(raise_on_error=False)
-        for failed in rest:
+        if also is not None:
+            also(pipe)
+        results = pipe.execute(raise_on_error=False)
+        answer = results[at]
+        for failed in results[:at] + results[at + 1 :]:
             if isinstance(failed, Exception):
                 raise failed
-        # The commands after the script did run: on NOSCRIPT only the script is run again (running them twice would
-        # journal each event twice).
+        # The other commands did run: on NOSCRIPT only the script is run again (running them twice would journal
+        # each event twice).
         return _script_answer(answer, script, keys, args)
 
     def answer_now(self, chat: ChatRef, now: float) -> bool:
@@ -839,12 +855,13 @@ class Buffer:
         ids = [str(m.get("id")) for m in claim.messages if m.get("blob")]
         self._store(claim).drop_media(claim, ids)
 
-    def ack(self, claim: Claim, *, sent_id: str = "", also: Also | None = None) -> bool:
+    def ack(self, claim: Claim, *, sent_id: str = "", before: Also | None = None, also: Also | None = None) -> bool:
         """Finish the batch; on Redis, `sent_id` (the last part sent) is remembered as the assistant's own in the
-        same call, and `also` adds its commands to the same round trip."""
+        same call, and `before` and `also` add their commands to the same round trip, before and after the ack
+        (only where `shares_round_trips(claim)`)."""
         store = self._store(claim)
         if isinstance(store, RedisStore):
-            return store.ack(claim, sent_id=sent_id, also=also)
+            return store.ack(claim, sent_id=sent_id, before=before, also=also)
         return store.ack(claim, sent_id=sent_id)
 
     def count_reply(self, claim: Claim, *, now: float) -> int:

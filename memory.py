@@ -10,7 +10,9 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -79,19 +81,31 @@ class History:
 
     def append(self, chat: ChatRef, turns: list[Turn]) -> None:
         """Add turns, trim to `max_turns`, and push the expiry forward, as one MULTI."""
-        if self.max_turns == 0 or not turns:
+        add = self.adder(chat, turns)
+        if add is None:
             return
-        key = self.keys.history(chat.key)
-        encoded = [json.dumps(t.to_json(), ensure_ascii=False) for t in turns]
 
         def on_redis(client: redis.Redis) -> None:
             with client.pipeline(transaction=True) as pipe:
-                pipe.rpush(key, *encoded)
-                pipe.ltrim(key, -self.max_turns, -1)
-                pipe.expire(key, self.ttl_seconds)
+                add(pipe)
                 pipe.execute()
 
         self.link.run(on_redis, lambda: self._append_local(chat, turns))
+
+    def adder(self, chat: ChatRef, turns: list[Turn]) -> Callable[[Any], None] | None:
+        """What `append` does on Redis, as a hook that queues it in another call's pipeline (the ack's, so that a
+        reply costs one round trip less); None when there is nothing to write."""
+        if self.max_turns == 0 or not turns:
+            return None
+        key = self.keys.history(chat.key)
+        encoded = [json.dumps(t.to_json(), ensure_ascii=False) for t in turns]
+
+        def add(pipe: Any) -> None:
+            pipe.rpush(key, *encoded)
+            pipe.ltrim(key, -self.max_turns, -1)
+            pipe.expire(key, self.ttl_seconds)
+
+        return add
 
     def forget_local(self, chat_key: str) -> int:
         """Drop the history this process holds of one chat (an erasure); returns 1 if there was one."""

@@ -366,6 +366,14 @@ class Worker:
             return None
         return self.journal.adder(events)
 
+    def _history_first(self, claim: Claim, turns: list[Turn]) -> Also | None:
+        """A hook that writes the reply's history turns in the ack's round trip, before the ack; where the batch is
+        held in this process (Redis was down), they are written now and None is returned."""
+        if not self.buffer.shares_round_trips(claim):
+            self.history.append(claim.chat, turns)
+            return None
+        return self.history.adder(claim.chat, turns)
+
     def _burst_events(self, claim: Claim, decision: Decision, transcripts: dict[str, str] | None = None) -> list[Event]:
         """The burst's messages (the customer's and a person's), and the decision when it is one worth keeping."""
         now = self.clock()
@@ -455,8 +463,9 @@ class Worker:
             return
         last_id, last_part = outcome
         # History before ack: once acked, the chat's next burst may be claimed at once and must see this turn.
-        self.history.append(chat, turns)
-        if not self.buffer.ack(claim, sent_id=last_id, also=self._also(claim, last_part)):
+        if not self.buffer.ack(
+            claim, sent_id=last_id, before=self._history_first(claim, turns), also=self._also(claim, last_part)
+        ):
             self.counters.add("late_acks")
             log.warning("reply sent but lease had expired chat=%s: it may be answered twice", chat.label)
         self.counters.add("replies_sent")

@@ -367,6 +367,28 @@ def test_claims_survive_a_redis_that_forgot_its_scripts(redis_buffer: Buffer, re
     assert redis_buffer.claim_due(now=T0 + 100, limit=5) == []  # each claimed once
 
 
+def test_commands_given_to_the_ack_run_around_it_in_one_round_trip_and_once(
+    redis_buffer: Buffer, redis_client: redis.Redis
+) -> None:
+    """`before` runs ahead of the ack (the reply's history must be there once the next burst can be claimed), `also`
+    after it; on NOSCRIPT only the ack's script is run again."""
+    chat = chat_ref().key
+    for round_ in range(2):
+        redis_buffer.append(message(round_), now=T0 + 100 * round_)
+        (claim,) = redis_buffer.claim_due(now=T0 + 100 * round_ + DEBOUNCE, limit=10)
+        if round_ == 1:
+            redis_client.script_flush()  # a restarted Redis: the ack meets NOSCRIPT in the pipeline
+
+        def before(pipe: redis.client.Pipeline, n: int = round_) -> None:
+            pipe.copy(KEYS.batch(chat), f"test:batch-before-ack:{n}")  # the batch still exists before the ack
+            pipe.incr("test:before")
+
+        assert redis_buffer.ack(claim, before=before, also=lambda pipe: pipe.incr("test:also"))
+        assert redis_client.exists(f"test:batch-before-ack:{round_}")
+        assert not redis_client.exists(KEYS.batch(chat))
+    assert redis_client.get("test:before") == "2" and redis_client.get("test:also") == "2"
+
+
 def test_dead_letters_and_stats_in_redis(redis_buffer: Buffer, redis_client: redis.Redis) -> None:
     redis_buffer.append(message(1, "Oi"), now=T0)
     (claim,) = redis_buffer.claim_due(now=T0 + DEBOUNCE, limit=10)
