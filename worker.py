@@ -340,9 +340,13 @@ class Worker:
         """Nobody answers this burst now (a person handles the chat, the customer opted out, the hours): its
         messages go into the history, the conversation records what changed, and the batch is done."""
         self.conversations.settle(claim.chat, decision.changes, now=self.clock())
-        self.history.append(claim.chat, [*decision.earlier, *decision.user_turn(self._last_at(decision))])
         self._forget_media(claim)
-        self.buffer.ack(claim, also=self._also(claim, self._burst_events(claim, decision)))
+        turns = [*decision.earlier, *decision.user_turn(self._last_at(decision))]
+        self.buffer.ack(
+            claim,
+            before=self._history_first(claim, turns),
+            also=self._also(claim, self._burst_events(claim, decision)),
+        )
 
     def _archive(self, events: list[Event]) -> None:
         """Hand events to the archive's journal (a Redis Stream, or memory while Redis is down); never fails a
@@ -367,8 +371,9 @@ class Worker:
         return self.journal.adder(events)
 
     def _history_first(self, claim: Claim, turns: list[Turn]) -> Also | None:
-        """A hook that writes the reply's history turns in the ack's round trip, before the ack; where the batch is
-        held in this process (Redis was down), they are written now and None is returned."""
+        """A hook that writes a burst's history turns in the ack's round trip, before the ack (once acked, the chat's
+        next burst may be claimed at once and must see them); where the batch is held in this process (Redis was
+        down), they are written now and None is returned."""
         if not self.buffer.shares_round_trips(claim):
             self.history.append(claim.chat, turns)
             return None
@@ -455,8 +460,7 @@ class Worker:
             self.counters.add("paused_skips")
             log.info("reply withheld chat=%s: a person acted in the chat while it was being written", chat.label)
             replied = [turn for turn in turns if not (turn.role == "model" and not turn.author)]
-            self.history.append(chat, replied)
-            self.buffer.ack(claim)
+            self.buffer.ack(claim, before=self._history_first(claim, replied))
             return
         outcome = self._send(claim, parts, plan, start)
         if outcome is None:
