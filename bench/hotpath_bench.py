@@ -2,7 +2,9 @@
 once with identical settings (`sync -w N`, run.py's environment, DEBOUNCE_SECONDS=600, METRICS_ENABLED=true), one
 serving an empty Flask app (bench/ceiling_app.py: parse the JSON, answer 200) and one the product, loaded at the same
 time by their own closed-loop load processes (archive_bench.webhook_windows_together), so both see the same moment
-of the machine. H1 is the median of the rounds' product/ceiling ratios; target >= 0.80. Run alone:
+of the machine. H1 is the median of the rounds' product/ceiling ratios; target >= 0.80. H1f then loads the ceiling
+together with the floor app (ceiling_app.floor: the empty app plus one redis-py Lua call that stores the body, the
+least a webhook that never loses an acknowledged message does): the most any such webhook reaches here. Run alone:
 `.venv/bin/python bench/hotpath_bench.py [--quick]` (writes bench/results/hotpath.md).
 """
 
@@ -24,7 +26,7 @@ from run import RESULTS_DIR, Report, base_env, log, ms  # noqa: E402
 
 CEILING_RATIO_TARGET = 0.80
 WINDOW_SECONDS = 4.0
-EXPECT = {"ceiling": b"", "product": b'"buffered"'}  # the ceiling's answers count whatever they say
+EXPECT = {"ceiling": b"", "product": b'"buffered"', "floor": b""}  # the ceiling's answers count whatever they say
 
 
 def bench_hotpath(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) -> None:
@@ -46,16 +48,27 @@ def bench_hotpath(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) 
             workers=args.workers,
             log_path=RESULTS_DIR / "logs" / "gunicorn-hotpath-product.log",
         ),
+        "floor": Gunicorn(
+            base_env(redis.url, fakes, **common),
+            workers=args.workers,
+            log_path=RESULTS_DIR / "logs" / "gunicorn-hotpath-floor.log",
+            app="ceiling_app:floor",
+            pythonpath=BENCH_DIR,
+        ),
     }
     report.servers.extend(servers.values())
-    log(f"[H1] starting two gunicorn sync -w {args.workers}: the empty Flask app (ceiling) and the product")
+    log(
+        f"[H1] starting three gunicorn sync -w {args.workers}: the empty Flask app (ceiling), the product and the "
+        "empty app with one Redis write (floor)"
+    )
     try:
         for server in servers.values():
             server.start()
         for server in servers.values():
             server.wait_ready()
+        pair = {name: servers[name] for name in ("ceiling", "product")}
         totals, ratios = side_by_side(
-            args, servers, rounds=rounds, seconds=WINDOW_SECONDS, tag=0x4800, row="H1", expect=EXPECT
+            args, pair, rounds=rounds, seconds=WINDOW_SECONDS, tag=0x4800, row="H1", expect=EXPECT
         )
         # Each round's two servers were loaded at the same time: their ratio is the least disturbed by the machine's
         # drift.
@@ -84,11 +97,34 @@ def bench_hotpath(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) 
         )
         report.raw["H1_hotpath"] = {**totals, "ratio_median": ratio, "ratios": ratios, "ratio_all_windows": overall}
         log(f"[H1] ceiling {ceiling['rate']:,.0f} / product {product['rate']:,.0f} req/s, median ratio {ratio:.2f}")
+        bench_floor(args, servers, rounds, report)
     finally:
         for server in servers.values():
             server.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         redis.client.flushall()
+
+
+def bench_floor(args: Any, servers: dict[str, Gunicorn], rounds: int, report: Report) -> None:
+    """H1f: the ceiling against the floor app, loaded together like H1's pair."""
+    pair = {name: servers[name] for name in ("ceiling", "floor")}
+    totals, ratios = side_by_side(
+        args, pair, rounds=rounds, seconds=WINDOW_SECONDS, tag=0x4600, row="H1f", expect=EXPECT
+    )
+    ratio = statistics.median(ratios)
+    ceiling, floor = totals["ceiling"], totals["floor"]
+    report.add(
+        "H1f",
+        "Floor of a durable webhook: the empty Flask app plus one redis-py Lua call storing the body, vs the empty "
+        f"app (loaded together like H1, {rounds} rounds; diagnostic, no target)",
+        f"ceiling {ceiling['rate']:,.0f} / floor {floor['rate']:,.0f} req/s = **{ratio:.2f}x** (rounds "
+        f"{min(ratios):.2f}-{max(ratios):.2f}x; server CPU per request {ceiling['cpu_ms']:.2f} / "
+        f"{floor['cpu_ms']:.2f} ms; errors {ceiling['errors']:.0f} / {floor['errors']:.0f})",
+        "none (diagnostic)",
+        None,
+    )
+    report.raw["H1f_floor"] = {**totals, "ratio_median": ratio, "ratios": ratios}
+    log(f"[H1f] ceiling {ceiling['rate']:,.0f} / floor {floor['rate']:,.0f} req/s, median ratio {ratio:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
