@@ -32,6 +32,20 @@ T = TypeVar("T")
 # A hook that adds commands to a Redis pipeline, sent in the same round trip as a buffer call (the archive's events).
 Also = Callable[[Any], None]
 
+
+def hooks(*given: Also | None) -> Also | None:
+    """One hook that runs the given ones in order (None among them skipped); None when there are none."""
+    present = [hook for hook in given if hook is not None]
+    if len(present) < 2:
+        return present[0] if present else None
+
+    def run_all(pipe: Any) -> None:
+        for hook in present:
+            hook(pipe)
+
+    return run_all
+
+
 DEAD_LETTERS_KEPT = 1000
 
 

@@ -8,6 +8,7 @@ MODEL_PRICES is the owner's own price list, `model:input/output,...` in USD per 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -118,22 +119,42 @@ class UsageLedger:
     def record(self, chat: ChatRef, calls: list[Usage], *, now: float | None = None, conversation: str = "") -> float:
         """Add the calls of one reply to the chat's, its conversation's (`conversation`: when it opened, as the
         conversation HASH stores it) and the day's sums; returns their cost in USD."""
+        cost, keys, args = self._sums(chat, calls, now=now, conversation=conversation)
+        record = self._record
+        if keys and record is not None:  # without Redis the sums are not kept (the archive keeps the calls)
+            self.link.run(lambda client: record(keys=keys, args=args, client=client), lambda: None)
+        return cost
+
+    def adder(
+        self, chat: ChatRef, calls: list[Usage], *, now: float | None = None, conversation: str = ""
+    ) -> tuple[float, Callable[[Any], None] | None]:
+        """What `record` does, as a hook that queues it in another call's pipeline (the fence's, so that a reply
+        costs one round trip less), with the cost in USD. The hook sends the script's text (EVAL): a pipeline
+        cannot load a script it finds missing without running its other commands twice."""
+        cost, keys, args = self._sums(chat, calls, now=now, conversation=conversation)
+        if not keys:
+            return cost, None
+
+        def add(pipe: Any) -> None:
+            pipe.eval(RECORD_LUA, len(keys), *keys, *args)
+
+        return cost, add
+
+    def _sums(
+        self, chat: ChatRef, calls: list[Usage], *, now: float | None, conversation: str
+    ) -> tuple[float, list[str], list[int | str]]:
+        """(cost in USD, the script's keys, its args); no keys when there are no calls."""
         if not calls:
-            return 0.0
+            return 0.0, [], []
         costs = [self.prices.cost_usd(call) for call in calls]
         day_key = self.keys.usage_day(self.day(now or time.time()))
         kept = [self.keys.usage(chat.key)]  # the chat's and the conversation's sums, kept CHAT_DAYS_KEPT
         if conversation:
             kept.append(self.keys.conversation_usage(chat.key, conversation))
-
         args: list[int | str] = [CHAT_DAYS_KEPT * 86400, DAYS_KEPT * 86400]
         for call, cost in zip(calls, costs, strict=True):
             args += [call.input_tokens, call.output_tokens, round(cost * MICRO), f"{call.provider}:{call.model}:"]
-
-        record = self._record
-        if record is not None:  # without Redis the sums are not kept (the archive keeps the calls)
-            self.link.run(lambda client: record(keys=[*kept, day_key], args=args, client=client), lambda: None)
-        return sum(costs)
+        return sum(costs), [*kept, day_key], args
 
     def of_chat(self, chat: ChatRef) -> dict[str, Any]:
         return self._totals(self.keys.usage(chat.key))

@@ -32,7 +32,7 @@ from archive.events import (
     usage_data,
 )
 from archive.journal import Journal
-from buffer import NOT_SENDING, Also, Buffer, Claim, burst_deadline, is_human_record, profile_name
+from buffer import NOT_SENDING, Also, Buffer, Claim, burst_deadline, hooks, is_human_record, profile_name
 from config import Settings
 from conversation import Changes, Conversations, stamp, text_hash
 from counters import Counters
@@ -275,7 +275,7 @@ class Worker:
         composed = self._compose(claim, decision)
         if composed is None:
             return
-        reply, turns, transcripts, usage = composed
+        reply, turns, transcripts, usage, record_usage = composed
         # Archived with the fence that stores the reply (one round trip): a new owner after a crash sends the stored
         # reply without asking the model again, so this is where the transcripts are known (an event emitted twice
         # is written once).
@@ -297,7 +297,7 @@ class Worker:
             turns=encode_turns(turns),
             plan=json.dumps(plan.to_json()),
             sending=self._mark(parts, 0),
-            also=self._also(claim, archived),
+            also=hooks(self._also(claim, archived), record_usage),
         )
         if not owned:
             log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
@@ -390,10 +390,10 @@ class Worker:
 
     def _compose(
         self, claim: Claim, decision: Decision
-    ) -> tuple[str, list[Turn], dict[str, str], dict[str, Any] | None] | None:
+    ) -> tuple[str, list[Turn], dict[str, str], dict[str, Any] | None, Also | None] | None:
         """(reply, history turns, the model's transcript of each media item by message id, what the model calls
-        cost) for the burst; None when it is settled without one (loop guard, or Gemini failed and FALLBACK_REPLY is
-        empty)."""
+        cost, the hook that adds that cost to the sums in the fence's round trip) for the burst; None when it is
+        settled without one (loop guard, or Gemini failed and FALLBACK_REPLY is empty)."""
         earlier = list(decision.earlier)
         name = profile_name(decision.answered)
         asked_at = self._last_at(decision)  # the customer's turn is dated when its last message came in
@@ -402,6 +402,7 @@ class Worker:
                 decision.text,
                 [*earlier, *decision.user_turn(asked_at), Turn(role="model", text=decision.text, at=self.clock())],
                 {},
+                None,
                 None,
             )
         if self._is_a_loop(claim):
@@ -423,6 +424,7 @@ class Worker:
                 [*earlier, Turn(role="user", text=burst.record(), at=asked_at, name=name)],
                 {},
                 None,
+                None,
             )
         notice = burst.notice
         reply = f"{generated.reply}\n\n{notice}" if notice else generated.reply
@@ -431,8 +433,8 @@ class Worker:
             Turn(role="user", text=burst.record(generated.transcripts), at=asked_at, name=name),
             Turn(role="model", text=reply, at=self.clock()),
         ]
-        usage = self._account(claim, generated, conversation=decision.conversation_since)
-        return reply, turns, burst.transcripts_by_id(generated.transcripts), usage
+        usage, record_usage = self._account(claim, generated, conversation=decision.conversation_since)
+        return reply, turns, burst.transcripts_by_id(generated.transcripts), usage, record_usage
 
     def _deliver(self, claim: Claim, reply: str, turns: list[Turn], plan: Plan, parts: list[str], start: int) -> None:
         """Record the decision's changes, then send the parts from `start` on, remember the reply, ack. Not one
@@ -612,16 +614,24 @@ class Worker:
             return None, burst
         return generated, burst
 
-    def _account(self, claim: Claim, generated: Generated, *, conversation: float) -> dict[str, Any] | None:
-        """Sum the calls' tokens and cost for the chat and the day; returns them as the reply's plan keeps them (the
-        archive stores them with its first part), or None when the model reported none."""
+    def _account(
+        self, claim: Claim, generated: Generated, *, conversation: float
+    ) -> tuple[dict[str, Any] | None, Also | None]:
+        """The calls' tokens and cost as the reply's plan keeps them (the archive stores them with its first part),
+        or None when the model reported none; and the hook that adds them to the chat's and the day's sums in the
+        fence's round trip (where the batch is held in this process, they are added now and the hook is None). The
+        sums count a call once the fence ran, whether or not the lease held: the model was paid for either way."""
         if not generated.usage:
-            return None
-        cost = 0.0
+            return None, None
+        cost, record = 0.0, None
         if self.usage is not None:
             opened = stamp(conversation) if conversation else ""
-            cost = self.usage.record(claim.chat, list(generated.usage), now=self.clock(), conversation=opened)
-        return usage_data(generated.usage, cost)
+            calls, now = list(generated.usage), self.clock()
+            if self.buffer.shares_round_trips(claim):
+                cost, record = self.usage.adder(claim.chat, calls, now=now, conversation=opened)
+            else:
+                cost = self.usage.record(claim.chat, calls, now=now, conversation=opened)
+        return usage_data(generated.usage, cost), record
 
     def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> tuple[str, list[Event]] | None:
         """Send the parts not sent yet, in order, through the chat's own gateway, each after its typing pause;

@@ -152,6 +152,27 @@ def test_a_burst_gets_one_reply(
     assert len(fake_evolution.sends()) == 1
 
 
+def test_the_reply_cost_is_summed_with_the_fence_even_after_a_script_flush(
+    pipeline: PipelineFactory, settings: Settings, fake_evolution: FakeEvolution, redis_client: redis.Redis
+) -> None:
+    model = settings.gemini_model
+    p = pipeline(model_prices=f"{model}:1/2")  # USD per million input / output tokens
+    redis_client.script_flush()  # the sums go in the fence's pipeline, which cannot reload a missing script
+    p.receive(1, "Oi")
+    p.clock.advance(5)
+
+    assert p.worker.run_once(wait=True) == 1
+
+    assert len(fake_evolution.sends()) == 1
+    # The fake model reports 10 input and 5 output tokens: 10 * 1 + 5 * 2 = 20 micro-USD.
+    expected = {"input_tokens": "10", "output_tokens": "5", "cost_micro_usd": "20"}
+    assert redis_client.hgetall(p.keys.usage(CHAT.key)) == expected
+    assert redis_client.hgetall(p.keys.conversation_usage(CHAT.key, f"{T0:.3f}")) == expected
+    day = redis_client.hgetall(p.keys.usage_day(UsageLedger.day(p.clock())))
+    assert day[f"gemini:{model}:calls"] == "1"
+    assert day["cost_micro_usd"] == "20"
+
+
 def test_history_reaches_the_next_burst(
     pipeline: PipelineFactory, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
 ) -> None:
