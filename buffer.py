@@ -101,13 +101,14 @@ return {1, n, string.format('%.3f', deadline), first_id}
 """
 )
 
-# KEYS: 1 due, 2 leases, 3 pending, 4 batch, 5 meta, 6 conversation, 7 opt-out, 8 history (the last three read
-# only: see conversation.py and memory.py)
+# KEYS: 1 due, 2 leases, 3 pending, 4 batch, 5 meta, 6 conversation, 7 opt-out, 8 history, 9 replies this hour (the
+# last four read only: see conversation.py and memory.py; the reply count is added with the fence)
 # ARGV: 1 chat key, 2 now, 3 lease expiry, 4 new token, 5 history turns to read
 # Returns false when not claimable, else {attempts, stored reply or '', stored turns or '', stored plan or '',
 # parts already sent, the part being sent when the last owner stopped (JSON or ''), the chat's conversation fields
-# (flat list), opted out (0/1), its last history turns (list), message JSON...}. The conversation and the history
-# come with the claim, so that deciding who answers and writing the prompt cost no other round trip.
+# (flat list), opted out (0/1), its last history turns (list), replies this hour, message JSON...}. The
+# conversation, the history and the reply count come with the claim, so that deciding who answers, the loop guard and
+# writing the prompt cost no other round trip.
 CLAIM_LUA = """
 local function history()
   local n = tonumber(ARGV[5])
@@ -124,7 +125,7 @@ if lease then
   local stored = redis.call('HMGET', KEYS[5], 'reply', 'turns', 'plan', 'sent', 'sending')
   return {attempts, stored[1] or '', stored[2] or '', stored[3] or '', tonumber(stored[4] or '0'), stored[5] or '',
           redis.call('HGETALL', KEYS[6]), redis.call('EXISTS', KEYS[7]), history(),
-          unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
+          tonumber(redis.call('GET', KEYS[9]) or '0'), unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
 end
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not due or tonumber(due) > now then return false end
@@ -136,7 +137,7 @@ redis.call('HDEL', KEYS[5], 'first_at', 'deadline', 'reply', 'turns', 'plan', 's
 redis.call('HSET', KEYS[5], 'token', ARGV[4], 'attempts', 1)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return {1, '', '', '', 0, '', redis.call('HGETALL', KEYS[6]), redis.call('EXISTS', KEYS[7]), history(),
-        unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
+        tonumber(redis.call('GET', KEYS[9]) or '0'), unpack(redis.call('LRANGE', KEYS[4], 0, -1))}
 """
 
 # KEYS: 1 leases, 2 meta, [3 own-message marker of a part just sent (see conversation.py)]
@@ -216,6 +217,7 @@ class Claim:
     conversation: dict[str, str] | None = None  # the chat's conversation fields read with the claim (Redis only)
     opted_out: bool = False  # ... whether it opted out
     history: list[str] | None = None  # ... and its last history turns as stored (JSON), oldest first
+    replies_this_hour: int | None = None  # ... and the replies it got in its loop-guard window
     store: str = "redis"
 
     @property
@@ -284,7 +286,8 @@ def claim_from(chat: str, token: str, result: list[Any], *, store: str) -> Claim
         conversation=dict(zip(result[6][::2], result[6][1::2], strict=True)),
         opted_out=bool(result[7]),
         history=list(result[8]),
-        messages=[json.loads(item) for item in result[9:]],
+        replies_this_hour=int(result[9]),
+        messages=[json.loads(item) for item in result[10:]],
         store=store,
     )
 
@@ -396,6 +399,7 @@ class RedisStore:
             k.conversation(chat),
             k.opt_out(chat),
             k.history(chat),
+            k.replies_this_hour(chat),
         ]
 
     def renew(
@@ -496,12 +500,20 @@ class RedisStore:
 
     def count_reply(self, chat: ChatRef) -> int:
         """Count one more reply to `chat` in its one-hour window (INCR + EXPIRE NX in one MULTI)."""
-        key = self.keys.replies_this_hour(chat.key)
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, REPLY_WINDOW_SECONDS, nx=True)
+            self.reply_counter(chat)(pipe)
             count, _ = pipe.execute()
         return int(count)
+
+    def reply_counter(self, chat: ChatRef) -> Also:
+        """`count_reply` as a hook for another call's pipeline."""
+        key = self.keys.replies_this_hour(chat.key)
+
+        def count(pipe: Any) -> None:
+            pipe.incr(key)
+            pipe.expire(key, REPLY_WINDOW_SECONDS, nx=True)
+
+        return count
 
     def counts(self) -> dict[str, int]:
         with self.client.pipeline(transaction=False) as pipe:
@@ -878,11 +890,15 @@ class Buffer:
             return store.ack(claim, sent_id=sent_id, before=before, also=also)
         return store.ack(claim, sent_id=sent_id)
 
-    def count_reply(self, claim: Claim, *, now: float) -> int:
-        """Replies to this claim's chat in the last hour, this one included (loop guard)."""
+    def count_reply(self, claim: Claim, *, now: float) -> tuple[int, Also | None]:
+        """Replies to this claim's chat in the last hour, this one included (loop guard); and, when the claim read the
+        count with its batch, the hook that adds this reply in the fence's round trip (else None: added now). A
+        chat's bursts are answered one at a time, so nothing counts between the claim's read and the fence."""
+        if claim.replies_this_hour is not None and self.redis is not None and self.shares_round_trips(claim):
+            return claim.replies_this_hour + 1, self.redis.reply_counter(claim.chat)
         if claim.store == "redis" and self.redis is not None:
-            return self.redis.count_reply(claim.chat)
-        return self.local.count_reply(claim.chat, now)
+            return self.redis.count_reply(claim.chat), None
+        return self.local.count_reply(claim.chat, now), None
 
     def dead_letter(
         self, claim: Claim, *, reason: str, now: float, reply: str = "", unsent: list[str] | None = None

@@ -275,7 +275,7 @@ class Worker:
         composed = self._compose(claim, decision)
         if composed is None:
             return
-        reply, turns, transcripts, usage, record_usage = composed
+        reply, turns, transcripts, usage, fence_hook = composed
         # Archived with the fence that stores the reply (one round trip): a new owner after a crash sends the stored
         # reply without asking the model again, so this is where the transcripts are known (an event emitted twice
         # is written once).
@@ -297,7 +297,7 @@ class Worker:
             turns=encode_turns(turns),
             plan=json.dumps(plan.to_json()),
             sending=self._mark(parts, 0),
-            also=hooks(self._also(claim, archived), record_usage),
+            also=hooks(self._also(claim, archived), fence_hook),
         )
         if not owned:
             log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
@@ -392,8 +392,9 @@ class Worker:
         self, claim: Claim, decision: Decision
     ) -> tuple[str, list[Turn], dict[str, str], dict[str, Any] | None, Also | None] | None:
         """(reply, history turns, the model's transcript of each media item by message id, what the model calls
-        cost, the hook that adds that cost to the sums in the fence's round trip) for the burst; None when it is
-        settled without one (loop guard, or Gemini failed and FALLBACK_REPLY is empty)."""
+        cost, the hook that adds this reply to the loop guard's count and that cost to the sums in the fence's round
+        trip) for the burst; None when it is settled without one (loop guard, or Gemini failed and FALLBACK_REPLY is
+        empty)."""
         earlier = list(decision.earlier)
         name = profile_name(decision.answered)
         asked_at = self._last_at(decision)  # the customer's turn is dated when its last message came in
@@ -405,7 +406,8 @@ class Worker:
                 None,
                 None,
             )
-        if self._is_a_loop(claim):
+        is_a_loop, count_this_reply = self._loop_guard(claim)
+        if is_a_loop:
             self._settle_without_reply(claim, decision)
             return None
         self._mark_read(claim.chat, _last_id(decision))
@@ -424,7 +426,7 @@ class Worker:
                 [*earlier, Turn(role="user", text=burst.record(), at=asked_at, name=name)],
                 {},
                 None,
-                None,
+                count_this_reply,
             )
         notice = burst.notice
         reply = f"{generated.reply}\n\n{notice}" if notice else generated.reply
@@ -434,7 +436,8 @@ class Worker:
             Turn(role="model", text=reply, at=self.clock()),
         ]
         usage, record_usage = self._account(claim, generated, conversation=decision.conversation_since)
-        return reply, turns, burst.transcripts_by_id(generated.transcripts), usage, record_usage
+        transcripts = burst.transcripts_by_id(generated.transcripts)
+        return reply, turns, transcripts, usage, hooks(count_this_reply, record_usage)
 
     def _deliver(self, claim: Claim, reply: str, turns: list[Turn], plan: Plan, parts: list[str], start: int) -> None:
         """Record the decision's changes, then send the parts from `start` on, remember the reply, ack. Not one
@@ -570,15 +573,19 @@ class Worker:
         except Exception as exc:  # best effort: the keys expire on their own
             log.info("could not drop media of chat=%s now: %s", claim.chat.label, exc.__class__.__name__)
 
-    def _is_a_loop(self, claim: Claim) -> bool:
+    def _loop_guard(self, claim: Claim) -> tuple[bool, Also | None]:
         """True when this chat already got MAX_REPLIES_PER_HOUR replies: most likely another bot answering
-        every reply of ours. The burst is then kept in the history, logged and counted, not answered."""
+        every reply of ours. The burst is then kept in the history, logged and counted, not answered. Otherwise
+        False, and the hook that counts this reply with the fence (None when it is counted already, or no limit)."""
         limit = self.settings.max_replies_per_hour
-        if not limit or self.buffer.count_reply(claim, now=self.clock()) <= limit:
-            return False
+        if not limit:
+            return False, None
+        count, count_this_reply = self.buffer.count_reply(claim, now=self.clock())
+        if count <= limit:
+            return False, count_this_reply
         self.counters.add("loop_guard")
         log.warning("reply limit reached chat=%s (%d/hour): not answering, possible bot loop", claim.chat.label, limit)
-        return True
+        return True, None
 
     def _mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Read receipt for the customer's last message, where the gateway offers one (best effort)."""

@@ -48,7 +48,6 @@ def settings_for(redis_url: str, gemini_url: str, evolution_url: str, metrics_di
         evolution_api=evolution_url,
         worker_enabled=False,
         webhook_auth=False,
-        max_replies_per_hour=0,
         worker_concurrency=64,
         log_level="WARNING",
         metrics_enabled=True,

@@ -484,6 +484,8 @@ def test_a_chat_over_the_hourly_reply_limit_is_not_answered(
     assert p.history.recent(CHAT)[-1] == Turn(role="user", text="Mensagem automática 3", at=p.clock() - 5)
     assert p.buffer.counts()["chats_in_progress"] == 0  # acked, not left to be retried
     assert 0 < redis_client.ttl(p.keys.replies_this_hour(CHAT.key)) <= 3600
+    # The count, read with each claim and added with each fence, is of the replies that went out.
+    assert redis_client.get(p.keys.replies_this_hour(CHAT.key)) == "2"
     other = ChatRef(gateway="evolution", instance=CHAT.instance, chat_id="5521912345678@s.whatsapp.net")
     p.receive(9, "Outro cliente", chat=other)
     p.clock.advance(5)
