@@ -49,6 +49,10 @@ def hooks(*given: Also | None) -> Also | None:
 DEAD_LETTERS_KEPT = 1000
 
 
+class BufferUnavailable(Exception):
+    """Redis is down and this process may not keep the message itself (it runs no worker)."""
+
+
 def burst_deadline(first_at: float, last_at: float, *, debounce: float, max_wait: float) -> float:
     """When a burst falls due: `debounce` after its last message, at most `max_wait` after its first (what
     PUSH_PENDING_LUA computes in Redis)."""
@@ -791,6 +795,9 @@ class Buffer:
             else None
         )
         self.local = LocalStore()
+        # False in a process that runs no worker: a message kept in its memory would never be answered, so while
+        # Redis is down `append` raises BufferUnavailable instead (the webhook answers 503 and the gateway retries).
+        self.local_fallback = True
         self.debounce_seconds = debounce_seconds
         self.max_wait_seconds = max_wait_seconds
         self.dedup_ttl_seconds = dedup_ttl_seconds
@@ -808,7 +815,8 @@ class Buffer:
         return self.redis if claim.store == "redis" and self.redis is not None else self.local
 
     def append(self, message: IncomingMessage, *, now: float) -> AppendResult:
-        """Buffer a message, on Redis if it answers, else in this process."""
+        """Buffer a message, on Redis if it answers, else in this process (raises BufferUnavailable instead when
+        this process answers nothing: `local_fallback`)."""
         params = {
             "now": now,
             "debounce": self.debounce_seconds,
@@ -816,7 +824,12 @@ class Buffer:
             "dedup_ttl": self.dedup_ttl_seconds,
             "blob": inline_blob(message, self.media_max_bytes),
         }
-        return self._shared(lambda store: store.append(message, **params), lambda: self.local.append(message, **params))
+        return self._shared(lambda store: store.append(message, **params), lambda: self._append_here(message, params))
+
+    def _append_here(self, message: IncomingMessage, params: dict[str, Any]) -> AppendResult:
+        if not self.local_fallback:
+            raise BufferUnavailable(f"redis unavailable at {self.link.where} and this process runs no worker")
+        return self.local.append(message, **params)
 
     def claim_due(self, *, now: float, limit: int) -> list[Claim]:
         """Due batches from the local store first (they exist only here), then from Redis."""

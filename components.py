@@ -23,6 +23,7 @@ from liveness import Liveness
 from memory import History
 from metrics import Metrics
 from notify import HandoffNotifier
+from pacing import PaceLimits, Pacer
 from redis_keys import RedisKeys
 from redis_link import RedisLink
 from simulator import Transcript
@@ -60,7 +61,7 @@ def build_components(
     """Wire Redis, buffer, history, the webhook secret, gateways and the worker from `settings` (tests may pass
     their own gateways and clock). The webhook secret is the configured one, or the one generated and kept at the
     first start (webhook_token.py); the adapters of gateways that sign nothing check it."""
-    link = RedisLink(settings.redis_uri if settings.redis_enabled else None, retry_seconds=settings.redis_retry_seconds)
+    link = RedisLink.for_settings(settings)
     keys = RedisKeys(settings.redis_prefix)
     buffer = Buffer(
         link,
@@ -124,6 +125,7 @@ def build_components(
         usage=usage,
         metrics=metrics,
         liveness=liveness,
+        pacer=Pacer(link, keys, PaceLimits.from_settings(settings)),
         clock=clock,
     )
     if archive.writer is not None:

@@ -20,6 +20,7 @@ from dotenv import dotenv_values, find_dotenv, load_dotenv
 
 from errors import ConfigError
 from hours import BusinessHours, parse_holidays, parse_timezone, parse_weekly_windows
+from redis_link import parse_sentinels
 from usage import parse_prices
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -137,6 +138,8 @@ class Settings:
     redis_uri: str = "redis://localhost:6379/0"
     redis_prefix: str = "wa_assistant"
     redis_retry_seconds: float = 2.0  # how long to stay on the in-process fallback before retrying
+    redis_sentinels: str = ""  # host:port,... of Redis Sentinels; empty = CACHE_REDIS_URI's server itself
+    redis_sentinel_master: str = "mymaster"  # the master's name the sentinels monitor
 
     # Gemini
     gemini_api_key: str = field(default="", repr=False)
@@ -233,6 +236,14 @@ class Settings:
     metrics_enabled: bool = True  # /metrics and /health's deployment totals (prometheus-client multiprocess mode)
     metrics_token: str = field(default="", repr=False)  # bearer token /metrics asks for; empty = open
     log_format: str = "text"  # text | json (one JSON object per line, with correlation_id)
+
+    # Outbound pacing (pacing.py): sends per second per sending number, by gateway (0 = not paced), and the gap
+    # between two messages to one customer. Meta and Twilio: their documented limits; Evolution and Mega publish none.
+    outbound_rate_evolution: float = 2.0
+    outbound_rate_meta: float = 80.0
+    outbound_rate_twilio: float = 10.0
+    outbound_rate_mega: float = 2.0
+    outbound_customer_gap_seconds: float = 1.0
 
     # Background worker
     worker_enabled: bool = True
@@ -482,6 +493,8 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CACHE_REDIS_URI": ("redis_uri", _url("redis", "rediss", "unix")),
     "CACHE_REDIS_PREFIX_KEY": ("redis_prefix", _strip),
     "REDIS_RETRY_SECONDS": ("redis_retry_seconds", _positive(float)),
+    "CACHE_REDIS_SENTINELS": ("redis_sentinels", _checked(parse_sentinels)),
+    "CACHE_REDIS_SENTINEL_MASTER": ("redis_sentinel_master", _strip),
     "GEMINI_API_KEY": ("gemini_api_key", _strip),
     "GEMINI_MODEL": ("gemini_model", _strip),
     "GEMINI_BASE_URL": ("gemini_base_url", _HTTP_URL),
@@ -554,6 +567,11 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "METRICS_ENABLED": ("metrics_enabled", _to_bool),
     "METRICS_TOKEN": ("metrics_token", _strip),
     "LOG_FORMAT": ("log_format", _log_format),
+    "OUTBOUND_RATE_PER_SECOND_EVOLUTION": ("outbound_rate_evolution", _non_negative(float)),
+    "OUTBOUND_RATE_PER_SECOND_META": ("outbound_rate_meta", _non_negative(float)),
+    "OUTBOUND_RATE_PER_SECOND_TWILIO": ("outbound_rate_twilio", _non_negative(float)),
+    "OUTBOUND_RATE_PER_SECOND_MEGA": ("outbound_rate_mega", _non_negative(float)),
+    "OUTBOUND_CUSTOMER_GAP_SECONDS": ("outbound_customer_gap_seconds", _non_negative(float)),
     "WORKER_ENABLED": ("worker_enabled", _to_bool),
     "WORKER_CONCURRENCY": ("worker_concurrency", _positive(int)),
     "WORKER_POLL_SECONDS": ("worker_poll_seconds", _positive(float)),

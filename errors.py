@@ -44,12 +44,24 @@ class AIServiceError(AssistantError):
 
 
 class SendError(AssistantError):
-    """The gateway did not accept a message."""
+    """The gateway did not accept a message. `rate_limit`: it said the number ("number") or this customer's
+    conversation ("customer") gets messages too fast; the message is sent again once that has slowed down
+    (`retry_after` seconds, when the gateway said how long)."""
 
-    def __init__(self, message: str, *, status_code: int | None = None, transient: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        transient: bool = True,
+        rate_limit: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.transient = transient
+        self.rate_limit = rate_limit
+        self.retry_after = retry_after
 
 
 class MediaError(AssistantError):

@@ -154,6 +154,7 @@ class RedisKeys:
             self.replies_this_hour(chat),
             self.simulator_log(chat),
             self.usage(chat),
+            self.pace_customer(chat),
         ]
 
     def chat_key_patterns(self, chat: str) -> list[str]:
@@ -166,6 +167,24 @@ class RedisKeys:
             self.media(literal, "*"),
             self.conversation_usage(literal, "*"),
         ]
+
+    def pace_number(self, number: str) -> str:
+        """ZSET the moments (unix s, Redis's clock) reserved for a sending number's (`gateway:instance`) next sends
+        (pacing.py); past ones are trimmed on each reservation. TTL: the last one plus a second. The number is the
+        hash tag, shared with the two keys below, so one Lua call touches one Redis Cluster slot."""
+        return f"{self.prefix}:pace:{{{number}}}"
+
+    def pace_hold(self, number: str) -> str:
+        """STRING the moment a gateway's "too many messages" for this number ends (pacing.py). TTL: that moment
+        plus a second."""
+        return f"{self.prefix}:pace:{{{number}}}:hold"
+
+    def pace_customer(self, chat: str) -> str:
+        """STRING the next moment a message may go to this chat's customer (pacing.py). TTL: that moment plus a
+        second."""
+        gateway, _, rest = chat.partition(":")
+        instance, _, chat_id = rest.partition(":")
+        return f"{self.pace_number(f'{gateway}:{instance}')}:to:{chat_id}"
 
     def stats(self) -> str:
         """HASH dead_lettered: dead letters ever made (ACK_LUA). No TTL."""

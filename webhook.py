@@ -47,6 +47,8 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
     parts = build_components(settings)
     worker_enabled = settings.worker_enabled if start_worker is None else start_worker
     app.extensions.update(assistant=parts, worker_enabled=worker_enabled)
+    # Without a worker here, a message kept in this process's memory while Redis is down would never be answered.
+    parts.buffer.local_fallback = worker_enabled or not settings.redis_enabled
     api = [webhooks, chats_api, archive_api, dead_letters_api, usage_api, knowledge_admin, health, metrics_page]
     for blueprint in [*api, admin_pages, simulator_pages]:
         app.register_blueprint(blueprint)

@@ -45,6 +45,7 @@ from memory import History, Turn
 from metrics import Metrics
 from models import ChatRef
 from notify import HandoffNotifier
+from pacing import Pacer
 from prompt import Generated
 from reply_parts import reply_parts, split_text
 from reply_policy import NONE, TEXT, Decision, Rules, dated, decide, now_note
@@ -54,6 +55,11 @@ log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY_SECONDS = 600.0
 MAX_IDLE_BACKOFF_SECONDS = 5.0
+# A gateway's "too many messages": the part is sent again after the number (or the customer's conversation) slowed
+# down this long, when the gateway did not say (Meta's pair limit is about one message every 6 s to a user).
+RATE_LIMIT_RESENDS = 5
+DEFAULT_SLOWDOWN_SECONDS = {"number": 2.0, "customer": 6.0}
+MAX_SLOWDOWN_SECONDS = 30.0  # a longer Retry-After is capped: the lease is held (and renewed) while waiting
 DEFAULT_MAX_TEXT_CHARS = 4096  # WhatsApp's own limit, for a chat whose gateway is not configured (never sent)
 
 
@@ -75,9 +81,11 @@ class Worker:
         usage: UsageLedger | None = None,
         metrics: Metrics | None = None,
         liveness: Liveness | None = None,
+        pacer: Pacer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.pacer = pacer  # outbound pacing per sending number and customer (pacing.py); None = not paced
         self.journal = journal  # the archive's (archive/journal.py); None or off = nothing archived
         self.usage = usage  # tokens and cost per chat and per day (usage.py); None = not summed
         self.metrics = metrics or Metrics(enabled=False)
@@ -640,6 +648,34 @@ class Worker:
                 cost = self.usage.record(claim.chat, calls, now=now, conversation=opened)
         return usage_data(generated.usage, cost), record
 
+    def _send_part(self, chat: ChatRef, gateway: Gateway, part: str, typing: dict[str, Any]) -> str:
+        """Send one part at its paced moment; when the gateway says the number (or this customer's conversation)
+        gets messages too fast, slow that down and send it again at its next moment, up to RATE_LIMIT_RESENDS
+        times (then it fails like any transient error: released and retried later). Returns the gateway's id."""
+        for resend in range(RATE_LIMIT_RESENDS + 1):
+            if self.pacer is not None:
+                self.pacer.wait_for_turn(chat, slowed_down=resend > 0)
+            began = time.monotonic()
+            try:
+                message_id = gateway.send_text(chat, part, **typing)
+            except SendError as exc:
+                self.metrics.send(chat.gateway, ok=False, seconds=time.monotonic() - began)
+                if not exc.rate_limit or self.pacer is None or resend == RATE_LIMIT_RESENDS:
+                    raise
+                wait = exc.retry_after if exc.retry_after is not None else DEFAULT_SLOWDOWN_SECONDS[exc.rate_limit]
+                self.pacer.slow_down(chat, min(wait, MAX_SLOWDOWN_SECONDS), scope=exc.rate_limit)
+                self.counters.add("rate_limited_sends")
+                log.warning(
+                    "gateway rate limit chat=%s (%s): slowing down %.1fs, then sending again",
+                    chat.label,
+                    exc.rate_limit,
+                    wait,
+                )
+                continue
+            self.metrics.send(chat.gateway, ok=True, seconds=time.monotonic() - began)
+            return message_id
+        raise AssertionError("unreachable")  # the loop returns or raises
+
     def _send(self, claim: Claim, parts: list[str], plan: Plan, start: int) -> tuple[str, list[Event]] | None:
         """Send the parts not sent yet, in order, through the chat's own gateway, each after its typing pause;
         remember each part's id (its echo is ours) and how many went out, and archive each part with that progress.
@@ -657,13 +693,7 @@ class Worker:
                 typing_ms = self._typing_ms(part)
                 # Only a split reply shows "typing…" before each part; otherwise each gateway's own default.
                 typing = {"typing_ms": typing_ms, "reply_to": plan.reply_to} if typing_ms else {}
-                began = time.monotonic()
-                try:
-                    message_id = gateway.send_text(claim.chat, part, **typing)
-                except SendError:
-                    self.metrics.send(claim.chat.gateway, ok=False, seconds=time.monotonic() - began)
-                    raise
-                self.metrics.send(claim.chat.gateway, ok=True, seconds=time.monotonic() - began)
+                message_id = self._send_part(claim.chat, gateway, part, typing)
                 if sent == 0 and claim.attempts == 1:
                     self.metrics.debounce_lag(claim.chat.gateway, self.clock() - self._deadline(claim))
                 archived = [

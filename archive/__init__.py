@@ -63,11 +63,7 @@ def build_archive(settings: Settings, link: RedisLink, keys: RedisKeys, counters
     # The writer's own connection: its XREADGROUP blocks up to BLOCK_MS, which on the shared client (1 s socket
     # timeout) would time out now and then and mark Redis down for the whole process (the webhook then buffers in
     # memory). Its failures stay its own.
-    writer_link = RedisLink(
-        settings.redis_uri if settings.redis_enabled else None,
-        retry_seconds=settings.redis_retry_seconds,
-        timeout_seconds=BLOCK_MS / 1000 + WRITER_TIMEOUT_MARGIN_SECONDS,
-    )
+    writer_link = RedisLink.for_settings(settings, timeout_seconds=BLOCK_MS / 1000 + WRITER_TIMEOUT_MARGIN_SECONDS)
     writer = ArchiveWriter(
         store,
         journal,

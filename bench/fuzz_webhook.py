@@ -1116,6 +1116,12 @@ def service_env(port: int, redis_url: str, fakes: FakeHosts, knowledge_dir: Path
             "KNOWLEDGE_DIR": str(knowledge_dir),
             "MAX_BODY_BYTES": str(BODY_LIMIT_BYTES),
             "MEDIA_MAX_BYTES": str(MEDIA_MAX_BYTES),
+            # Not paced: the fuzzer checks what gets answered, not how fast one number may send.
+            "OUTBOUND_RATE_PER_SECOND_EVOLUTION": "0",
+            "OUTBOUND_RATE_PER_SECOND_META": "0",
+            "OUTBOUND_RATE_PER_SECOND_TWILIO": "0",
+            "OUTBOUND_RATE_PER_SECOND_MEGA": "0",
+            "OUTBOUND_CUSTOMER_GAP_SECONDS": "0",
         }
     )
     return env

@@ -160,6 +160,9 @@ def base_env(redis_url: str, fakes: FakeHost, **overrides: Any) -> dict[str, Any
         "CACHE_REDIS_PREFIX_KEY": PREFIX,
         "DEBOUNCE_MAX_WAIT_SECONDS": "3600",
         "WORKER_ENABLED": "true",
+        # Not paced: the rows measure what the service itself can do; pacing would hold one number to 2 sends/s.
+        "OUTBOUND_RATE_PER_SECOND_EVOLUTION": "0",
+        "OUTBOUND_CUSTOMER_GAP_SECONDS": "0",
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return env

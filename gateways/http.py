@@ -214,13 +214,29 @@ def _transport_problem(exc: Exception) -> str:
     return (reason if isinstance(reason, Exception) else exc).__class__.__name__
 
 
+def retry_after_seconds(headers: Any) -> float | None:
+    """A Retry-After header's seconds (it may be a number of seconds or an HTTP date), None when absent or
+    unreadable."""
+    value = headers.get("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(Retry().parse_retry_after(str(value))))
+    except (ValueError, TypeError, urllib3.exceptions.InvalidHeader):
+        return None
+
+
 def key_id_or_raise(response: SendAnswer | requests.Response, *, gateway: str, chat: ChatRef) -> str:
-    """For Baileys-style gateways (Evolution, Mega): SendError on 4xx/5xx, else the sent message's key.id."""
+    """For Baileys-style gateways (Evolution, Mega): SendError on 4xx/5xx (429: the number sends too fast), else the
+    sent message's key.id."""
     if response.status_code >= 400:
+        limited = response.status_code == 429
         raise SendError(
             f"{gateway} answered {response.status_code} for {chat.label}",
             status_code=response.status_code,
             transient=response.status_code not in PERMANENT_STATUS_CODES,
+            rate_limit="number" if limited else "",
+            retry_after=retry_after_seconds(response.headers) if limited else None,
         )
     try:
         data = response.json()

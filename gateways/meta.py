@@ -62,6 +62,11 @@ GRAPH_ERRORS: dict[int, tuple[str, bool]] = {
 }
 
 
+# The Graph errors that mean "slow down": the number's throughput, the app's or the account's request rate, or this
+# one customer's conversation (the pair rate limit: about one message every 6 s to the same user).
+RATE_LIMIT_ERRORS = {130429: "number", 4: "number", 80007: "number", 131056: "customer"}
+
+
 def signature_is_valid(body: bytes, header: str, app_secret: str) -> bool:
     """X-Hub-Signature-256 is "sha256=" + hex HMAC-SHA256 of the raw body with the app secret."""
     if not header.startswith("sha256=") or not app_secret:
@@ -476,4 +481,5 @@ def graph_error(status: int, data: Any, chat: ChatRef) -> SendError:
         int(code) if isinstance(code, int) else -1, ("", status >= 500 or status == 429)
     )
     detail = f"graph error {code}: {meaning}" if meaning else f"graph answered {status} (code {code})"
-    return SendError(f"{detail} for {chat.label}", status_code=status, transient=transient)
+    rate_limit = RATE_LIMIT_ERRORS.get(int(code) if isinstance(code, int) else -1, "number" if status == 429 else "")
+    return SendError(f"{detail} for {chat.label}", status_code=status, transient=transient, rate_limit=rate_limit)

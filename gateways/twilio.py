@@ -25,7 +25,7 @@ import requests
 
 from errors import MediaError, PayloadError, SendError, SignatureError
 from gateways.base import Gateway, InboundRequest, Parsed, WebhookAnswer, typing_pause
-from gateways.http import download_session, fetch_bytes, post_or_raise, retrying_session
+from gateways.http import download_session, fetch_bytes, post_or_raise, retry_after_seconds, retrying_session
 from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail
 from parser import replace_lone_surrogates
 
@@ -39,6 +39,8 @@ WEBHOOK_PATH = "/webhook/twilio"
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 # Twilio error codes a later retry cannot fix (invalid number, outside the 24 h window, ...).
 PERMANENT_ERRORS = frozenset({21211, 21408, 21610, 21614, 63016, 63024})
+# "Too many requests" (20429) and the WhatsApp sender's rate limits (63017, 63018): the number must slow down.
+RATE_LIMIT_ERRORS = frozenset({20429, 63017, 63018})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -217,10 +219,13 @@ class TwilioGateway(Gateway):
             transient = code not in PERMANENT_ERRORS and response.status_code not in (400, 404)
             if response.status_code in (401, 403, 429) or response.status_code >= 500:
                 transient = True
+            limited = response.status_code == 429 or code in RATE_LIMIT_ERRORS
             raise SendError(
                 f"twilio answered {response.status_code} (code {code}) for {chat.label}",
                 status_code=response.status_code,
                 transient=transient,
+                rate_limit="number" if limited else "",
+                retry_after=retry_after_seconds(response.headers) if limited else None,
             )
         return str(data.get("sid") or "") if isinstance(data, dict) else ""
 

@@ -74,6 +74,15 @@ def fake_evolution() -> Iterator[FakeEvolution]:
     fake.close()
 
 
+PACING_OFF = {
+    "outbound_rate_evolution": 0.0,
+    "outbound_rate_meta": 0.0,
+    "outbound_rate_twilio": 0.0,
+    "outbound_rate_mega": 0.0,
+    "outbound_customer_gap_seconds": 0.0,
+}
+
+
 def make_settings(**overrides: object) -> Settings:
     """Settings for tests: fast retries, no background thread unless asked, everything else overridable."""
     values: dict[str, object] = {
@@ -92,6 +101,8 @@ def make_settings(**overrides: object) -> Settings:
         "webhook_auth": False,  # open, as most tests post without a token (closed by default: test_webhook.py)
         # /health shows this app's own counters (every app of the test process shares the metrics files).
         "metrics_enabled": False,
+        # Not paced: tests send many replies from one number at once; tests/test_pacing.py turns it on.
+        **PACING_OFF,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

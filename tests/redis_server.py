@@ -23,7 +23,7 @@ def free_port() -> int:
 class RedisServer:
     """`stop()`/`start()` on the same port let tests simulate an outage."""
 
-    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False, extra: tuple[str, ...] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: `make test` and `make bench` install it")
@@ -33,6 +33,7 @@ class RedisServer:
         # Persistent: an append-only file fsynced on every write, as the README asks of production, so a
         # restart on the same port and folder keeps everything.
         self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+        self.extra = list(extra)  # e.g. ("--replicaof", "127.0.0.1", "6379")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,6 +54,7 @@ class RedisServer:
                 *self.persistence,
                 "--dir",
                 str(self.workdir),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -70,6 +72,13 @@ class RedisServer:
         finally:
             client.close()
         raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without a word to its replicas or clients."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
 
     def stop(self) -> None:
         if self.process is None:

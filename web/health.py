@@ -1,5 +1,6 @@
 """`GET /health`, never behind auth: ok / degraded / not_configured, Redis, Gemini, gateways, the worker, the
-knowledge base, the archive (state and backlog), the live workers, the buffer's counts and the counters (every
+knowledge base, the archive (state and backlog), outbound pacing (this process's sends waiting for their moment), the
+live workers, the buffer's counts and the counters (every
 process of this host's, from the same files as /metrics; this process's alone with METRICS_ENABLED=false)."""
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def health_body() -> dict[str, Any]:
             "problems": len(knowledge.snapshot.problems),
         },
         "archive": archive,
+        "outbound": parts.worker.pacer.health() if parts.worker.pacer is not None else None,
         **parts.buffer.counts(),
         "counters": dict(sorted({**dict.fromkeys(CONVERSATION_COUNTERS, 0), **parts.counters.totals()}.items())),
     }

@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from archive.events import lifecycle_event
+from buffer import BufferUnavailable
 from errors import AuthError, PayloadError, SignatureError
 from gateways.base import Gateway, InboundRequest, Parsed
 from logs import burst_id
@@ -78,7 +79,16 @@ def handle(gateway: Gateway, event: str) -> Response | tuple[Response, int]:
     parsed = parse(gateway, inbound)
     if not isinstance(parsed, list):
         return parsed
-    summary, status = buffer_parsed(parsed, gateway.name)
+    try:
+        summary, status = buffer_parsed(parsed, gateway.name)
+    except BufferUnavailable as exc:
+        # Messages of this request buffered before Redis went away are deduplicated when the gateway retries.
+        components().counters.add("buffer_unavailable")
+        components().metrics.webhook(gateway.name, "refused", "redis_unavailable")
+        log.warning("webhook not buffered gateway=%s: %s; answering 503 so the gateway retries", gateway.name, exc)
+        response = jsonify(error="buffer unavailable", reason="redis")
+        response.headers["Retry-After"] = "5"
+        return response, 503
     special = gateway.answer(summary)
     if special is not None:
         return Response(special.body, special.status, content_type=special.content_type)

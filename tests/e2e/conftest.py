@@ -28,6 +28,14 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 
 DEBOUNCE_SECONDS = 1.0
+# Not paced unless a test asks (test_pacing.py): many tests answer dozens of chats of one number at once.
+PACING_OFF_ENV = {
+    "OUTBOUND_RATE_PER_SECOND_EVOLUTION": "0",
+    "OUTBOUND_RATE_PER_SECOND_META": "0",
+    "OUTBOUND_RATE_PER_SECOND_TWILIO": "0",
+    "OUTBOUND_RATE_PER_SECOND_MEGA": "0",
+    "OUTBOUND_CUSTOMER_GAP_SECONDS": "0",
+}
 QUIET_SECONDS = 2 * DEBOUNCE_SECONDS  # how long "no further sends" is watched after the expected ones
 REPLY_TIMEOUT_SECONDS = 10.0  # debounce + Gemini + send, with room for a loaded machine
 READY_TIMEOUT_SECONDS = 20.0
@@ -337,6 +345,7 @@ class Harness:
                 "MAX_BODY_BYTES": "1000000",
                 "WEBHOOK_AUTH": "off",  # most tests post without a token; closed by default: test_http.py
                 "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),  # this test's servers share it, as on one host
+                **PACING_OFF_ENV,
             }
         )
         env.update({name: str(value) for name, value in overrides.items()})
