@@ -26,6 +26,7 @@ from config import (
     missing_for_production,
 )
 from errors import ConfigError
+from redis_link import parse_sentinels
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -495,3 +496,23 @@ def test_a_first_run_is_pointed_at_the_simulator_and_dry_run_is_said(clean_cwd: 
     dry = missing_for_production(load_settings({"AI_DRY_RUN": "true", "SIMULATOR_ENABLED": "false"}))
     assert any(note.startswith("AI_DRY_RUN=true") for note in dry)
     assert not any(note.startswith("GEMINI_API_KEY") or "simulator" in note for note in dry)
+
+
+def test_scale_out_variables() -> None:
+    settings = load_settings(
+        {
+            "CACHE_REDIS_SENTINELS": " sentinel-a:26379, 10.0.0.7:26380 ",
+            "CACHE_REDIS_SENTINEL_MASTER": "cache",
+            "OUTBOUND_RATE_PER_SECOND_EVOLUTION": "0.5",
+            "OUTBOUND_RATE_PER_SECOND_META": "0",
+            "OUTBOUND_CUSTOMER_GAP_SECONDS": "2",
+        }
+    )
+    assert parse_sentinels(settings.redis_sentinels) == (("sentinel-a", 26379), ("10.0.0.7", 26380))
+    assert settings.redis_sentinel_master == "cache"
+    assert (settings.outbound_rate_evolution, settings.outbound_rate_meta) == (0.5, 0.0)
+    assert (settings.outbound_rate_twilio, settings.outbound_rate_mega) == (10.0, 2.0)  # the defaults
+    assert settings.outbound_customer_gap_seconds == 2.0
+    for bad in ({"CACHE_REDIS_SENTINELS": "sentinel-a"}, {"OUTBOUND_RATE_PER_SECOND_TWILIO": "-1"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            load_settings(bad)

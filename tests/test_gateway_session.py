@@ -4,13 +4,15 @@ lighter POST for sends does what requests would."""
 from __future__ import annotations
 
 import base64
+import email.utils
+import time
 from collections.abc import Iterator
 from urllib.parse import parse_qs
 
 import pytest
 
 from errors import SendError
-from gateways.http import post_or_raise, retrying_session
+from gateways.http import post_or_raise, retry_after_seconds, retrying_session
 from models import ChatRef
 from tests.fakes import Canned, FakeServer
 from tests.redis_server import free_port
@@ -98,3 +100,11 @@ def test_a_send_to_nowhere_is_a_transient_send_error_naming_the_cause() -> None:
     assert raised.value.transient
     assert "NewConnectionError" in str(raised.value)
     assert "5511987654321" not in str(raised.value)
+
+
+def test_retry_after_is_read_as_seconds_or_a_date() -> None:
+    assert retry_after_seconds({"Retry-After": "3"}) == 3.0
+    soon = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= (retry_after_seconds({"Retry-After": soon}) or 0) <= 31
+    assert retry_after_seconds({"Retry-After": "amanhã"}) is None
+    assert retry_after_seconds({}) is None

@@ -602,6 +602,14 @@ def test_meta_rate_limit_and_token_errors_are_transient(graph: FakeGraph) -> Non
     with pytest.raises(SendError, match="META_ACCESS_TOKEN") as token:
         meta_gateway(graph).send_text(META_CHAT, "Oi")
     assert rate.value.transient and token.value.transient
+    assert (rate.value.rate_limit, token.value.rate_limit) == ("number", "")  # the worker slows the number down
+
+
+def test_meta_pair_rate_limit_slows_down_only_that_customer(graph: FakeGraph) -> None:
+    graph.queue(Canned(400, graph_error(131056)))
+    with pytest.raises(SendError, match="pair rate limit") as pair:
+        meta_gateway(graph).send_text(META_CHAT, "Oi")
+    assert (pair.value.transient, pair.value.rate_limit, pair.value.retry_after) == (True, "customer", None)
 
 
 def test_meta_500_is_retried(graph: FakeGraph) -> None:
@@ -882,6 +890,7 @@ def test_twilio_errors(twilio_api: FakeTwilio) -> None:
         twilio_gateway(twilio_api.url).send_text(TWILIO_CHAT, "Oi")
     assert not invalid.value.transient
     assert limited.value.transient
+    assert (invalid.value.rate_limit, limited.value.rate_limit) == ("", "number")
     assert len(twilio_api.received()) == 2
 
 

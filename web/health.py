@@ -1,7 +1,7 @@
 """`GET /health`, never behind auth: ok / degraded / not_configured, Redis, Gemini, gateways, the worker, the
 knowledge base, the archive (state and backlog), outbound pacing (this process's sends waiting for their moment), the
-live workers, the buffer's counts and the counters (every
-process of this host's, from the same files as /metrics; this process's alone with METRICS_ENABLED=false)."""
+live workers, the buffer's counts and the counters (every process of this host's, from the same files as /metrics;
+this process's alone with METRICS_ENABLED=false)."""
 
 from __future__ import annotations
 
