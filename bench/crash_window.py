@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness import pacing_off  # noqa: E402
+
 from buffer import Buffer  # noqa: E402
 from components import build_components  # noqa: E402
 from config import Settings  # noqa: E402
@@ -44,6 +46,7 @@ def main() -> None:
             worker_enabled=False,
             webhook_auth=False,  # no webhook is served: nothing to generate a token for
             max_replies_per_hour=0,
+            **pacing_off(Settings),
             log_level="WARNING",
         )
         parts = build_components(settings)

@@ -125,6 +125,23 @@ def machine_window(before: dict[str, int], after: dict[str, int]) -> dict[str, f
     }
 
 
+PACING_FIELDS = (
+    "outbound_rate_evolution",
+    "outbound_rate_meta",
+    "outbound_rate_twilio",
+    "outbound_rate_mega",
+    "outbound_customer_gap_seconds",
+)
+
+
+def pacing_off(settings_class: type) -> dict[str, float]:
+    """Settings keywords that turn outbound pacing off, for the in-process benches: they measure the service's own
+    cost, not one number's allowed rate (2 sends/s on Evolution by default). Empty for a checkout from before
+    pacing (`--against`, `--source`)."""
+    fields = getattr(settings_class, "__dataclass_fields__", {})
+    return {name: 0.0 for name in PACING_FIELDS if name in fields}
+
+
 def metrics_tempdir(prefix: str) -> Path:
     """A fresh PROMETHEUS_MULTIPROC_DIR where the service puts its own by default (config.memory_directory:
     /dev/shm when writable), so a server measured here writes its metric files where it would in production."""

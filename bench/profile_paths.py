@@ -39,6 +39,8 @@ HISTORY_TURNS = [
 
 
 def settings_for(redis_url: str, gemini_url: str, evolution_url: str, metrics_dir: str) -> Any:
+    from harness import pacing_off
+
     from config import Settings
 
     return Settings(
@@ -49,6 +51,7 @@ def settings_for(redis_url: str, gemini_url: str, evolution_url: str, metrics_di
         worker_enabled=False,
         webhook_auth=False,
         worker_concurrency=64,
+        **pacing_off(Settings),
         log_level="WARNING",
         metrics_enabled=True,
         knowledge_dir=str(ROOT / "examples" / "knowledge"),

@@ -31,6 +31,8 @@ def measure(source: Path, chats: int) -> dict[str, float]:
         from components import build_components  # type: ignore[import-not-found]
     except ImportError:  # a checkout from before components.py
         from webhook import build_components  # type: ignore[import-not-found,no-redef]
+    from harness import pacing_off
+
     from config import Settings  # type: ignore[import-not-found]
     from models import ChatRef, IncomingMessage  # type: ignore[import-not-found]
     from tests.fakes import FakeEvolution, FakeGemini
@@ -48,6 +50,7 @@ def measure(source: Path, chats: int) -> dict[str, float]:
             webhook_auth=False,  # no webhook is served: nothing to generate a token for
             max_replies_per_hour=0,
             worker_concurrency=64,
+            **pacing_off(Settings),
             log_level="WARNING",
         )
         parts = build_components(settings)
