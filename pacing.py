@@ -23,9 +23,10 @@ from models import ChatRef
 from redis_keys import RedisKeys
 from redis_link import RedisLink
 
-# Extra room on each spacing: a send reaches the gateway a few milliseconds after its reserved moment, not always
-# the same few, and two of them must not fall in one second's window because of that jitter.
-JITTER_MARGIN = 1.02
+# Extra room on each spacing: a send reaches the gateway some milliseconds after its reserved moment, not always the
+# same, and N + 1 of them must not fall in one second's window because of that. With 5 %, a send may arrive up to
+# 50 ms later than the one N sends after it (a busy host's scheduling) and the window still holds N.
+JITTER_MARGIN = 1.05
 
 # KEYS: 1 the number's reserved moments (ZSET), 2 the number's hold (a gateway asked it to slow down: STRING, the
 #       moment it ends), 3 the customer's next free moment (STRING)

@@ -150,6 +150,86 @@ def metrics_tempdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
 
 
+# ----- web and worker processes apart -------------------------------------------------------------------
+
+
+class Apart:
+    """Row 3w's topology: `gunicorn webhook:app -w N` with WORKER_ENABLED=false (it only buffers) and `workers`
+    `python worker.py` processes that answer, on one Redis. Quacks like Gunicorn for the drain (cpu, logs, stop)."""
+
+    def __init__(self, env: dict[str, Any], *, web_workers: int, workers: int, log_dir: Path) -> None:
+        self.web = Gunicorn({**env, "WORKER_ENABLED": "false"}, workers=web_workers, log_path=log_dir / "apart-web.log")
+        self.workers = workers
+        self.env = service_env({**env, "WORKER_ENABLED": "true"})
+        self.log_path = log_dir / "apart-workers.log"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._log: Any = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.web.label} (WORKER_ENABLED=false) + {self.workers} x python worker.py"
+
+    def start(self) -> Apart:
+        self.web.start()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        for _ in range(self.workers):
+            self.procs.append(
+                subprocess.Popen(
+                    [str(ROOT / ".venv" / "bin" / "python"), "worker.py"],
+                    cwd=SOURCE,
+                    env=self.env,
+                    stdout=self._log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Apart:
+        self.web.wait_ready(timeout)
+        # Each worker process imports the service (google-genai): wait until their CPU settles.
+        deadline, last = time.time() + timeout, self.workers_cpu()
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if any(proc.poll() is not None for proc in self.procs):
+                raise RuntimeError(f"a worker process exited:\n{self.logs()[-3000:]}")
+            now = self.workers_cpu()
+            if now - last < 0.03 * self.workers:
+                break
+            last = now
+        return self
+
+    def workers_cpu(self) -> float:
+        return sum(proc_cpu_seconds(proc.pid) for proc in self.procs)
+
+    def cpu(self) -> float:
+        return self.web.cpu() + self.workers_cpu()
+
+    def logs(self) -> str:
+        try:
+            return self.web.logs() + self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return self.web.logs()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs.clear()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self.web.stop()
+
+
 # ----- redis-server -------------------------------------------------------------------------------------
 
 

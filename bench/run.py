@@ -15,6 +15,8 @@ Measurements (`--only` picks some; H runs first)
      earlier turns of history and a burst of three customer texts, the server has KNOWLEDGE_DIR=examples/knowledge;
      target >= 600 replies/s
   4  CPU per reply (gunicorn master + workers, from /proc) during 3; target <= 2.5 ms
+  3w the same drain with web and workers apart: `gunicorn -w 2` with WORKER_ENABLED=false (it only buffers) and
+     `--workers` processes of `python worker.py` answering (info: the topology's cost beside row 3)
   5  Redis memory per buffered chat (INFO used_memory), seen/dedupe marker included; target <= 800 B beyond the text
   A  the archive (bench/archive_bench.py, its own PostgreSQL): writer events/s, webhook and drain with it off vs on
   M  the metrics (bench/metrics_bench.py): webhook throughput with METRICS_ENABLED false vs true
@@ -44,7 +46,7 @@ if str(BENCH_DIR) not in sys.path:
 
 import harness  # noqa: E402
 import loadgen  # noqa: E402
-from harness import ROOT, FakeHost, Gunicorn, RedisProc, machine_window, system_cpu  # noqa: E402
+from harness import ROOT, Apart, FakeHost, Gunicorn, RedisProc, machine_window, system_cpu  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 PREFIX = "wa_assistant"  # the service default, so key lengths (and memory) are the production ones
@@ -537,7 +539,14 @@ def bench_lag(args: argparse.Namespace, redis: RedisProc, fakes: FakeHost, repor
 
 
 def bench_drain(
-    args: argparse.Namespace, redis: RedisProc, fakes: FakeHost, report: Report, *, poll: float | None, key: str
+    args: argparse.Namespace,
+    redis: RedisProc,
+    fakes: FakeHost,
+    report: Report,
+    *,
+    poll: float | None,
+    key: str,
+    apart: bool = False,
 ) -> None:
     from profile_paths import BURST, HISTORY_TURNS  # the reply profile's workload, so the two read alike
 
@@ -548,9 +557,13 @@ def bench_drain(
     if poll is not None:
         overrides["WORKER_POLL_SECONDS"] = poll
     env = base_env(redis.url, fakes, **overrides)
-    server = Gunicorn(env, workers=args.workers, log_path=RESULTS_DIR / "logs" / f"gunicorn-drain-{key}.log")
+    server: Gunicorn | Apart
+    if apart:
+        server = Apart(env, web_workers=2, workers=args.workers, log_dir=RESULTS_DIR / "logs")
+    else:
+        server = Gunicorn(env, workers=args.workers, log_path=RESULTS_DIR / "logs" / f"gunicorn-drain-{key}.log")
     poll_label = f"WORKER_POLL_SECONDS={poll}" if poll is not None else "default WORKER_POLL_SECONDS (0.2)"
-    log(f"[{key}] starting gunicorn sync -w {args.workers} ({poll_label}); {n:,} chats due in the same second")
+    log(f"[{key}] starting {server.label} ({poll_label}); {n:,} chats due in the same second")
     report.servers.append(server)
     server.start().wait_ready()
     chats = [500_000 + i for i in range(n)]
@@ -593,15 +606,19 @@ def bench_drain(
         )
         if poll is not None:
             what += f" (diagnostic: WORKER_POLL_SECONDS={poll})"
+        if apart:
+            what += f"; web and workers apart: {server.label}"
         report.add(
             key,
             what,
             f"{rate:,.0f} replies/s ({secs(drain)}; first send +{secs(first)}; {missing} missing, "
             f"{duplicates} duplicates)",
             f">= {DRAIN_TARGET_REPLIES_PER_SECOND:,.0f} replies/s",
-            (rate >= DRAIN_TARGET_REPLIES_PER_SECOND and missing == 0 and duplicates == 0) if poll is None else None,
+            (rate >= DRAIN_TARGET_REPLIES_PER_SECOND and missing == 0 and duplicates == 0)
+            if poll is None and not apart
+            else None,
         )
-        if poll is None:
+        if poll is None and not apart:
             report.add(
                 "4",
                 "CPU per reply (gunicorn master + workers, /proc utime+stime, during 3)",
@@ -716,7 +733,7 @@ def git_head(root: Path = ROOT) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="shrink every size (about 1.5 minutes)")
-    p.add_argument("--only", default="H,1,2,3,5,A,M", help="comma list of tests to run (4 comes with 3)")
+    p.add_argument("--only", default="H,1,2,3,3w,5,A,M", help="comma list of tests to run (4 comes with 3)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--threads", type=int, default=4, help="threads per gthread worker (row 1b)")
     p.add_argument("--load-procs", type=int, default=2, help="load processes for max throughput")
@@ -837,6 +854,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_drain(args, redis, fakes, report, poll=None, key="3")
             if args.diag_poll > 0:
                 bench_drain(args, redis, fakes, report, poll=args.diag_poll, key="3d")
+        if "3w" in args.tests:
+            bench_drain(args, redis, fakes, report, poll=None, key="3w", apart=True)
         if "5" in args.tests:
             bench_memory(args, redis, report)
         if "A" in args.tests:
