@@ -174,17 +174,7 @@ class Apart:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         for _ in range(self.workers):
-            self.procs.append(
-                subprocess.Popen(
-                    [str(ROOT / ".venv" / "bin" / "python"), "worker.py"],
-                    cwd=SOURCE,
-                    env=self.env,
-                    stdout=self._log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
+            self.procs.append(spawn_service([str(ROOT / ".venv" / "bin" / "python"), "worker.py"], self.env, self._log))
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> Apart:
@@ -268,6 +258,19 @@ def service_env(overrides: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def spawn_service(argv: list[str], env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
+    """A process of the service snapshot (cwd SOURCE), in its own process group, its output into `log`."""
+    return subprocess.Popen(
+        argv,
+        cwd=SOURCE,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 class Gunicorn:
     """`gunicorn webhook:app -w N [--worker-class gthread --threads T]` in its own process group.
 
@@ -332,15 +335,7 @@ class Gunicorn:
             # Only for an app outside the service: the product is always imported from SOURCE (the cwd) alone.
             argv += ["--pythonpath", str(self.pythonpath)]
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=SOURCE,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.proc = spawn_service(argv, self.env, self._log)
         return self
 
     def pids(self) -> list[int]:

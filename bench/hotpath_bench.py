@@ -35,26 +35,21 @@ def bench_hotpath(args: Any, redis: RedisProc, fakes: FakeHost, report: Report) 
     redis.client.flushall()
     metrics_dir = metrics_tempdir("bench-hotpath-metrics-")
     common = {"DEBOUNCE_SECONDS": 600, "METRICS_ENABLED": "true"}
+
+    def bench_app(name: str, app: str) -> Gunicorn:
+        """One of ceiling_app.py's apps under the product's gunicorn settings."""
+        log_path = RESULTS_DIR / "logs" / f"gunicorn-hotpath-{name}.log"
+        env = base_env(redis.url, fakes, **common)
+        return Gunicorn(env, workers=args.workers, log_path=log_path, app=app, pythonpath=BENCH_DIR)
+
     servers = {
-        "ceiling": Gunicorn(
-            base_env(redis.url, fakes, **common),
-            workers=args.workers,
-            log_path=RESULTS_DIR / "logs" / "gunicorn-hotpath-ceiling.log",
-            app="ceiling_app:app",
-            pythonpath=BENCH_DIR,
-        ),
+        "ceiling": bench_app("ceiling", "ceiling_app:app"),
         "product": Gunicorn(
             base_env(redis.url, fakes, **common, PROMETHEUS_MULTIPROC_DIR=metrics_dir),
             workers=args.workers,
             log_path=RESULTS_DIR / "logs" / "gunicorn-hotpath-product.log",
         ),
-        "floor": Gunicorn(
-            base_env(redis.url, fakes, **common),
-            workers=args.workers,
-            log_path=RESULTS_DIR / "logs" / "gunicorn-hotpath-floor.log",
-            app="ceiling_app:floor",
-            pythonpath=BENCH_DIR,
-        ),
+        "floor": bench_app("floor", "ceiling_app:floor"),
     }
     report.servers.extend(servers.values())
     log(
