@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import Harness, ServerProcess, upsert
+from tests.e2e.conftest import Harness, ServerProcess, upsert, wait_count
 from tests.redis_sentinel import SentinelGroup
 
 
@@ -87,3 +87,20 @@ def test_a_web_process_without_a_worker_answers_503_while_no_master_is_reachable
     assert refused.headers["Retry-After"] == "5"
     assert worker.running
     e2e.assert_no_more(sends=1, seconds=2)
+
+
+def test_a_worker_killed_mid_reply_is_replaced_after_the_lease(e2e: Harness, sentinel_group: SentinelGroup) -> None:
+    env = sentinel_env(sentinel_group)
+    web = e2e.gunicorn_server(workers=1, WORKER_ENABLED="false", **env)
+    first = e2e.spawn_worker_process(**env)
+    e2e.gemini.delay = 3.0  # the first worker is still waiting on the model when it dies
+    assert web.post(upsert("Vocês abrem no feriado?")).json()["status"] == "buffered"
+    wait_count(lambda: len(e2e.gemini.received()), 1, timeout=20, what="the model asked by the first worker")
+
+    first.kill()
+    e2e.gemini.delay = 0.0
+    e2e.spawn_worker_process(**env)  # takes the chat over once the dead worker's lease (LEASE_SECONDS) runs out
+
+    (send,) = e2e.wait_sends(1, timeout=30)
+    assert "Vocês abrem no feriado?" in send.json["text"]
+    e2e.assert_no_more(sends=1, seconds=3)
