@@ -27,7 +27,7 @@ from config import Settings
 from gateways.evolution import evolution_server_url
 from knowledge import KNOWLEDGE_SUFFIXES, KnowledgeBase
 from openai_provider import NO_KEY
-from redis_link import describe, make_client, parse_sentinels
+from redis_link import RedisLink
 
 TIMEOUT_SECONDS = 5.0  # per HTTP call (Gemini, OpenAI, the gateways)
 CONNECT_TIMEOUT_SECONDS = 3  # Redis and PostgreSQL
@@ -61,14 +61,9 @@ def check_settings(settings: Settings) -> Result:
 def check_redis(settings: Settings) -> Result:
     if not settings.redis_enabled:
         return Result(SKIP, "redis", "CACHE_REDIS_ENABLED=false: in-process buffer (one process only)")
-    sentinels = parse_sentinels(settings.redis_sentinels)
-    where = describe(settings.redis_uri, sentinels, settings.redis_sentinel_master)
-    client = make_client(
-        settings.redis_uri,
-        timeout_seconds=CONNECT_TIMEOUT_SECONDS,
-        sentinels=sentinels,
-        sentinel_master=settings.redis_sentinel_master,
-    )
+    link = RedisLink.for_settings(settings, timeout_seconds=CONNECT_TIMEOUT_SECONDS)  # the service's own client
+    client, where = link.client, link.where
+    assert client is not None  # CACHE_REDIS_ENABLED is true here
     try:
         client.ping()
         version = client.info("server").get("redis_version", "?")

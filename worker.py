@@ -662,8 +662,9 @@ class Worker:
                 self.metrics.send(chat.gateway, ok=False, seconds=time.monotonic() - began)
                 if not exc.rate_limit or self.pacer is None or resend == RATE_LIMIT_RESENDS:
                     raise
-                wait = exc.retry_after if exc.retry_after is not None else DEFAULT_SLOWDOWN_SECONDS[exc.rate_limit]
-                self.pacer.slow_down(chat, min(wait, MAX_SLOWDOWN_SECONDS), scope=exc.rate_limit)
+                asked = exc.retry_after if exc.retry_after is not None else DEFAULT_SLOWDOWN_SECONDS[exc.rate_limit]
+                wait = min(asked, MAX_SLOWDOWN_SECONDS)
+                self.pacer.slow_down(chat, wait, scope=exc.rate_limit)
                 self.counters.add("rate_limited_sends")
                 log.warning(
                     "gateway rate limit chat=%s (%s): slowing down %.1fs, then sending again",
