@@ -298,8 +298,9 @@ def claim_from(chat: str, token: str, result: list[Any], *, store: str) -> Claim
 
 def _queue_script(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
     """Add a registered script's call to a pipeline. EVALSHA by hand: a Script given a pipeline checks SCRIPT EXISTS
-    first, one round trip more."""
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    first, one round trip more. Through execute_command: redis-py's cluster pipeline refuses `evalsha()` because a
+    node may not have the script, which `_script_answer` handles."""
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 def _script_answer(answer: Any, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -334,13 +335,14 @@ class RedisStore:
         """Atomically: drop a seen id, else push the message (and its media base64) and move the deadline."""
         chat = message.chat.key
         k = self.keys
+        shard = k.shard(chat)
         result = self._append(
             keys=[
                 k.seen(chat, message.message_id),
                 k.pending(chat),
                 k.meta(chat),
-                k.due(),
-                k.leases(),
+                k.due(shard),
+                k.leases(shard),
                 k.media(chat, message.message_id),
             ],
             args=[now, debounce, max_wait, dedup_ttl, encode_message(message, now, has_blob=bool(blob)), chat, blob],
@@ -360,10 +362,12 @@ class RedisStore:
         k = self.keys
         window = limit * 4
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrangebyscore(k.due(), "-inf", now, start=0, num=window)
-            pipe.zrangebyscore(k.leases(), "-inf", now, start=0, num=window)
-            due, expired = pipe.execute()
-        candidates = list(dict.fromkeys(expired + due))
+            for shard in k.all_shards():
+                pipe.zrangebyscore(k.leases(shard), "-inf", now, start=0, num=window)
+                pipe.zrangebyscore(k.due(shard), "-inf", now, start=0, num=window)
+            found = pipe.execute()
+        # Expired leases first (their messages waited longest), then due chats; shard by shard on a cluster.
+        candidates = list(dict.fromkeys([chat for chats in found[0::2] + found[1::2] for chat in chats]))
         random.shuffle(candidates)
         claims: list[Claim] = []
         # As many claim calls as free slots go in one round trip; where some lose a race (another worker took the
@@ -394,9 +398,10 @@ class RedisStore:
 
     def _claim_keys(self, chat: str) -> list[str]:
         k = self.keys
+        shard = k.shard(chat)
         return [
-            k.due(),
-            k.leases(),
+            k.due(shard),
+            k.leases(shard),
             k.pending(chat),
             k.batch(chat),
             k.meta(chat),
@@ -423,7 +428,7 @@ class RedisStore:
         be sent) only if this claim still owns the batch; record `sent_id` as one of ours in any case. `also` adds
         commands to the same round trip."""
         chat = claim.chat.key
-        keys = [self.keys.leases(), self.keys.meta(chat)]
+        keys = [self.keys.leases(self.keys.shard(chat)), self.keys.meta(chat)]
         if sent_id:
             keys.append(self.keys.own_message(chat, sent_id))
         progress = "" if sent is None else sent
@@ -451,7 +456,16 @@ class RedisStore:
         trip, run before and after the script."""
         chat = claim.chat.key
         k = self.keys
-        keys = [k.leases(), k.batch(chat), k.meta(chat), k.due(), k.pending(chat), k.dead_letters(), k.stats()]
+        shard = k.shard(chat)
+        keys = [
+            k.leases(shard),
+            k.batch(chat),
+            k.meta(chat),
+            k.due(shard),
+            k.pending(chat),
+            k.dead_letters(shard),
+            k.stats(shard),
+        ]
         if sent_id:
             keys.append(k.own_message(chat, sent_id))
         args = [chat, claim.token, dead_letter, DEAD_LETTERS_KEPT, self.dedup_ttl]
@@ -467,7 +481,7 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         if before is not None:
             before(pipe)
-        at = len(pipe.command_stack)
+        at = len(pipe)
         _queue_script(pipe, script, keys, args)
         if also is not None:
             also(pipe)
@@ -482,24 +496,39 @@ class RedisStore:
 
     def answer_now(self, chat: ChatRef, now: float) -> bool:
         k = self.keys
-        keys = [k.due(), k.leases(), k.pending(chat.key)]
+        shard = k.shard(chat.key)
+        keys = [k.due(shard), k.leases(shard), k.pending(chat.key)]
         return bool(self._answer_now(keys=keys, args=[chat.key, f"{now:.3f}"]))
 
     def dead_letter_records(self) -> list[str]:
-        return list(self.client.lrange(self.keys.dead_letters(), 0, -1))
+        """Every shard's dead letters, newest first."""
+        return [raw for _, raw in self._dead_letters_by_shard()]
+
+    def _dead_letters_by_shard(self) -> list[tuple[int, str]]:
+        k = self.keys
+        with self.client.pipeline(transaction=False) as pipe:
+            for shard in k.all_shards():
+                pipe.lrange(k.dead_letters(shard), 0, -1)
+            lists = pipe.execute()
+        found = [(shard, raw) for shard, raws in zip(k.all_shards(), lists, strict=True) for raw in raws]
+        if k.sharded:
+            found.sort(key=lambda item: -float((_json_object(item[1]) or {}).get("at") or 0))
+        return found
 
     def take_dead_letter(self, letter_id: str) -> str | None:
         """LREM of the record with this id (a racing owner may take it first: then None)."""
-        for raw in self.dead_letter_records():
+        for shard, raw in self._dead_letters_by_shard():
             record = _json_object(raw)
             if record is not None and record.get("id") == letter_id:
-                return raw if self.client.lrem(self.keys.dead_letters(), 1, raw) else None
+                return raw if self.client.lrem(self.keys.dead_letters(shard), 1, raw) else None
         return None
 
     def put_dead_letter(self, raw: str) -> None:
+        """Back on the list of its chat's shard."""
+        key = self.keys.dead_letters(self.keys.shard(str((_json_object(raw) or {}).get("chat") or "")))
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.lpush(self.keys.dead_letters(), raw)
-            pipe.ltrim(self.keys.dead_letters(), 0, DEAD_LETTERS_KEPT - 1)
+            pipe.lpush(key, raw)
+            pipe.ltrim(key, 0, DEAD_LETTERS_KEPT - 1)
             pipe.execute()
 
     def count_reply(self, chat: ChatRef) -> int:
@@ -520,12 +549,18 @@ class RedisStore:
         return count
 
     def counts(self) -> dict[str, int]:
+        k = self.keys
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.keys.due())
-            pipe.zcard(self.keys.leases())
-            pipe.llen(self.keys.dead_letters())
-            due, leased, dead = pipe.execute()
-        return {"chats_pending": int(due), "chats_in_progress": int(leased), "dead_letters": int(dead)}
+            for shard in k.all_shards():
+                pipe.zcard(k.due(shard))
+                pipe.zcard(k.leases(shard))
+                pipe.llen(k.dead_letters(shard))
+            found = [int(n) for n in pipe.execute()]
+        return {
+            "chats_pending": sum(found[0::3]),
+            "chats_in_progress": sum(found[1::3]),
+            "dead_letters": sum(found[2::3]),
+        }
 
     def pending_info(self, chat: ChatRef) -> dict[str, Any] | None:
         """Messages of this chat waiting for an answer (being typed, or being answered) and the deadline of the
@@ -534,18 +569,20 @@ class RedisStore:
         with self.client.pipeline(transaction=False) as pipe:
             pipe.llen(k.pending(chat.key))
             pipe.llen(k.batch(chat.key))
-            pipe.zscore(k.due(), chat.key)
+            pipe.zscore(k.due(k.shard(chat.key)), chat.key)
             pipe.hget(k.meta(chat.key), "deadline")  # kept there while a batch of the chat is being answered
             typing, answering, due, held = pipe.execute()
         return _pending_info(int(typing), int(answering), due if due is not None else held)
 
     def next_deadline(self) -> float | None:
         """Earliest deadline or lease expiry, so an idle worker can sleep until then."""
+        k = self.keys
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrange(self.keys.due(), 0, 0, withscores=True)
-            pipe.zrange(self.keys.leases(), 0, 0, withscores=True)
-            due, leased = pipe.execute()
-        scores = [score for _, score in due + leased]
+            for shard in k.all_shards():
+                pipe.zrange(k.due(shard), 0, 0, withscores=True)
+                pipe.zrange(k.leases(shard), 0, 0, withscores=True)
+            found = pipe.execute()
+        scores = [score for firsts in found for _, score in firsts]
         return min(scores) if scores else None
 
 

@@ -38,13 +38,13 @@ def chat_keys(parts: Components) -> list[ChatRef]:
     if client is None or not parts.link.available():
         return []
     found: dict[str, None] = {}
-    for pattern, head, tail in (
+    for pattern, chat_of in (
         parts.keys.chats_with_history(),
         parts.keys.chats_with_conversation(),
         parts.keys.chats_pending(),
     ):
         for key in client.scan_iter(match=pattern, count=500):
-            found[key[len(head) : len(key) - len(tail) if tail else None]] = None
+            found[chat_of(key)] = None
             if len(found) >= MAX_CHATS:
                 break
     chats = []

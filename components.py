@@ -62,7 +62,7 @@ def build_components(
     their own gateways and clock). The webhook secret is the configured one, or the one generated and kept at the
     first start (webhook_token.py); the adapters of gateways that sign nothing check it."""
     link = RedisLink.for_settings(settings)
-    keys = RedisKeys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix, shards=settings.due_shards if settings.redis_cluster else 1)
     buffer = Buffer(
         link,
         keys,

@@ -140,6 +140,8 @@ class Settings:
     redis_retry_seconds: float = 2.0  # how long to stay on the in-process fallback before retrying
     redis_sentinels: str = ""  # host:port,... of Redis Sentinels; empty = CACHE_REDIS_URI's server itself
     redis_sentinel_master: str = "mymaster"  # the master's name the sentinels monitor
+    redis_cluster: bool = False  # CACHE_REDIS_URI is a node of a Redis Cluster
+    due_shards: int = 16  # on a cluster: shards of the chats (each its hash slot, due set, leases, stream)
 
     # Gemini
     gemini_api_key: str = field(default="", repr=False)
@@ -495,6 +497,8 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_RETRY_SECONDS": ("redis_retry_seconds", _positive(float)),
     "CACHE_REDIS_SENTINELS": ("redis_sentinels", _checked(parse_sentinels)),
     "CACHE_REDIS_SENTINEL_MASTER": ("redis_sentinel_master", _strip),
+    "CACHE_REDIS_CLUSTER": ("redis_cluster", _to_bool),
+    "DUE_SHARDS": ("due_shards", _positive(int)),
     "GEMINI_API_KEY": ("gemini_api_key", _strip),
     "GEMINI_MODEL": ("gemini_model", _strip),
     "GEMINI_BASE_URL": ("gemini_base_url", _HTTP_URL),
@@ -660,9 +664,23 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
             "BOT_HOURS: 'outside' needs BUSINESS_HOURS (without it the business is always open and the bot would "
             "never answer)"
         )
+    problems += _redis_topology_problems(values)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return Settings(**values, startup_notes=notes, env_file=env_file)
+
+
+def _redis_topology_problems(values: Mapping[str, Any]) -> list[str]:
+    """A cluster is neither behind sentinels nor numbered databases: say so at start, not at the first message."""
+    if not values.get("redis_cluster"):
+        return []
+    problems = []
+    if values.get("redis_sentinels"):
+        problems.append("CACHE_REDIS_CLUSTER: a Redis Cluster is not reached through CACHE_REDIS_SENTINELS, set one")
+    path = urlsplit(str(values.get("redis_uri", ""))).path.strip("/")
+    if path not in ("", "0"):
+        problems.append(f"CACHE_REDIS_URI: a Redis Cluster has only database 0, not {path!r}")
+    return problems
 
 
 # Every name this service reads: a name in .env that is none of these but close to one is most likely a typo.

@@ -325,6 +325,7 @@ class RedisConversations:
     ) -> str:
         chat = message.chat.key
         k = self.keys
+        shard = k.shard(chat)
         record = encode_message(message, now) if keep else ""
         return str(
             self._business_message(
@@ -335,8 +336,8 @@ class RedisConversations:
                     k.conversation(chat),
                     k.pending(chat),
                     k.meta(chat),
-                    k.due(),
-                    k.leases(),
+                    k.due(shard),
+                    k.leases(shard),
                     k.echoes(chat),
                 ],
                 args=[

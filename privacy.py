@@ -58,6 +58,7 @@ def export(parts: Components, chat: ChatRef) -> dict[str, Any]:
         except DATABASE_UNAVAILABLE as exc:
             raise ArchiveUnavailable(str(exc.__class__.__name__)) from exc
     keys = parts.keys
+    stream = keys.archive_stream(keys.shard(chat.key))
     status = parts.conversations.status(chat)
 
     def read(client: redis.Redis) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def export(parts: Components, chat: ChatRef) -> dict[str, Any]:
             "opted_out_at": opted_out_at,
             "simulator_transcript": [_json(raw) for raw in simulated],
             "archive_events_not_yet_written": [
-                _event_json(event) for event in _stream_events(client, keys.archive_stream(), chat.key)
+                _event_json(event) for event in _stream_events(client, stream, chat.key)
             ],
         }
 
@@ -125,12 +126,13 @@ def _erase_in_redis(parts: Components, client: redis.Redis, chat: ChatRef, erase
         found += list(client.scan_iter(match=pattern, count=1000))
     if found:
         erased.redis_keys = int(client.delete(*found))
+    shard = keys.shard(chat.key)  # the chat's queues, dead letters and events are in its shard's keys
     pipe = client.pipeline(transaction=True)
-    pipe.zrem(keys.due(), chat.key)
-    pipe.zrem(keys.leases(), chat.key)
+    pipe.zrem(keys.due(shard), chat.key)
+    pipe.zrem(keys.leases(shard), chat.key)
     erased.queues = sum(int(n) for n in pipe.execute())
-    erased.dead_letters = _erase_dead_letters(client, keys.dead_letters(), chat.key)
-    erased.stream_entries = _erase_stream_entries(client, keys.archive_stream(), chat.key)
+    erased.dead_letters = _erase_dead_letters(client, keys.dead_letters(shard), chat.key)
+    erased.stream_entries = _erase_stream_entries(client, keys.archive_stream(shard), chat.key)
 
 
 def _erase_dead_letters(client: redis.Redis, key: str, chat: str) -> int:

@@ -6,6 +6,10 @@ fallback without waiting on timeouts, and the next call after it tries Redis aga
 With CACHE_REDIS_SENTINELS the client is redis-py's Sentinel `master_for` client: each new connection asks the
 sentinels for the current master, so after a failover the first calls fail (the old master is gone or read-only),
 Redis is marked down for REDIS_RETRY_SECONDS, and the next call reaches the new master.
+
+With CACHE_REDIS_CLUSTER the client is redis-py's RedisCluster, CACHE_REDIS_URI naming any one node: it learns the
+others and follows slots that move (MOVED, a failover) by itself; a call that still fails (the cluster cannot serve
+the slot yet) marks Redis down like any outage.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import RedisCluster
 from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -28,8 +33,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "Redis is not reachable", as opposed to a bug in a command.
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
+# Errors that mean "Redis is not reachable", as opposed to a bug in a command. On a cluster: a slot without a master
+# for now (CLUSTERDOWN, MASTERDOWN, TRYAGAIN, not covered, or redis-py's retries on it used up).
+UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    redis.ReadOnlyError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 T = TypeVar("T")
 
@@ -62,15 +76,20 @@ def make_client(
     timeout_seconds: float,
     sentinels: tuple[tuple[str, int], ...] = (),
     sentinel_master: str = "",
+    cluster: bool = False,
 ) -> redis.Redis:
     """The client for CACHE_REDIS_URI; with sentinels, the Sentinel client of `sentinel_master`, the URI then giving
-    only the database number and the credentials."""
+    only the database number and the credentials; with `cluster`, a RedisCluster that starts from the URI's node."""
     common = {
         "socket_connect_timeout": timeout_seconds,
         "socket_timeout": timeout_seconds,
         "health_check_interval": 30,
         "decode_responses": True,
     }
+    if cluster:
+        # A few quick retries (MOVED after a failover, a node just gone) inside one call, then the circuit breaker.
+        client: Any = RedisCluster.from_url(url, **common, retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 3))
+        return client
     if not sentinels:
         return redis.Redis.from_url(url, **common)
     given = parse_url(url)
@@ -89,8 +108,12 @@ def make_client(
     return watchers.master_for(sentinel_master, **common, **credentials, retry=Retry(NoBackoff(), 1))
 
 
-def describe(url: str, sentinels: tuple[tuple[str, int], ...] = (), sentinel_master: str = "") -> str:
+def describe(
+    url: str, sentinels: tuple[tuple[str, int], ...] = (), sentinel_master: str = "", *, cluster: bool = False
+) -> str:
     """Where Redis is, for a log line (no password)."""
+    if cluster:
+        return f"cluster via {redacted(url)}"
     if not sentinels:
         return redacted(url)
     return f"sentinel master {sentinel_master!r} via " + ",".join(f"{host}:{port}" for host, port in sentinels)
@@ -107,14 +130,20 @@ class RedisLink:
         timeout_seconds: float = 1.0,
         sentinels: tuple[tuple[str, int], ...] = (),
         sentinel_master: str = "",
+        cluster: bool = False,
     ) -> None:
         self.enabled = bool(url)
-        self.where = describe(url or "", sentinels, sentinel_master)  # for log lines: no password
+        self.cluster = cluster
+        self.where = describe(url or "", sentinels, sentinel_master, cluster=cluster)  # for log lines: no password
         self.setting = "CACHE_REDIS_SENTINELS" if sentinels else "CACHE_REDIS_URI"
         self.client: redis.Redis | None = None
         if url:
             self.client = make_client(
-                url, timeout_seconds=timeout_seconds, sentinels=sentinels, sentinel_master=sentinel_master
+                url,
+                timeout_seconds=timeout_seconds,
+                sentinels=sentinels,
+                sentinel_master=sentinel_master,
+                cluster=cluster,
             )
         self._retry_seconds = retry_seconds
         self._down_until = 0.0
@@ -130,6 +159,7 @@ class RedisLink:
             timeout_seconds=timeout_seconds,
             sentinels=parse_sentinels(settings.redis_sentinels),
             sentinel_master=settings.redis_sentinel_master,
+            cluster=settings.redis_cluster,
         )
 
     def available(self) -> bool:

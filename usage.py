@@ -8,7 +8,7 @@ MODEL_PRICES is the owner's own price list, `model:input/output,...` in USD per 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +24,7 @@ CHAT_DAYS_KEPT = 90  # a chat's sum, from its last reply on (the archive keeps e
 # One call instead of a MULTI of a dozen HINCRBYs: a reply's sums were a sixth of the Redis commands it sent.
 # KEYS: the chat's sums (and its conversation's), then the day's. ARGV: the TTL of the first ones, the day's TTL,
 # then per model call: input tokens, output tokens, cost in micro-USD, and "provider:model:" for the day's fields.
-# (The day's key and the chat's are in different hash slots: under Redis Cluster this becomes two calls.)
+# The day's key is the one of the chat's shard (redis_keys.py), so that on a Redis Cluster all are in one slot.
 RECORD_LUA = """
 local day = KEYS[#KEYS]
 for i = 3, #ARGV, 4 do
@@ -96,7 +96,7 @@ class Prices:
         return (usage.input_tokens * price_in + usage.output_tokens * price_out) / 1_000_000
 
 
-def totals(fields: dict[str, str]) -> dict[str, Any]:
+def totals(fields: Mapping[str, Any]) -> dict[str, Any]:
     """A usage hash as the API shows it."""
     return {
         "input_tokens": int(fields.get("input_tokens") or 0),
@@ -136,7 +136,8 @@ class UsageLedger:
             return cost, None
 
         def add(pipe: Any) -> None:
-            pipe.eval(RECORD_LUA, len(keys), *keys, *args)
+            # execute_command: redis-py's cluster pipeline has no `eval()` of its own (its `eval` is another thing).
+            pipe.execute_command("EVAL", RECORD_LUA, len(keys), *keys, *args)
 
         return cost, add
 
@@ -147,7 +148,7 @@ class UsageLedger:
         if not calls:
             return 0.0, [], []
         costs = [self.prices.cost_usd(call) for call in calls]
-        day_key = self.keys.usage_day(self.day(now or time.time()))
+        day_key = self.keys.usage_day(self.day(now or time.time()), self.keys.shard(chat.key))
         kept = [self.keys.usage(chat.key)]  # the chat's and the conversation's sums, kept CHAT_DAYS_KEPT
         if conversation:
             kept.append(self.keys.conversation_usage(chat.key, conversation))
@@ -166,14 +167,23 @@ class UsageLedger:
         return totals(self.link.run(lambda client: client.hgetall(key), dict))
 
     def of_day(self, day: str) -> dict[str, Any]:
-        """The day's totals, and by provider:model (tokens and calls)."""
-        fields: dict[str, str] = self.link.run(lambda client: client.hgetall(self.keys.usage_day(day)), dict)
+        """The day's totals (summed over the shards), and by provider:model (tokens and calls)."""
+        fields: dict[str, int] = {}
+        for shard_fields in self.link.run(lambda client: self._day_by_shard(client, day), list):
+            for name, value in shard_fields.items():
+                fields[name] = fields.get(name, 0) + int(value)
         models: dict[str, dict[str, int]] = {}
         for name, value in fields.items():
             head, _, what = name.rpartition(":")
             if head:
                 models.setdefault(head, {})[what] = int(value)
         return {**totals(fields), "day": day, "by_model": dict(sorted(models.items()))}
+
+    def _day_by_shard(self, client: Any, day: str) -> list[dict[str, str]]:
+        with client.pipeline(transaction=False) as pipe:
+            for shard in self.keys.all_shards():
+                pipe.hgetall(self.keys.usage_day(day, shard))
+            return list(pipe.execute())
 
     @staticmethod
     def day(at: float) -> str:

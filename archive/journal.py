@@ -34,7 +34,7 @@ class Journal:
     def __init__(self, link: RedisLink, keys: RedisKeys, counters: Counters, *, enabled: bool) -> None:
         self.enabled = enabled
         self.link = link
-        self.stream = keys.archive_stream()
+        self.keys = keys
         self.counters = counters
         self._local: deque[str] = deque()
         self._lock = threading.Lock()
@@ -63,7 +63,14 @@ class Journal:
 
     def _xadd(self, pipe: Any, encoded: list[str]) -> None:
         for raw in encoded:
-            pipe.xadd(self.stream, {FIELD: raw})
+            pipe.xadd(self._stream_of(raw), {FIELD: raw})
+
+    def _stream_of(self, raw: str) -> str:
+        """The stream of the event's chat's shard (there is one stream unless sharded: see redis_keys.py)."""
+        if not self.keys.sharded:
+            return self.keys.archive_stream()
+        event = Event.decode(raw)
+        return self.keys.archive_stream(self.keys.shard(event.chat) if event is not None else 0)
 
     def _keep(self, encoded: list[str]) -> None:
         with self._lock:

@@ -6,6 +6,8 @@ been silent for ARCHIVE_CLAIM_IDLE_SECONDS (XAUTOCLAIM: it died mid-batch), then
 is acknowledged and deleted from the stream (XACK + XDEL) only once PostgreSQL has it, so the stream's length is the
 backlog, and a batch written twice (a writer killed between the insert and the ack) inserts nothing the second time.
 Events kept in memory during a Redis outage go to the stream when Redis is back, or straight to PostgreSQL.
+On a Redis Cluster there is one stream per shard (redis_keys.py): a round takes from each, and one insert writes
+what it took.
 Once a day one process purges rows older than ARCHIVE_RETENTION_DAYS.
 """
 
@@ -84,11 +86,13 @@ class ArchiveWriter:
         self.clock = clock
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.database_up: bool | None = None  # None until the first attempt
-        self._group_ready = False
-        self._claim_cursor = "0-0"
+        self.streams = [keys.archive_stream(shard) for shard in keys.all_shards()]
+        self._groups_ready: set[str] = set()
+        self._claim_cursor = dict.fromkeys(self.streams, "0-0")
+        self._next_claim = dict.fromkeys(self.streams, 0.0)
+        self._next_wait = 0  # the stream a round with nothing to take waits on (they take turns)
         self._next_purge_check = 0.0
         self._next_consumer_cleanup = 0.0
-        self._next_claim = 0.0
         self._purged_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -187,23 +191,23 @@ class ArchiveWriter:
         """Once an hour, remove from the group the writers (consumers) of processes long gone that hold nothing
         (each process start adds one; a consumer with pending entries is kept until they are taken over)."""
         now = self.clock()
-        if now < self._next_consumer_cleanup or self.link.client is None or not self._group_ready:
+        if now < self._next_consumer_cleanup or self.link.client is None or not self._groups_ready:
             return
         self._next_consumer_cleanup = now + CONSUMER_CLEANUP_SECONDS
-        stream = self.keys.archive_stream()
+        for stream in list(self._groups_ready):
 
-        def forget(client: redis.Redis) -> int:
-            gone = 0
-            for consumer in client.xinfo_consumers(stream, ARCHIVE_GROUP):
-                idle = int(consumer.get("idle") or 0)
-                if consumer["name"] != self.consumer and not consumer["pending"] and idle > CONSUMER_IDLE_MS:
-                    gone += int(client.xgroup_delconsumer(stream, ARCHIVE_GROUP, consumer["name"]) == 0)
-            return gone
+            def forget(client: redis.Redis, stream: str = stream) -> int:
+                gone = 0
+                for consumer in client.xinfo_consumers(stream, ARCHIVE_GROUP):
+                    idle = int(consumer.get("idle") or 0)
+                    if consumer["name"] != self.consumer and not consumer["pending"] and idle > CONSUMER_IDLE_MS:
+                        gone += int(client.xgroup_delconsumer(stream, ARCHIVE_GROUP, consumer["name"]) == 0)
+                return gone
 
-        try:
-            self.link.run(forget, lambda: 0)
-        except redis.ResponseError:  # the group or the stream is gone (FLUSHDB): recreated on the next read
-            self._group_ready = False
+            try:
+                self.link.run(forget, lambda: 0)
+            except redis.ResponseError:  # the group or the stream is gone (FLUSHDB): recreated on the next read
+                self._groups_ready.discard(stream)
 
     def _write_local(self) -> int:
         raw = self.journal.take_local(self.batch_size)
@@ -214,32 +218,52 @@ class ArchiveWriter:
         return len(events)
 
     def _write_from_stream(self, client: redis.Redis) -> int:
-        self._ensure_group(client)
-        # Our own pending entries first: a batch PostgreSQL refused is retried before anything new is read.
-        entries = self._read(client, "0")
-        if not entries and self.database_up is not False and self.clock() >= self._next_claim:
-            self._next_claim = self.clock() + min(CLAIM_EVERY_SECONDS, self.claim_idle_ms / 2000)
-            entries = self._claim_abandoned(client)
-        if not entries:  # while the database is down, this one batch is what tells when it is back
-            entries = self._read(client, ">", block=self.block_ms)
-        if not entries:
+        """Take up to a batch from the streams (waiting up to block_ms on one when none has any), write it in one
+        insert, then acknowledge and delete it stream by stream."""
+        taken: list[tuple[str, list[Entry]]] = []
+        wait = len(self.streams) == 1
+        for stream in self.streams:
+            if sum(len(entries) for _, entries in taken) >= self.batch_size:
+                break
+            if entries := self._take(client, stream, block=self.block_ms if wait else None):
+                taken.append((stream, entries))
+        if not taken and not wait:
+            stream = self.streams[self._next_wait % len(self.streams)]
+            self._next_wait += 1
+            if entries := self._read(client, stream, ">", block=self.block_ms):
+                taken.append((stream, entries))
+        if not taken:
             return 0
         events = []
-        for _, fields in entries:
-            event = Event.decode(fields.get(FIELD, "")) if fields else None
-            if event is not None:
-                events.append(event)
-            elif fields:  # an entry that is not an event is dropped, loudly (deleted entries have no fields)
-                self.counters.add("archive_bad_entries")
-                log.error("archive: a stream entry that is not an event was dropped")
+        for _, entries in taken:
+            for _, fields in entries:
+                event = Event.decode(fields.get(FIELD, "")) if fields else None
+                if event is not None:
+                    events.append(event)
+                elif fields:  # an entry that is not an event is dropped, loudly (deleted entries have no fields)
+                    self.counters.add("archive_bad_entries")
+                    log.error("archive: a stream entry that is not an event was dropped")
         if events and not self._write(events):
             return 0
-        ids = [entry_id for entry_id, _ in entries]
-        pipe = client.pipeline(transaction=True)
-        pipe.xack(self.keys.archive_stream(), ARCHIVE_GROUP, *ids)
-        pipe.xdel(self.keys.archive_stream(), *ids)
-        pipe.execute()
+        for stream, entries in taken:
+            ids = [entry_id for entry_id, _ in entries]
+            pipe = client.pipeline(transaction=True)
+            pipe.xack(stream, ARCHIVE_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            pipe.execute()
         return len(events)
+
+    def _take(self, client: redis.Redis, stream: str, *, block: int | None) -> list[Entry]:
+        """One stream's share of a round: this writer's own pending entries first (a batch PostgreSQL refused is
+        retried before anything new is read), then a dead writer's, then new ones."""
+        self._ensure_group(client, stream)
+        entries = self._read(client, stream, "0")
+        if not entries and self.database_up is not False and self.clock() >= self._next_claim[stream]:
+            self._next_claim[stream] = self.clock() + min(CLAIM_EVERY_SECONDS, self.claim_idle_ms / 2000)
+            entries = self._claim_abandoned(client, stream)
+        if not entries:  # while the database is down, this one batch is what tells when it is back
+            entries = self._read(client, stream, ">", block=block)
+        return entries
 
     def _write(self, events: list[Event]) -> bool:
         """Insert the batch; False (and the database marked down) when PostgreSQL cannot be reached."""
@@ -295,40 +319,40 @@ class ArchiveWriter:
 
     # ----- the stream ------------------------------------------------------------------------------
 
-    def _ensure_group(self, client: redis.Redis) -> None:
-        if self._group_ready:
+    def _ensure_group(self, client: redis.Redis, stream: str) -> None:
+        if stream in self._groups_ready:
             return
         try:
             # From the start of the stream: events appended before any writer existed are archived too.
-            client.xgroup_create(self.keys.archive_stream(), ARCHIVE_GROUP, id="0", mkstream=True)
+            client.xgroup_create(stream, ARCHIVE_GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._group_ready = True
+        self._groups_ready.add(stream)
 
-    def _read(self, client: redis.Redis, start: str, *, block: int | None = None) -> list[Entry]:
+    def _read(self, client: redis.Redis, stream: str, start: str, *, block: int | None = None) -> list[Entry]:
         try:
             answer: Any = client.xreadgroup(
-                ARCHIVE_GROUP, self.consumer, {self.keys.archive_stream(): start}, count=self.batch_size, block=block
+                ARCHIVE_GROUP, self.consumer, {stream: start}, count=self.batch_size, block=block
             )
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            self._group_ready = False  # the stream was deleted (FLUSHDB): create the group again next round
+            self._groups_ready.discard(stream)  # the stream was deleted (FLUSHDB): create the group again next round
             return []
         return list(answer[0][1]) if answer else []
 
-    def _claim_abandoned(self, client: redis.Redis) -> list[Entry]:
+    def _claim_abandoned(self, client: redis.Redis, stream: str) -> list[Entry]:
         """Entries another writer read and has not acknowledged for ARCHIVE_CLAIM_IDLE_SECONDS (it died)."""
         answer: Any = client.xautoclaim(
-            self.keys.archive_stream(),
+            stream,
             ARCHIVE_GROUP,
             self.consumer,
             min_idle_time=self.claim_idle_ms,
-            start_id=self._claim_cursor,
+            start_id=self._claim_cursor[stream],
             count=self.batch_size,
         )
-        self._claim_cursor = answer[0] if answer and answer[0] else "0-0"
+        self._claim_cursor[stream] = answer[0] if answer and answer[0] else "0-0"
         entries = list(answer[1]) if answer else []
         if entries:
             self.counters.add("archive_entries_taken_over", len(entries))
@@ -374,7 +398,10 @@ class ArchiveWriter:
         """Events not in PostgreSQL yet: the stream's entries plus those kept in this process's memory."""
 
         def length(client: redis.Redis) -> int:
-            return int(client.xlen(self.keys.archive_stream()))
+            with client.pipeline(transaction=False) as pipe:
+                for stream in self.streams:
+                    pipe.xlen(stream)
+                return sum(int(n) for n in pipe.execute())
 
         in_stream = self.link.run(length, lambda: 0) if self.link.client is not None else 0
         return in_stream + self.journal.local_count()
