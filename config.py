@@ -676,7 +676,10 @@ def _redis_topology_problems(values: Mapping[str, Any]) -> list[str]:
         return []
     problems = []
     if values.get("redis_sentinels"):
-        problems.append("CACHE_REDIS_CLUSTER: a Redis Cluster is not reached through CACHE_REDIS_SENTINELS, set one")
+        problems.append(
+            "CACHE_REDIS_CLUSTER: set together with CACHE_REDIS_SENTINELS; a Redis Cluster fails over by itself, "
+            "without sentinels: set one of the two"
+        )
     path = urlsplit(str(values.get("redis_uri", ""))).path.strip("/")
     if path not in ("", "0"):
         problems.append(f"CACHE_REDIS_URI: a Redis Cluster has only database 0, not {path!r}")

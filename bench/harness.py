@@ -226,6 +226,10 @@ class Apart:
 class RedisProc(RedisServer):
     """The tests' private redis-server, plus a client and the process's CPU time for the report."""
 
+    cluster = False
+    shards = 1
+    env: dict[str, str] = {}  # what the service needs besides CACHE_REDIS_URI to use it
+
     def __init__(self, workdir: Path) -> None:
         try:
             super().__init__(workdir)
@@ -240,6 +244,39 @@ class RedisProc(RedisServer):
 
     def cpu(self) -> float:
         return proc_cpu_seconds(self.pid)
+
+
+class ClusterProc:
+    """A private 3-master Redis Cluster with a replica each (tests/redis_cluster.py), with what the bench asks of
+    RedisProc: `url`, `client`, `cpu()` (all six redis-servers, replicas included: replication is part of the cost),
+    `env` and `shards` (the service's DUE_SHARDS default)."""
+
+    cluster = True
+    shards = 16
+
+    def __init__(self, workdir: Path) -> None:
+        from tests.redis_cluster import RedisClusterGroup
+
+        self.group = RedisClusterGroup(workdir)
+        self.env = {"CACHE_REDIS_CLUSTER": "true", "DUE_SHARDS": str(self.shards)}
+        self.client: Any = None
+
+    def start(self) -> ClusterProc:
+        self.group.start()
+        self.url = self.group.url
+        self.client = self.group.client()
+        return self
+
+    def cpu(self) -> float:
+        return sum(proc_cpu_seconds(pid) for pid in self.pids())
+
+    def pids(self) -> list[int]:
+        return [server.process.pid for server in self.group.servers if server.process is not None]
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.group.stop()
 
 
 # ----- gunicorn -----------------------------------------------------------------------------------------

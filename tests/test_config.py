@@ -516,3 +516,20 @@ def test_scale_out_variables() -> None:
     for bad in ({"CACHE_REDIS_SENTINELS": "sentinel-a"}, {"OUTBOUND_RATE_PER_SECOND_TWILIO": "-1"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             load_settings(bad)
+
+
+def test_cluster_variables() -> None:
+    assert (load_settings({}).redis_cluster, load_settings({}).due_shards) == (False, 16)
+    settings = load_settings(
+        {"CACHE_REDIS_CLUSTER": "true", "CACHE_REDIS_URI": "redis://node-a:7000", "DUE_SHARDS": "32"}
+    )
+    assert (settings.redis_cluster, settings.due_shards) == (True, 32)
+    refused = {
+        "CACHE_REDIS_SENTINELS": {"CACHE_REDIS_SENTINELS": "sentinel-a:26379"},
+        "has only database 0": {"CACHE_REDIS_URI": "redis://node-a:7000/2"},
+        "DUE_SHARDS": {"DUE_SHARDS": "0"},
+    }
+    for reason, extra in refused.items():
+        with pytest.raises(ConfigError, match=reason):
+            load_settings({"CACHE_REDIS_CLUSTER": "true", **extra})
+    assert load_settings({"CACHE_REDIS_URI": "redis://cache:6379/2"}).redis_uri.endswith("/2")  # fine on one server
