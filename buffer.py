@@ -851,13 +851,16 @@ class Buffer:
     def _store(self, claim: Claim) -> RedisStore | LocalStore:
         return self.redis if claim.store == "redis" and self.redis is not None else self.local
 
-    def append(self, message: IncomingMessage, *, now: float) -> AppendResult:
+    def append(
+        self, message: IncomingMessage, *, now: float, debounce: float | None = None, max_wait: float | None = None
+    ) -> AppendResult:
         """Buffer a message, on Redis if it answers, else in this process (raises BufferUnavailable instead when
-        this process answers nothing: `local_fallback`)."""
+        this process answers nothing: `local_fallback`). `debounce` and `max_wait` are its tenant's, when it has
+        its own."""
         params = {
             "now": now,
-            "debounce": self.debounce_seconds,
-            "max_wait": self.max_wait_seconds,
+            "debounce": self.debounce_seconds if debounce is None else debounce,
+            "max_wait": self.max_wait_seconds if max_wait is None else max_wait,
             "dedup_ttl": self.dedup_ttl_seconds,
             "blob": inline_blob(message, self.media_max_bytes),
         }

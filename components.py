@@ -26,10 +26,12 @@ from notify import HandoffNotifier
 from pacing import PaceLimits, Pacer
 from redis_keys import RedisKeys
 from redis_link import RedisLink
+from reply_policy import Rules
 from simulator import Transcript
+from tenants import CREDENTIALS, Runtimes, Tenant, TenantDirectory
 from usage import Prices, UsageLedger
 from webhook_token import WebhookSecret, webhook_secret
-from worker import Worker
+from worker import ReplySetup, Worker, media_loader
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +55,7 @@ class Components:
     usage: UsageLedger  # tokens and cost per chat and per day
     metrics: Metrics  # Prometheus metrics of this host's processes (metrics.py)
     liveness: Liveness  # workers' heartbeats
+    tenants: TenantDirectory  # which business a chat belongs to (TENANTS_FILE), and its settings
 
 
 def build_components(
@@ -112,6 +115,27 @@ def build_components(
         watch_files=settings.rag_auto_reload,
         signal=ReloadSignal(link, keys.knowledge_generation()) if link.enabled else None,
     )
+    tenants = TenantDirectory(settings, path=settings.tenants_file, reload_seconds=settings.tenants_reload_seconds)
+
+    def setup_of(tenant: Tenant) -> ReplySetup:
+        """A tenant's reply setup: its persona, knowledge and model; its rules; its gateway credentials."""
+        own = tenant.settings
+        tenant_knowledge = KnowledgeBase(
+            own.knowledge_dir, top_k=own.rag_top_k, whole_max_chars=own.rag_whole_max_chars
+        )
+        tenant_knowledge.reload()
+        tenant_gateways = gateways
+        if any(getattr(own, attr) != getattr(settings, attr) for attr in CREDENTIALS):
+            tenant_gateways = {**gateways, **build_gateways(own, shared_secret=secret.verifier())}
+        return ReplySetup(
+            settings=own,
+            rules=Rules.from_settings(own),
+            ai=AIService(own, tenant_knowledge, counters=counters, metrics=metrics),
+            gateways=tenant_gateways,
+            media=media_loader(own, tenant_gateways, counters),
+        )
+
+    setups = Runtimes(tenants, setup_of) if tenants.multi else None
     worker = Worker(
         settings,
         buffer=buffer,
@@ -126,6 +150,7 @@ def build_components(
         metrics=metrics,
         liveness=liveness,
         pacer=Pacer(link, keys, PaceLimits.from_settings(settings)),
+        setups=setups.for_chat if setups is not None else None,
         clock=clock,
     )
     if archive.writer is not None:
@@ -148,4 +173,5 @@ def build_components(
         usage=usage,
         metrics=metrics,
         liveness=liveness,
+        tenants=tenants,
     )

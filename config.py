@@ -140,6 +140,8 @@ class Settings:
     redis_retry_seconds: float = 2.0  # how long to stay on the in-process fallback before retrying
     redis_sentinels: str = ""  # host:port,... of Redis Sentinels; empty = CACHE_REDIS_URI's server itself
     redis_sentinel_master: str = "mymaster"  # the master's name the sentinels monitor
+    tenants_file: str = ""  # TOML file of the businesses this deployment serves (tenants.py); empty = one business
+    tenants_reload_seconds: float = 5.0  # how often every process looks for a changed TENANTS_FILE
     redis_cluster: bool = False  # CACHE_REDIS_URI is a node of a Redis Cluster
     due_shards: int = 16  # on a cluster: shards of the chats (each its hash slot, due set, leases, stream)
 
@@ -498,6 +500,8 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CACHE_REDIS_SENTINELS": ("redis_sentinels", _checked(parse_sentinels)),
     "CACHE_REDIS_SENTINEL_MASTER": ("redis_sentinel_master", _strip),
     "CACHE_REDIS_CLUSTER": ("redis_cluster", _to_bool),
+    "TENANTS_FILE": ("tenants_file", _strip),
+    "TENANTS_RELOAD_SECONDS": ("tenants_reload_seconds", _positive(float)),
     "DUE_SHARDS": ("due_shards", _positive(int)),
     "GEMINI_API_KEY": ("gemini_api_key", _strip),
     "GEMINI_MODEL": ("gemini_model", _strip),
@@ -667,7 +671,12 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: bool = Tr
     problems += _redis_topology_problems(values)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-    return Settings(**values, startup_notes=notes, env_file=env_file)
+    settings = Settings(**values, startup_notes=notes, env_file=env_file)
+    if settings.tenants_file:
+        from tenants import TenantDirectory  # here: tenants.py builds on this module
+
+        TenantDirectory(settings, path=settings.tenants_file)  # a file that cannot be used stops the start
+    return settings
 
 
 def _redis_topology_problems(values: Mapping[str, Any]) -> list[str]:

@@ -63,6 +63,30 @@ MAX_SLOWDOWN_SECONDS = 30.0  # a longer Retry-After is capped: the lease is held
 DEFAULT_MAX_TEXT_CHARS = 4096  # WhatsApp's own limit, for a chat whose gateway is not configured (never sent)
 
 
+@dataclass(frozen=True, slots=True)
+class ReplySetup:
+    """What a reply uses of its tenant's settings (tenants.py): one per tenant, the same for all its chats."""
+
+    settings: Settings
+    rules: Rules
+    ai: AIService
+    gateways: Mapping[str, Gateway]
+    media: MediaLoader
+
+
+def media_loader(settings: Settings, gateways: Mapping[str, Gateway], counters: Counters) -> MediaLoader:
+    return MediaLoader(
+        MediaLimits(
+            max_bytes=settings.media_max_bytes,
+            max_burst_bytes=settings.media_max_burst_bytes,
+            allowed_types=settings.media_allowed_types,
+        ),
+        gateways=gateways,
+        counters=counters,
+        notice_template=settings.media_failed_notice,
+    )
+
+
 class Worker:
     """Drains the buffer. `run_once()` is one claim round; `start()` runs it in a loop on a thread."""
 
@@ -82,6 +106,7 @@ class Worker:
         metrics: Metrics | None = None,
         liveness: Liveness | None = None,
         pacer: Pacer | None = None,
+        setups: Callable[[ChatRef], ReplySetup | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -100,16 +125,11 @@ class Worker:
         self.gateways = gateways
         self.counters = counters
         self.clock = clock
-        self.media = MediaLoader(
-            MediaLimits(
-                max_bytes=settings.media_max_bytes,
-                max_burst_bytes=settings.media_max_burst_bytes,
-                allowed_types=settings.media_allowed_types,
-            ),
-            gateways=gateways,
-            counters=counters,
-            notice_template=settings.media_failed_notice,
-        )
+        self.media = media_loader(settings, gateways, counters)
+        # The chat's tenant's setup (TENANTS_FILE); without tenants, the one built from `settings` here. None: no
+        # tenant claims the chat any more (its identity left the file after the message was buffered).
+        self._single = ReplySetup(settings, self.rules, ai, gateways, self.media)
+        self.setup_for: Callable[[ChatRef], ReplySetup | None] = setups or (lambda chat: self._single)
         self._stop = threading.Event()
         self._slot_free = threading.Event()  # set when a reply finishes or on stop
         self._thread: threading.Thread | None = None
@@ -262,6 +282,14 @@ class Worker:
         if not claim.messages:
             self.buffer.ack(claim)
             return
+        setup = self.setup_for(chat)
+        if setup is None:
+            self.counters.add("no_tenant")
+            log.error(
+                "chat=%s: no tenant in TENANTS_FILE claims its identity any more; kept as a dead letter", chat.label
+            )
+            self.buffer.dead_letter(claim, reason="no tenant claims this identity", now=self.clock())
+            return
         if claim.reply:
             plan = Plan.from_json(claim.plan)
             turns = self._stored_turns(claim)
@@ -275,7 +303,7 @@ class Worker:
             return
         read_with_claim = (claim.conversation, claim.opted_out) if claim.conversation is not None else None
         status = self.conversations.status(chat, read=read_with_claim)
-        decision = decide(claim.messages, status, self.rules, now=self.clock())
+        decision = decide(claim.messages, status, setup.rules, now=self.clock())
         self._note(claim, decision)
         if decision.action == NONE:
             self._settle_without_reply(claim, decision)
@@ -419,18 +447,19 @@ class Worker:
             self._settle_without_reply(claim, decision)
             return None
         self._mark_read(claim.chat, _last_id(decision))
-        burst = self.media.burst(
+        setup = self._of(claim.chat)
+        burst = setup.media.burst(
             claim.chat, decision.answered, blob_of=lambda message_id: self.buffer.media_blob(claim, message_id)
         )
         generated, burst = self._ask_model(claim, burst, decision)
         if generated is None:
-            if not self.settings.fallback_reply:  # the owner chose silence over an apology
+            if not setup.settings.fallback_reply:  # the owner chose silence over an apology
                 self._settle_without_reply(claim, decision)
                 log.error("no reply sent chat=%s: gemini failed and FALLBACK_REPLY is empty", claim.chat.label)
                 return None
             # The fallback is not a model turn: the unanswered burst joins the next prompt instead.
             return (
-                self.settings.fallback_reply,
+                setup.settings.fallback_reply,
                 [*earlier, Turn(role="user", text=burst.record(), at=asked_at, name=name)],
                 {},
                 None,
@@ -507,7 +536,7 @@ class Worker:
             return sent
         chat, part, since = claim.chat, parts[sent], mark[2]
         where = "echo" if self.conversations.echo_seen(chat, part, since=since) else ""
-        gateway = self.gateways.get(chat.gateway)
+        gateway = self._of(chat).gateways.get(chat.gateway)
         if not where and gateway is not None and gateway.find_sent(chat, part, since=since):
             where = "gateway"
         if where:
@@ -534,7 +563,8 @@ class Worker:
         times = [float(m.get("at") or 0) for m in claim.messages if m.get("at")]
         if not times:
             return self.clock()
-        debounce, max_wait = self.settings.debounce_seconds, self.settings.debounce_max_wait_seconds
+        settings = self._of(claim.chat).settings
+        debounce, max_wait = settings.debounce_seconds, settings.debounce_max_wait_seconds
         return burst_deadline(min(times), max(times), debounce=debounce, max_wait=max_wait)
 
     def _mark(self, parts: list[str], n: int) -> str:
@@ -544,17 +574,24 @@ class Worker:
         return json.dumps({"n": n, "hash": text_hash(parts[n]), "at": round(self.clock(), 3)})
 
     def _parts(self, chat: ChatRef, reply: str) -> list[str]:
-        gateway = self.gateways.get(chat.gateway)
+        setup = self._of(chat)
+        gateway = setup.gateways.get(chat.gateway)
         limit = gateway.max_text_chars if gateway is not None else DEFAULT_MAX_TEXT_CHARS
-        if not self.settings.split_messages:
+        if not setup.settings.split_messages:
             return split_text(reply, limit)
-        return reply_parts(reply, max_parts=self.settings.split_max_parts, limit=limit)
+        return reply_parts(reply, max_parts=setup.settings.split_max_parts, limit=limit)
 
-    def _typing_ms(self, part: str) -> int:
+    def _typing_ms(self, chat: ChatRef, part: str) -> int:
         """How long "typing…" shows before a part, when replies are split to feel human."""
-        if not self.settings.split_messages:
+        settings = self._of(chat).settings
+        if not settings.split_messages:
             return 0
         return min(len(part) * self.settings.typing_ms_per_char, self.settings.typing_max_ms)
+
+    def _of(self, chat: ChatRef) -> ReplySetup:
+        """The chat's setup (`process` has checked that a tenant claims it; should the file change in between, the
+        environment's settings finish the reply)."""
+        return self.setup_for(chat) or self._single
 
     def _last_at(self, decision: Decision) -> float:
         return decision.changes.last_at or self.clock()
@@ -570,7 +607,7 @@ class Worker:
             turns = [
                 Turn(role="user", text=user_record(parts_of_records(customer)), at=now, name=profile_name(customer))
             ]
-            if claim.reply != self.settings.fallback_reply:
+            if claim.reply != self._of(claim.chat).settings.fallback_reply:
                 turns.append(Turn(role="model", text=claim.reply, at=now))
             return turns
 
@@ -585,7 +622,7 @@ class Worker:
         """True when this chat already got MAX_REPLIES_PER_HOUR replies: most likely another bot answering
         every reply of ours. The burst is then kept in the history, logged and counted, not answered. Otherwise
         False, and the hook that counts this reply with the fence (None when it is counted already, or no limit)."""
-        limit = self.settings.max_replies_per_hour
+        limit = self._of(claim.chat).settings.max_replies_per_hour
         if not limit:
             return False, None
         count, count_this_reply = self.buffer.count_reply(claim, now=self.clock())
@@ -597,7 +634,7 @@ class Worker:
 
     def _mark_read(self, chat: ChatRef, message_id: str) -> None:
         """Read receipt for the customer's last message, where the gateway offers one (best effort)."""
-        gateway = self.gateways.get(chat.gateway)
+        gateway = self._of(chat).gateways.get(chat.gateway)
         if gateway is not None and message_id:
             gateway.mark_read(chat, message_id)
 
@@ -612,10 +649,11 @@ class Worker:
         """
         # The claim brought the history when it came from Redis (one round trip less per reply).
         recent = self.history.parse(claim.history) if claim.history is not None else self.history.recent(claim.chat)
-        history, marked = dated([*recent, *decision.earlier], decision.conversation_since, self.settings.hours)
-        note = now_note(self.clock(), self.settings.hours) if marked else ""
+        setup = self._of(claim.chat)
+        history, marked = dated([*recent, *decision.earlier], decision.conversation_since, setup.settings.hours)
+        note = now_note(self.clock(), setup.settings.hours) if marked else ""
         try:
-            generated = self.ai.generate(history, list(burst.parts), note=note)
+            generated = setup.ai.generate(history, list(burst.parts), note=note)
         except AIServiceError as exc:
             if exc.status_code == 400 and burst.has_readable_media:
                 self.counters.add("media_refused")
@@ -682,7 +720,7 @@ class Worker:
         remember each part's id (its echo is ours) and how many went out, and archive each part with that progress.
         Returns the last part's id ('' when the gateway gives none) and its archive event, for the ack; or None
         when it failed: then retry later with backoff (the parts already out are not sent again) or dead-letter."""
-        gateway = self.gateways.get(claim.chat.gateway)
+        gateway = self._of(claim.chat).gateways.get(claim.chat.gateway)
         sent = start
         message_id = ""
         archived: list[Event] = []
@@ -691,7 +729,7 @@ class Worker:
                 raise SendError(f"no sender for gateway {claim.chat.gateway!r}", transient=False)
             while sent < len(parts):
                 part = parts[sent]
-                typing_ms = self._typing_ms(part)
+                typing_ms = self._typing_ms(claim.chat, part)
                 # Only a split reply shows "typing…" before each part; otherwise each gateway's own default.
                 typing = {"typing_ms": typing_ms, "reply_to": plan.reply_to} if typing_ms else {}
                 message_id = self._send_part(claim.chat, gateway, part, typing)

@@ -71,6 +71,7 @@ def health_body() -> dict[str, Any]:
         },
         "archive": archive,
         "outbound": parts.worker.pacer.health() if parts.worker.pacer is not None else None,
+        "tenants": parts.tenants.health(),
         **parts.buffer.counts(),
         "counters": dict(sorted({**dict.fromkeys(CONVERSATION_COUNTERS, 0), **parts.counters.totals()}.items())),
     }

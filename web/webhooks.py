@@ -142,6 +142,10 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
     buffered, duplicates, human, reasons = 0, 0, 0, []
     now = time.time()
     for item in parsed:
+        tenant = None if isinstance(item, IgnoredEvent) else parts.tenants.for_chat(item.chat)
+        if tenant is None and not isinstance(item, IgnoredEvent):
+            # TENANTS_FILE is set and no business there claims this number: never answered with another's settings.
+            item = IgnoredEvent(reason="no_tenant", chat=item.chat, message_id=item.message_id)
         if isinstance(item, IgnoredEvent):
             counters.add("ignored")
             reasons.append(item.reason)
@@ -149,6 +153,7 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
             metrics.webhook(item.chat.gateway if item.chat else gateway_name, "ignored", item.reason)
             log.info("ignored chat=%s msg=%s reason=%s", chat, item.message_id or "-", item.reason)
             continue
+        assert tenant is not None
         if item.from_me:
             outcome = from_business_side(item, now)
             if outcome in ("own_echo", "ignored"):
@@ -163,7 +168,8 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
             continue
         if item.chat.gateway == "evolution" and item.chat.instance == "default":
             warn_default_instance_once()
-        result = buffer.append(item, now=now)
+        own = tenant.settings
+        result = buffer.append(item, now=now, debounce=own.debounce_seconds, max_wait=own.debounce_max_wait_seconds)
         if not result.accepted:
             duplicates += 1
             counters.add("duplicates")

@@ -1,0 +1,251 @@
+"""Several businesses in one deployment (tenants.py): the TENANTS_FILE's rules, its reload, and the whole path on a
+real Redis with the fakes: each tenant's persona, knowledge, model, key, hours and gateway credentials; an unclaimed
+identity ignored; one customer writing to two businesses as two chats."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from config import Settings, load_settings
+from errors import ConfigError
+from models import ChatRef
+from tenants import TenantDirectory, TenantsError, parse_tenants
+from tests.conftest import make_settings
+from tests.fakes import FakeEvolution, FakeGemini
+from webhook import Components
+
+CUSTOMER = "5511987654321@s.whatsapp.net"
+
+TWO_TENANTS = """
+[tenants.padaria]
+name = "Padaria Pão Quente"
+evolution_instances = ["padaria"]
+SYSTEM_PROMPT_FILE = "padaria.txt"
+KNOWLEDGE_DIR = "padaria-kb"
+RAG_WHOLE_MAX_CHARS = 100000
+AUTHENTICATION_API_KEY = "key-of-the-padaria"
+GEMINI_MODEL = "gemini-padaria"
+DEBOUNCE_SECONDS = 0
+
+[tenants.petshop]
+name = "Pet Shop Amigo Fiel"
+evolution_instances = ["petshop", "petshop-sul"]
+twilio_numbers = ["+14155238886"]
+SYSTEM_PROMPT = "Você é a Mel, do Pet Shop Amigo Fiel."
+KNOWLEDGE_DIR = "petshop-kb"
+RAG_WHOLE_MAX_CHARS = 100000
+GEMINI_API_KEY = "gemini-key-of-the-petshop"
+DEBOUNCE_SECONDS = 0
+"""
+
+
+@pytest.fixture
+def tenants_dir(tmp_path: Path) -> Path:
+    (tmp_path / "padaria.txt").write_text("Você é a Ana, da Padaria Pão Quente.", encoding="utf-8")
+    for folder, fact in (("padaria-kb", "Pão francês custa R$ 0,90."), ("petshop-kb", "Banho de cão pequeno: R$ 55.")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "precos.md").write_text(f"# Preços\n\n{fact}\n", encoding="utf-8")
+    (tmp_path / "tenants.toml").write_text(TWO_TENANTS, encoding="utf-8")
+    return tmp_path
+
+
+def chat(instance: str, customer: str = CUSTOMER) -> ChatRef:
+    return ChatRef(gateway="evolution", instance=instance, chat_id=customer)
+
+
+# ----- the file ---------------------------------------------------------------------------------------------
+
+
+def test_a_file_gives_each_tenant_its_identities_and_settings(tenants_dir: Path) -> None:
+    base = make_settings(business_name="Ambiente", gemini_model="gemini-base")
+    tenants = parse_tenants((tenants_dir / "tenants.toml").read_text(), base, folder=tenants_dir)
+    padaria, petshop = tenants["padaria"], tenants["petshop"]
+    assert padaria.identities == {("evolution", "padaria")}
+    assert petshop.identities == {
+        ("evolution", "petshop"),
+        ("evolution", "petshop-sul"),
+        ("twilio", "whatsapp:+14155238886"),
+    }
+    assert padaria.settings.system_prompt == "Você é a Ana, da Padaria Pão Quente."
+    assert padaria.settings.knowledge_dir == str(tenants_dir / "padaria-kb")
+    assert (padaria.settings.gemini_model, petshop.settings.gemini_model) == ("gemini-padaria", "gemini-base")
+    assert (padaria.settings.authentication_api_key, petshop.settings.gemini_api_key) == (
+        "key-of-the-padaria",
+        "gemini-key-of-the-petshop",
+    )
+    assert petshop.settings.business_name == "Ambiente"  # not set: the environment's
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (
+            "[tenants.a]\nevolution_instances = ['x']\n[tenants.b]\nevolution_instances = ['x']",
+            "claimed by tenants a and b",
+        ),
+        (
+            "[tenants.a]\nevolution_instances = ['x']\nCACHE_REDIS_URI = 'redis://x'",
+            "CACHE_REDIS_URI: not set per tenant",
+        ),
+        ("[tenants.a]\nevolution_instances = ['x']\nBUSINES_NAME = 'Loja'", "BUSINES_NAME: not a setting"),
+        ("[tenants.a]\nevolution_instances = ['x']\nBUSINESS_HOURS = 'seg 08:00-18:00'", "BUSINESS_HOURS: unknown day"),
+        ("[tenants.a]\nname = 'Loja'", "claims no identity"),
+        ("[tenants.a]\nevolution_instances = 'x'", "evolution_instances: expected a list"),
+        ("[tenants.A]\nevolution_instances = ['x']", "an id is 1-40 lowercase"),
+        ("[tenants.a\nevolution_instances = ['x']", "not valid TOML"),
+        ("name = 'x'", "no [tenants.<id>] table"),
+    ],
+)
+def test_a_file_that_cannot_be_used_says_why(text: str, reason: str, tmp_path: Path) -> None:
+    with pytest.raises(TenantsError, match=reason.replace("[", r"\[").replace(".", r"\.").replace("<", "<")):
+        parse_tenants(text, make_settings(), folder=tmp_path)
+
+
+def test_a_broken_file_stops_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text("[tenants.a]\nevolution_instances = ['x']\nDEBOUNCE_SECONDS = 'soon'\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="DEBOUNCE_SECONDS"):
+        load_settings({"TENANTS_FILE": str(path)})
+    with pytest.raises(ConfigError, match="cannot read it"):
+        load_settings({"TENANTS_FILE": str(tmp_path / "missing.toml")})
+
+
+def test_an_edit_is_read_without_a_restart_and_a_broken_one_keeps_the_last_good(tenants_dir: Path) -> None:
+    now = [0.0]
+    path = tenants_dir / "tenants.toml"
+    directory = TenantDirectory(make_settings(), path=str(path), reload_seconds=5, clock=lambda: now[0])
+    assert directory.health() == {"count": 2, "error": None}
+    assert directory.for_chat(chat("padoca")) is None
+
+    path.write_text(TWO_TENANTS + "\n[tenants.padoca]\nevolution_instances = ['padoca']\n", encoding="utf-8")
+    assert directory.for_chat(chat("padoca")) is None  # looked at every 5 s
+    now[0] += 5
+    added = directory.for_chat(chat("padoca"))
+    assert added is not None and added.id == "padoca"
+    assert directory.health() == {"count": 3, "error": None}
+
+    path.write_text(TWO_TENANTS + "\n[tenants.padoca]\nevolution_instances = ['padaria']\n", encoding="utf-8")
+    now[0] += 5
+    kept = directory.for_chat(chat("padoca"))
+    assert kept is not None and kept.id == "padoca"  # the last good file still answers
+    health = directory.health()
+    assert health["count"] == 3 and "claimed by tenants padaria and padoca" in health["error"]
+
+    path.write_text(TWO_TENANTS, encoding="utf-8")
+    now[0] += 5
+    assert directory.for_chat(chat("padoca")) is None
+    assert directory.health() == {"count": 2, "error": None}
+
+
+def test_without_a_file_one_tenant_claims_every_identity() -> None:
+    directory = TenantDirectory(make_settings(business_name="Loja"))
+    tenant = directory.for_chat(chat("qualquer"))
+    assert tenant is not None and (tenant.id, tenant.name) == ("default", "Loja")
+    assert directory.health() == {"count": 1, "error": None}
+
+
+# ----- the whole path ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tenant_app(make_app: Callable[..., Flask], tenants_dir: Path) -> Iterator[Flask]:
+    yield make_app(tenants_file=str(tenants_dir / "tenants.toml"), tenants_reload_seconds=0.05)
+
+
+def post(app: Flask, instance: str, text: str, message_id: str, customer: str = CUSTOMER) -> dict[str, object]:
+    key = {"remoteJid": customer, "fromMe": False, "id": message_id}
+    body = {"event": "messages.upsert", "instance": instance, "data": {"key": key, "message": {"conversation": text}}}
+    response = app.test_client().post("/webhook", json=body)
+    assert response.status_code == 200, response.text
+    return response.json
+
+
+def answer_all(parts: Components) -> int:
+    time.sleep(0.05)
+    return parts.worker.run_once(wait=True)
+
+
+def system_text(prompt: dict[str, object]) -> str:
+    return "\n".join(part["text"] for part in prompt["systemInstruction"]["parts"])  # type: ignore[index]
+
+
+def test_each_tenant_answers_with_its_persona_knowledge_model_and_credentials(
+    tenant_app: Flask, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    parts: Components = tenant_app.extensions["assistant"]
+    assert post(tenant_app, "padaria", "Quanto custa o pão?", "P1")["buffered"] == 1
+    assert post(tenant_app, "petshop", "Quanto custa o banho?", "P2")["buffered"] == 1  # the same customer
+    assert answer_all(parts) == 2
+
+    by_model = {recorded.path.split("/")[-1].split(":")[0]: recorded for recorded in fake_gemini.received()}
+    padaria, petshop = by_model["gemini-padaria"], by_model[parts.settings.gemini_model]
+    assert "Ana, da Padaria" in system_text(padaria.json) and "Pão francês" in system_text(padaria.json)
+    assert "Mel, do Pet Shop" in system_text(petshop.json) and "Banho de cão" in system_text(petshop.json)
+    assert "Banho" not in system_text(padaria.json) and "Pão francês" not in system_text(petshop.json)
+    assert padaria.headers["x-goog-api-key"] == parts.settings.gemini_api_key
+    assert petshop.headers["x-goog-api-key"] == "gemini-key-of-the-petshop"
+
+    sends = {send.path.rsplit("/", 1)[-1]: send for send in fake_evolution.sends()}
+    assert sends["padaria"].headers["apikey"] == "key-of-the-padaria"
+    assert sends["petshop"].headers["apikey"] == parts.settings.authentication_api_key
+    # One customer, two businesses: two chats with their own histories.
+    assert [t.text for t in parts.history.recent(chat("padaria"))][0] == "Quanto custa o pão?"
+    assert [t.text for t in parts.history.recent(chat("petshop"))][0] == "Quanto custa o banho?"
+
+
+def test_an_identity_no_tenant_claims_is_ignored_and_counted(
+    tenant_app: Flask, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    parts: Components = tenant_app.extensions["assistant"]
+    assert post(tenant_app, "desconhecida", "Oi", "U1") == {"status": "ignored", "reason": "no_tenant"}
+    assert answer_all(parts) == 0
+    assert fake_gemini.received() == [] and fake_evolution.sends() == []
+    health = tenant_app.test_client().get("/health").json
+    assert health["tenants"] == {"count": 2, "error": None}
+    assert health["counters"]["ignored"] == 1
+
+
+def test_one_tenant_closed_while_another_is_open(
+    make_app: Callable[..., Flask], tenants_dir: Path, fake_evolution: FakeEvolution
+) -> None:
+    path = tenants_dir / "tenants.toml"
+    closed_always = 'BUSINESS_HOURS = "mon-sun 00:00-00:01"\nBOT_HOURS = "business"\nOUT_OF_HOURS_REPLY = "Fechados."\n'
+    path.write_text(TWO_TENANTS.replace("[tenants.petshop]", closed_always + "\n[tenants.petshop]"), encoding="utf-8")
+    app = make_app(tenants_file=str(path))
+    parts: Components = app.extensions["assistant"]
+    post(app, "padaria", "Vocês estão abertos?", "H1")
+    post(app, "petshop", "Vocês estão abertos?", "H2")
+    assert answer_all(parts) == 2
+    texts = {send.path.rsplit("/", 1)[-1]: send.json["text"] for send in fake_evolution.sends()}
+    assert texts["padaria"] == "Fechados." or texts["padaria"].startswith("Fechados")
+    assert texts["petshop"].startswith("Resposta:")
+
+
+def test_a_chat_whose_tenant_left_the_file_becomes_a_dead_letter(
+    tenant_app: Flask, tenants_dir: Path, fake_gemini: FakeGemini
+) -> None:
+    parts: Components = tenant_app.extensions["assistant"]
+    post(tenant_app, "petshop-sul", "Oi", "D1")
+    (tenants_dir / "tenants.toml").write_text(TWO_TENANTS.replace(', "petshop-sul"', ""), encoding="utf-8")
+    time.sleep(0.1)  # past TENANTS_RELOAD_SECONDS (0.05)
+    answer_all(parts)
+    assert fake_gemini.received() == []
+    (letter,) = parts.buffer.dead_letters()
+    assert (letter["chat"], letter["error"]) == (chat("petshop-sul").key, "no tenant claims this identity")
+
+
+def test_settings_fields_a_tenant_sets_exist() -> None:
+    """Every name a tenant may set is a setting this service reads (a renamed variable would break tenant files)."""
+    from config import ENV_VARIABLES, SYSTEM_PROMPT_FILE
+    from tenants import TENANT_SETTINGS
+
+    assert TENANT_SETTINGS <= {*ENV_VARIABLES, SYSTEM_PROMPT_FILE}
+    assert {f.name for f in dataclasses.fields(Settings)} >= {
+        ENV_VARIABLES[name][0] for name in TENANT_SETTINGS - {SYSTEM_PROMPT_FILE}
+    }
