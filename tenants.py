@@ -79,6 +79,7 @@ TENANT_SETTINGS = frozenset(
         "AUTHENTICATION_API_KEY",
         "META_ACCESS_TOKEN",
         "MEGA_API_TOKEN",
+        "ADMIN_TOKEN",
     }
 )
 
@@ -140,9 +141,23 @@ def parse_tenants(text: str, base: Settings, *, folder: Path) -> dict[str, Tenan
                 )
             owners[identity] = tenant_id
         tenants[tenant_id] = found
+    problems += _admin_token_problems(tenants, base)
     if problems:
         raise TenantsError("\n".join(problems))
     return tenants
+
+
+def _admin_token_problems(tenants: Mapping[str, Tenant], base: Settings) -> list[str]:
+    """A tenant's own ADMIN_TOKEN must tell it apart: not the deployment's, not another tenant's."""
+    problems, holders = [], {}
+    for tenant in tenants.values():
+        token = tenant.settings.admin_token
+        if token == base.admin_token:
+            continue  # inherited (or set to the deployment's): the tenant has no token of its own
+        if token in holders:
+            problems.append(f"[tenants.{tenant.id}]: ADMIN_TOKEN is the same as tenant {holders[token]}'s")
+        holders[token] = tenant.id
+    return problems
 
 
 def _tenant(tenant_id: str, table: dict[str, Any], base: Settings, folder: Path) -> Tenant | list[str]:

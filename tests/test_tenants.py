@@ -17,7 +17,7 @@ from errors import ConfigError
 from models import ChatRef
 from tenants import TenantDirectory, TenantsError, parse_tenants
 from tests.conftest import make_settings
-from tests.fakes import FakeEvolution, FakeGemini
+from tests.fakes import Canned, FakeEvolution, FakeGemini
 from webhook import Components
 
 CUSTOMER = "5511987654321@s.whatsapp.net"
@@ -249,3 +249,74 @@ def test_settings_fields_a_tenant_sets_exist() -> None:
     assert {f.name for f in dataclasses.fields(Settings)} >= {
         ENV_VARIABLES[name][0] for name in TENANT_SETTINGS - {SYSTEM_PROMPT_FILE}
     }
+
+
+# ----- admin access -----------------------------------------------------------------------------------------
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_tenants_admin_token_sees_only_its_own_chats(
+    make_app: Callable[..., Flask], tenants_dir: Path, postgres_url: str, fake_evolution: FakeEvolution
+) -> None:
+    path = tenants_dir / "tenants.toml"
+    path.write_text(
+        TWO_TENANTS.replace("[tenants.petshop]", 'ADMIN_TOKEN = "token-da-padaria"\n\n[tenants.petshop]')
+        + 'ADMIN_TOKEN = "token-do-petshop"\n',
+        encoding="utf-8",
+    )
+    app = make_app(tenants_file=str(path), admin_token="token-da-agencia", database_url=postgres_url)
+    parts: Components = app.extensions["assistant"]
+    post(app, "padaria", "Quero pão de queijo", "A1")
+    post(app, "petshop", "Quero banho e tosa", "A2")
+    fake_evolution.queue(Canned(400, {"error": "number not on WhatsApp"}))  # the first reply becomes a dead letter
+    answer_all(parts)
+    writer = parts.archive.writer
+    assert writer is not None
+    writer.block_ms = 10
+    for _ in range(20):
+        writer.step()
+        if writer.backlog() == 0:
+            break
+    client = app.test_client()
+    padaria, petshop = chat("padaria").key, chat("petshop").key
+    mine, agency = bearer("token-da-padaria"), bearer("token-da-agencia")
+
+    assert client.get(f"/admin/api/chats/{padaria}", headers=mine).status_code == 200
+    refused = client.get(f"/admin/api/chats/{petshop}", headers=mine)
+    assert (refused.status_code, refused.json["error"]) == (404, "unknown chat")  # as if it did not exist
+    assert client.post(f"/admin/api/chats/{petshop}/pause", headers=mine).status_code == 404
+    assert client.get(f"/admin/api/contacts/{petshop}/export", headers=mine).status_code == 404
+    assert client.get(f"/admin/api/chats/{petshop}/archive", headers=mine).status_code == 404
+    assert client.delete(f"/admin/api/contacts/{petshop}", headers=mine).status_code == 404
+    assert client.get(f"/admin/api/contacts/{padaria}/export", headers=mine).json["chat"] == padaria
+    assert client.get(f"/admin/api/chats/{petshop}", headers=agency).status_code == 200  # the agency sees all
+
+    found = client.get("/admin/api/search?q=quero", headers=mine).json["results"]
+    assert found and {row["chat"] for row in found} == {padaria}
+    everyone = client.get("/admin/api/search?q=quero", headers=agency).json["results"]
+    assert {row["chat"] for row in everyone} == {padaria, petshop}
+
+    letters = client.get("/admin/api/dead-letters", headers=agency).json
+    assert len(letters) == 1
+    owner = bearer("token-da-padaria" if letters[0]["chat"] == padaria else "token-do-petshop")
+    other = bearer("token-do-petshop" if letters[0]["chat"] == padaria else "token-da-padaria")
+    assert client.get("/admin/api/dead-letters", headers=other).json == []
+    assert client.delete(f"/admin/api/dead-letters/{letters[0]['id']}", headers=other).status_code == 404
+    assert len(client.get("/admin/api/dead-letters", headers=owner).json) == 1
+
+    assert client.get("/admin/api/usage", headers=mine).status_code == 403  # the deployment's sums
+    assert client.get("/admin/api/usage", headers=agency).status_code == 200
+    assert client.get(f"/admin/api/chats/{padaria}", headers=bearer("token-errado")).status_code == 401
+    parts.archive.store.close()  # type: ignore[union-attr]
+
+
+def test_two_tenants_with_one_admin_token_are_refused(tmp_path: Path) -> None:
+    text = (
+        "[tenants.a]\nevolution_instances = ['a']\nADMIN_TOKEN = 'same'\n"
+        "[tenants.b]\nevolution_instances = ['b']\nADMIN_TOKEN = 'same'\n"
+    )
+    with pytest.raises(TenantsError, match="ADMIN_TOKEN is the same as tenant a's"):
+        parse_tenants(text, make_settings(), folder=tmp_path)

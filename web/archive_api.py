@@ -16,7 +16,7 @@ from archive.store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from models import ChatRef
 from privacy import ArchiveUnavailable, erase, export
 from web import components
-from web.admin_auth import admin_refusal
+from web.admin_auth import admin_refusal, in_scope
 from web.chats_api import bad_chat, chat_from_path
 
 MAX_QUERY_CHARS = 200
@@ -63,7 +63,15 @@ def search() -> tuple[Response, int]:
         rows = store.search(query, limit=SEARCH_LIMIT)
     except DATABASE_UNAVAILABLE:
         return archive_down()
+    rows = [row for row in rows if row_in_scope(row)]  # a tenant's token finds its own chats only
     return jsonify(query=query, results=[event_view(row) for row in rows]), 200
+
+
+def row_in_scope(row: dict[str, Any]) -> bool:
+    try:
+        return in_scope(ChatRef.from_key(str(row["chat"])))
+    except ValueError:
+        return False
 
 
 @archive_api.get("/chats/<path:raw>/archive")

@@ -22,7 +22,7 @@ from models import ChatRef
 from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person, steer
 from usage import UsageLedger, totals
 from web import components
-from web.admin_auth import admin_refusal
+from web.admin_auth import EVERY_TENANT, admin_refusal, in_scope, require_every_tenant, require_in_scope, scope
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ def chat_from_path(raw: str) -> ChatRef | None:
         return None
     if chat.gateway not in GATEWAY_NAMES or not chat.instance or not chat.chat_id:
         return None
+    require_in_scope(chat)  # another tenant's chat is a 404, like one that does not exist
     return chat
 
 
@@ -172,13 +173,31 @@ dead_letters_api = Blueprint("dead_letters_api", __name__, url_prefix="/admin/ap
 dead_letters_api.before_request(admin_refusal)
 
 
+def visible_letters() -> list[dict[str, Any]]:
+    """The dead letters of the chats this request's admin may see."""
+    return [record for record in components().buffer.dead_letters() if letter_in_scope(record)]
+
+
+def letter_in_scope(record: dict[str, Any]) -> bool:
+    try:
+        return in_scope(ChatRef.from_key(str(record.get("chat") or "")))
+    except ValueError:
+        return scope() == EVERY_TENANT
+
+
 @dead_letters_api.get("")
 def list_dead_letters() -> tuple[Response, int]:
-    return jsonify([dead_letter_view(record) for record in components().buffer.dead_letters()]), 200
+    return jsonify([dead_letter_view(record) for record in visible_letters()]), 200
+
+
+def not_visible(letter_id: str) -> bool:
+    return all(record.get("id") != letter_id for record in visible_letters())
 
 
 @dead_letters_api.post("/<letter_id>/retry")
 def retry(letter_id: str) -> tuple[Response, int]:
+    if not_visible(letter_id):
+        return jsonify(error="unknown dead letter", id=letter_id), 404
     outcome = retry_dead_letter(components(), letter_id)
     if outcome is None:
         return jsonify(error="unknown dead letter", id=letter_id), 404
@@ -189,13 +208,14 @@ def retry(letter_id: str) -> tuple[Response, int]:
 
 @dead_letters_api.delete("/<letter_id>")
 def discard(letter_id: str) -> tuple[Response, int]:
-    if not discard_dead_letter(components(), letter_id):
+    if not_visible(letter_id) or not discard_dead_letter(components(), letter_id):
         return jsonify(error="unknown dead letter", id=letter_id), 404
     return jsonify(status="discarded", id=letter_id), 200
 
 
 usage_api = Blueprint("usage_api", __name__, url_prefix="/admin/api/usage")
 usage_api.before_request(admin_refusal)
+usage_api.before_request(require_every_tenant)  # the day's sums are the deployment's
 
 
 @usage_api.get("")

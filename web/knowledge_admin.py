@@ -10,12 +10,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from web import components
-from web.admin_auth import admin_refusal
+from web.admin_auth import admin_refusal, require_every_tenant
 
 MAX_PREVIEW_CHARS = 1_000_000
 
 knowledge_admin = Blueprint("knowledge_admin", __name__)
 knowledge_admin.before_request(admin_refusal)
+knowledge_admin.before_request(require_every_tenant)  # the environment's knowledge; tenants' are not shown yet
 
 
 @knowledge_admin.post("/reload-context")
