@@ -238,6 +238,7 @@ class TenantDirectory:
         self._tenants: dict[str, Tenant] = {}
         self._by_identity: dict[tuple[str, str], Tenant] = {}
         self._default = single_tenant(base)
+        self._watching_in = 0  # the pid whose thread looks at the file (a forked process starts its own)
         if self.path is not None:
             self._load(initial=True)
 
@@ -261,9 +262,28 @@ class TenantDirectory:
         tenants = self.all()
         return {"count": len(tenants), "error": self.error or None}
 
+    def _watch(self) -> None:
+        """Look at the file every `reload_seconds` in this process, so that even a process that serves nothing
+        meanwhile takes every good edit (it would otherwise go from the tenants before it straight to a broken one).
+        Started by the first lookup in each process: threads do not survive gunicorn's fork."""
+        if self._watching_in == os.getpid():
+            return
+        self._watching_in = os.getpid()
+
+        def loop() -> None:
+            while True:
+                time.sleep(self.reload_seconds)
+                try:
+                    self._maybe_reload()
+                except Exception:  # the watcher must outlive anything; the next lookup tries again
+                    log.exception("TENANTS_FILE check failed")
+
+        threading.Thread(target=loop, name="tenants-file", daemon=True).start()
+
     def _maybe_reload(self) -> None:
         if self.path is None:
             return
+        self._watch()
         now = self.clock()
         if now < self._next_check:
             return
