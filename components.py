@@ -18,7 +18,7 @@ from counters import Counters
 from gateways import build_gateways
 from gateways.base import Gateway
 from gateways.simulator import SimulatorGateway
-from knowledge import KnowledgeBase, ReloadSignal, Watcher
+from knowledge import KnowledgeBase, KnowledgeCache, ReloadSignal, Watcher
 from liveness import Liveness
 from memory import History
 from metrics import Metrics
@@ -56,6 +56,7 @@ class Components:
     metrics: Metrics  # Prometheus metrics of this host's processes (metrics.py)
     liveness: Liveness  # workers' heartbeats
     tenants: TenantDirectory  # which business a chat belongs to (TENANTS_FILE), and its settings
+    knowledge_cache: KnowledgeCache  # the tenants' knowledge bases in this process, within KNOWLEDGE_CACHE_MB
 
 
 def build_components(
@@ -116,14 +117,14 @@ def build_components(
         signal=ReloadSignal(link, keys.knowledge_generation()) if link.enabled else None,
     )
     tenants = TenantDirectory(settings, path=settings.tenants_file, reload_seconds=settings.tenants_reload_seconds)
+    knowledge_cache = KnowledgeCache(int(settings.knowledge_cache_mb * 1024 * 1024))
 
     def setup_of(tenant: Tenant) -> ReplySetup:
         """A tenant's reply setup: its persona, knowledge and model; its rules; its gateway credentials."""
         own = tenant.settings
-        tenant_knowledge = KnowledgeBase(
-            own.knowledge_dir, top_k=own.rag_top_k, whole_max_chars=own.rag_whole_max_chars
+        tenant_knowledge = KnowledgeBase(  # read at its first reply, within KNOWLEDGE_CACHE_MB
+            own.knowledge_dir, top_k=own.rag_top_k, whole_max_chars=own.rag_whole_max_chars, cache=knowledge_cache
         )
-        tenant_knowledge.reload()
         tenant_gateways = gateways
         if any(getattr(own, attr) != getattr(settings, attr) for attr in CREDENTIALS):
             tenant_gateways = {**gateways, **build_gateways(own, shared_secret=secret.verifier())}
@@ -174,4 +175,5 @@ def build_components(
         metrics=metrics,
         liveness=liveness,
         tenants=tenants,
+        knowledge_cache=knowledge_cache,
     )

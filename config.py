@@ -142,6 +142,7 @@ class Settings:
     redis_sentinel_master: str = "mymaster"  # the master's name the sentinels monitor
     tenants_file: str = ""  # TOML file of the businesses this deployment serves (tenants.py); empty = one business
     tenants_reload_seconds: float = 5.0  # how often every process looks for a changed TENANTS_FILE
+    knowledge_cache_mb: float = 256.0  # memory for the tenants' knowledge indexes per process (least used unloaded)
     redis_cluster: bool = False  # CACHE_REDIS_URI is a node of a Redis Cluster
     due_shards: int = 16  # on a cluster: shards of the chats (each its hash slot, due set, leases, stream)
 
@@ -502,6 +503,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CACHE_REDIS_CLUSTER": ("redis_cluster", _to_bool),
     "TENANTS_FILE": ("tenants_file", _strip),
     "TENANTS_RELOAD_SECONDS": ("tenants_reload_seconds", _positive(float)),
+    "KNOWLEDGE_CACHE_MB": ("knowledge_cache_mb", _positive(float)),
     "DUE_SHARDS": ("due_shards", _positive(int)),
     "GEMINI_API_KEY": ("gemini_api_key", _strip),
     "GEMINI_MODEL": ("gemini_model", _strip),

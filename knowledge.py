@@ -12,9 +12,11 @@ import functools
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,6 +307,15 @@ class Index:
             key: tuple(sorted(terms, key=lambda t: (-document_frequency[t], t))) for key, terms in neighbours.items()
         }
 
+    def approx_bytes(self) -> int:
+        """About what the index holds in memory: BM25's score arrays, the vocabulary and the typo keys (Python
+        objects counted at their size, dict and tuple slots at 8 bytes each)."""
+        scores = getattr(self._bm25, "scores", None)
+        arrays = sum(int(getattr(a, "nbytes", 0)) for a in scores.values()) if isinstance(scores, dict) else 0
+        vocab = sum(sys.getsizeof(term) + 3 * 8 + 28 for term in self._vocab)
+        typos = sum(sys.getsizeof(key) + sys.getsizeof(terms) + 3 * 8 for key, terms in self._neighbours.items())
+        return arrays + vocab + typos
+
     def correct(self, term: str) -> str | None:
         """`term` if indexed, else the most frequent indexed stem one edit away, else None."""
         if term in self._vocab:
@@ -363,6 +374,12 @@ class Snapshot:
         """Every file, labelled with its name: the knowledge block of a small base, and the preview."""
         return "\n\n".join(labelled(f.path, f.text) for f in self.files if f.text)
 
+    def approx_bytes(self) -> int:
+        """About what the snapshot holds in memory: the files' and chunks' texts, and the index."""
+        texts = sum(sys.getsizeof(f.text) for f in self.files)
+        chunks = sum(sys.getsizeof(c.text) + sys.getsizeof(c.heading) + 100 for c in self.index.chunks)
+        return texts + chunks + self.index.approx_bytes()
+
 
 class KnowledgeBase:
     """The loaded knowledge of one process. `context_for()` is what the prompt gets; `reload()` swaps it."""
@@ -374,11 +391,16 @@ class KnowledgeBase:
         top_k: int = 4,
         whole_max_chars: int = 30_000,
         chunk_max_chars: int = CHUNK_MAX_CHARS,
+        cache: KnowledgeCache | None = None,
     ) -> None:
         self.directory = Path(directory) if directory else None
         self.top_k = top_k
         self.whole_max_chars = whole_max_chars
         self.chunk_max_chars = chunk_max_chars
+        # A tenant's base (tenants.py) is kept by the process's KnowledgeCache: read at its first use, unloaded
+        # when others used more recently need the memory, and read again at its next use.
+        self.cache = cache
+        self.loaded = False
         self._snapshot = Snapshot()
         self._reload_lock = threading.Lock()  # the watcher and POST /reload-context never build twice at once
 
@@ -423,6 +445,7 @@ class KnowledgeBase:
                 build_seconds=time.perf_counter() - started,
             )
             self._snapshot = snapshot
+            self.loaded = True
         for problem in problems:
             log.warning("knowledge file problem: %s", problem)
         log.info(
@@ -453,6 +476,12 @@ class KnowledgeBase:
             "preview": snapshot.whole_text()[:preview_chars],
         }
 
+    def unload(self) -> None:
+        """Drop the loaded snapshot (the cache needs the memory); the next `acquire` reads the folder again."""
+        with self._reload_lock:
+            self._snapshot = Snapshot()
+            self.loaded = False
+
     def has_changed(self) -> bool:
         """True when a knowledge file was added, changed or removed since the last load."""
         if self.directory is None:
@@ -470,7 +499,8 @@ class KnowledgeBase:
         base or the chunks retrieved for the burst and the last turns; "" when no KNOWLEDGE_DIR is set."""
         if not self.configured:
             return ""
-        snapshot = self._snapshot  # one snapshot for the whole call, whatever the watcher swaps in meanwhile
+        # One snapshot for the whole call, whatever the watcher swaps in (or the cache unloads) meanwhile.
+        snapshot = self.cache.acquire(self) if self.cache is not None else self._snapshot
         if self._mode(snapshot) == "whole":
             whole = snapshot.whole_text()
             return f"{GROUNDING_RULE}\n\n{HEADER_WHOLE}\n\n{whole}" if whole else f"{GROUNDING_RULE}\n\n{HEADER_EMPTY}"
@@ -480,6 +510,63 @@ class KnowledgeBase:
         if not hits:
             return f"{GROUNDING_RULE}\n\n{HEADER_NOTHING_FOUND}"
         return f"{GROUNDING_RULE}\n\n{HEADER_RETRIEVED}\n\n" + "\n\n".join(hit.chunk.render() for hit in hits)
+
+
+class KnowledgeCache:
+    """The tenants' knowledge bases of one process (tenants.py), kept within `budget_bytes` (KNOWLEDGE_CACHE_MB):
+    a base is read at its first use; when the loaded ones add up to more than the budget, the least recently used
+    are unloaded (never the one in use), and read again at their next use. The sizes are estimates
+    (`Snapshot.approx_bytes`); bench row T1 measures the process beside them."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.loads = 0  # bases read (first uses and reads again after an unload)
+        self.evictions = 0
+        self._loaded: OrderedDict[int, tuple[KnowledgeBase, int]] = OrderedDict()  # id(base) -> (base, bytes)
+        self._lock = threading.Lock()
+
+    def acquire(self, base: KnowledgeBase) -> Snapshot:
+        """The base's snapshot, read now if it is not loaded; marks it the most recently used."""
+        with self._lock:
+            kept = self._loaded.get(id(base))
+            if kept is not None and base.loaded:
+                self._loaded.move_to_end(id(base))
+                return base.snapshot
+        snapshot = base.reload()  # outside the lock: other tenants' replies go on while this one reads its folder
+        with self._lock:
+            self.loads += 1
+            self._loaded[id(base)] = (base, snapshot.approx_bytes())
+            self._loaded.move_to_end(id(base))
+            self._evict(keep=id(base))
+        return snapshot
+
+    def _evict(self, *, keep: int) -> None:
+        while self.loaded_bytes() > self.budget_bytes and len(self._loaded) > 1:
+            oldest = next(iter(self._loaded))
+            if oldest == keep:
+                break
+            base, _ = self._loaded.pop(oldest)
+            base.unload()
+            self.evictions += 1
+
+    def forget(self, base: KnowledgeBase) -> None:
+        """A base no longer used (its tenant's settings changed): its memory is no longer counted."""
+        with self._lock:
+            if self._loaded.pop(id(base), None) is not None:
+                base.unload()
+
+    def loaded_bytes(self) -> int:
+        return sum(size for _, size in self._loaded.values())
+
+    def health(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "loaded": len(self._loaded),
+                "bytes": self.loaded_bytes(),
+                "budget_bytes": self.budget_bytes,
+                "loads": self.loads,
+                "evictions": self.evictions,
+            }
 
 
 # ----- reloading in every process ---------------------------------------------------------------------------

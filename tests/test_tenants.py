@@ -207,7 +207,7 @@ def test_an_identity_no_tenant_claims_is_ignored_and_counted(
     assert answer_all(parts) == 0
     assert fake_gemini.received() == [] and fake_evolution.sends() == []
     health = tenant_app.test_client().get("/health").json
-    assert health["tenants"] == {"count": 2, "error": None}
+    assert (health["tenants"]["count"], health["tenants"]["error"]) == (2, None)
     assert health["counters"]["ignored"] == 1
 
 
@@ -320,3 +320,35 @@ def test_two_tenants_with_one_admin_token_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(TenantsError, match="ADMIN_TOKEN is the same as tenant a's"):
         parse_tenants(text, make_settings(), folder=tmp_path)
+
+
+# ----- the tenants' knowledge within a memory budget --------------------------------------------------------
+
+
+def test_knowledge_bases_stay_within_the_budget_least_recently_used_first(tmp_path: Path) -> None:
+    from knowledge import KnowledgeBase, KnowledgeCache
+
+    bases = {}
+    for name in ("a", "b", "c"):
+        folder = tmp_path / name
+        folder.mkdir()
+        text = "\n\n".join(
+            f"## Produto {n} da loja {name}\n\nO item {n} da loja {name} custa R$ {n},00." for n in range(60)
+        )
+        (folder / "produtos.md").write_text(text, encoding="utf-8")
+        bases[name] = KnowledgeBase(str(folder), whole_max_chars=0)
+    probe = KnowledgeBase(str(tmp_path / "a"), whole_max_chars=0)
+    one = probe.reload().approx_bytes()
+    cache = KnowledgeCache(int(one * 2.5))  # room for two of the three
+    for base in bases.values():
+        base.cache = cache
+
+    assert "loja a" in bases["a"].context_for([], "quanto custa o item 7?")
+    assert "loja b" in bases["b"].context_for([], "quanto custa o item 7?")
+    assert (cache.health()["loaded"], cache.evictions) == (2, 0)
+    assert "loja c" in bases["c"].context_for([], "quanto custa o item 7?")  # a, the least recently used, goes
+    assert (bases["a"].loaded, bases["b"].loaded, bases["c"].loaded) == (False, True, True)
+    assert cache.loaded_bytes() <= cache.budget_bytes and cache.evictions == 1
+    assert "loja a" in bases["a"].context_for([], "quanto custa o item 7?")  # read again; now b goes
+    assert (bases["a"].loaded, bases["b"].loaded, cache.loads, cache.evictions) == (True, False, 4, 2)
+    assert 0.5 < one / (len((tmp_path / "a" / "produtos.md").read_text()) * 3) < 20  # a sane estimate

@@ -71,7 +71,9 @@ def health_body() -> dict[str, Any]:
         },
         "archive": archive,
         "outbound": parts.worker.pacer.health() if parts.worker.pacer is not None else None,
-        "tenants": parts.tenants.health(),
+        "tenants": {**parts.tenants.health(), "knowledge": parts.knowledge_cache.health()}
+        if parts.tenants.multi
+        else parts.tenants.health(),
         **parts.buffer.counts(),
         "counters": dict(sorted({**dict.fromkeys(CONVERSATION_COUNTERS, 0), **parts.counters.totals()}.items())),
     }
