@@ -35,7 +35,7 @@ def send_as_person(parts: Components, chat: ChatRef, text: str, *, now: float) -
     """Send `text` to the chat as a person on the business side: the bot pauses for HANDOFF_PAUSE_MINUTES (or, with
     handoff off, until resumed), the text joins the chat's burst so the history keeps it after the customer's
     messages it answers, and its echo is known as the assistant's (it is not a second person's message)."""
-    gateway = parts.gateways.get(chat.gateway)
+    gateway = parts.worker.gateways_for(chat).get(chat.gateway)
     if gateway is None:
         return Outcome(False, f"the {chat.gateway} gateway is not configured")
     parts.conversations.settle(chat, Changes(), now=now, sending=[text])  # its echo is ours
@@ -84,7 +84,7 @@ def retry_dead_letter(parts: Components, letter_id: str) -> Outcome | None:
         chat = ChatRef.from_key(str(record.get("chat")))
     except ValueError:
         return Outcome(False, "the dead letter names no chat")
-    gateway = parts.gateways.get(chat.gateway)
+    gateway = parts.worker.gateways_for(chat).get(chat.gateway)
     unsent = [str(part) for part in record.get("unsent") or []]
     sent = 0
     try:

@@ -588,6 +588,11 @@ class Worker:
             return 0
         return min(len(part) * self.settings.typing_ms_per_char, self.settings.typing_max_ms)
 
+    def gateways_for(self, chat: ChatRef) -> Mapping[str, Gateway]:
+        """The gateways a message to this chat goes out through: its tenant's credentials (the owner's messages and
+        dead-letter retries use them too)."""
+        return self._of(chat).gateways
+
     def _of(self, chat: ChatRef) -> ReplySetup:
         """The chat's setup (`process` has checked that a tenant claims it; should the file change in between, the
         environment's settings finish the reply)."""

@@ -306,6 +306,10 @@ def test_a_tenants_admin_token_sees_only_its_own_chats(
     assert client.get("/admin/api/dead-letters", headers=other).json == []
     assert client.delete(f"/admin/api/dead-letters/{letters[0]['id']}", headers=other).status_code == 404
     assert len(client.get("/admin/api/dead-letters", headers=owner).json) == 1
+    retried = client.post(f"/admin/api/dead-letters/{letters[0]['id']}/retry", headers=owner)
+    assert retried.json["status"] == "sent"
+    expected_key = "key-of-the-padaria" if letters[0]["chat"] == padaria else parts.settings.authentication_api_key
+    assert fake_evolution.sends()[-1].headers["apikey"] == expected_key  # the tenant's credentials
 
     assert client.get("/admin/api/usage", headers=mine).status_code == 403  # the deployment's sums
     assert client.get("/admin/api/usage", headers=agency).status_code == 200
