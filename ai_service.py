@@ -10,6 +10,7 @@ history). Only when every provider failed does the caller get AIServiceError (an
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Protocol
 
@@ -44,6 +45,54 @@ def build_provider(name: str, settings: Settings) -> Provider:
     return OpenAIProvider(settings) if name == "openai" else GeminiProvider(settings)
 
 
+def provider_names(settings: Settings) -> list[str]:
+    """AI_PROVIDER, then AI_FALLBACK_PROVIDER when it is another one."""
+    names = [settings.ai_provider]
+    if settings.ai_fallback_provider and settings.ai_fallback_provider != settings.ai_provider:
+        names.append(settings.ai_fallback_provider)
+    return names
+
+
+# What a provider is built from: tenants (tenants.py) that agree on these share one client. A client costs tens of
+# milliseconds to build and a TLS context of its own in memory, so fifty tenants on one key must not hold fifty.
+PROVIDER_SETTINGS = {
+    "gemini": (
+        "gemini_api_key",
+        "gemini_base_url",
+        "gemini_model",
+        "gemini_timeout_seconds",
+        "gemini_max_attempts",
+        "gemini_retry_initial_seconds",
+    ),
+    "openai": (
+        "openai_api_key",
+        "openai_base_url",
+        "openai_model",
+        "openai_transcribe_model",
+        "openai_timeout_seconds",
+        "openai_max_retries",
+    ),
+}
+
+
+class ProviderPool:
+    """The providers of one process, one per distinct PROVIDER_SETTINGS."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple[object, ...], Provider] = {}
+        self._lock = threading.Lock()
+
+    def providers(self, settings: Settings) -> list[Provider]:
+        return [self.provider(name, settings) for name in provider_names(settings)]
+
+    def provider(self, name: str, settings: Settings) -> Provider:
+        key = (name, *(getattr(settings, attr) for attr in PROVIDER_SETTINGS.get(name, PROVIDER_SETTINGS["gemini"])))
+        with self._lock:
+            if key not in self._built:
+                self._built[key] = build_provider(name, settings)
+            return self._built[key]
+
+
 class AIService:
     """The providers in order (AI_PROVIDER, then AI_FALLBACK_PROVIDER) and the instruction they share."""
 
@@ -61,10 +110,7 @@ class AIService:
         self.counters = counters or Counters()
         self.metrics = metrics or Metrics(enabled=False)
         if providers is None:
-            names = [settings.ai_provider]
-            if settings.ai_fallback_provider and settings.ai_fallback_provider != settings.ai_provider:
-                names.append(settings.ai_fallback_provider)
-            providers = [build_provider(name, settings) for name in names]
+            providers = [build_provider(name, settings) for name in provider_names(settings)]
         self.providers = providers
 
     @property

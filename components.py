@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ai_service import AIService
+from ai_service import AIService, ProviderPool
 from archive import Archive, build_archive
 from buffer import Buffer
 from config import Settings
@@ -118,6 +118,7 @@ def build_components(
     )
     tenants = TenantDirectory(settings, path=settings.tenants_file, reload_seconds=settings.tenants_reload_seconds)
     knowledge_cache = KnowledgeCache(int(settings.knowledge_cache_mb * 1024 * 1024))
+    pool = ProviderPool()  # tenants on the same model and key share one client
 
     def setup_of(tenant: Tenant) -> ReplySetup:
         """A tenant's reply setup: its persona, knowledge and model; its rules; its gateway credentials."""
@@ -131,7 +132,7 @@ def build_components(
         return ReplySetup(
             settings=own,
             rules=Rules.from_settings(own),
-            ai=AIService(own, tenant_knowledge, counters=counters, metrics=metrics),
+            ai=AIService(own, tenant_knowledge, counters=counters, metrics=metrics, providers=pool.providers(own)),
             gateways=tenant_gateways,
             media=media_loader(own, tenant_gateways, counters),
         )

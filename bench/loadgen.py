@@ -33,7 +33,7 @@ def _template() -> str:
     """An Evolution v2 messages.upsert body (~700 bytes) with placeholders for chat, id and time."""
     body = {
         "event": "messages.upsert",
-        "instance": INSTANCE,
+        "instance": "@@INSTANCE@@",
         "data": {
             "key": {"remoteJid": "@@JID@@", "fromMe": False, "id": "@@ID@@"},
             "pushName": "Cliente Bench",
@@ -56,8 +56,14 @@ def _template() -> str:
 TEMPLATE = _template()
 
 
-def body_for(chat: int, msg_id: str) -> bytes:
-    return TEMPLATE.replace("@@JID@@", jid_for(chat)).replace("@@ID@@", msg_id).encode()
+def instance_for(chat: int, instances: int = 1) -> str:
+    """The Evolution instance chat n writes to: INSTANCE, or one of `instances` (rows T: one per tenant)."""
+    return INSTANCE if instances <= 1 else f"{INSTANCE}-{chat % instances:02d}"
+
+
+def body_for(chat: int, msg_id: str, instances: int = 1) -> bytes:
+    body = TEMPLATE.replace("@@JID@@", jid_for(chat)).replace("@@ID@@", msg_id)
+    return body.replace("@@INSTANCE@@", instance_for(chat, instances)).encode()
 
 
 class Conn:
@@ -166,6 +172,7 @@ def closed_loop(
     run_tag: int,
     result_q: Any,
     expect: bytes = b'"buffered"',
+    instances: int = 1,
 ) -> None:
     """Each thread posts back to back from start_at to start_at+warmup+duration; counts the last `duration`.
 
@@ -195,7 +202,7 @@ def closed_loop(
             msg_id = f"3EB0{run_tag:04X}{proc_index:02X}{thread_index:02X}{seq:08X}"
             t0 = time.perf_counter()
             try:
-                status, body = conn.post(body_for(chat, msg_id))
+                status, body = conn.post(body_for(chat, msg_id, instances))
             except OSError as exc:
                 if now >= measure_from:
                     errors += 1

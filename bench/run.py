@@ -17,6 +17,9 @@ Measurements (`--only` picks some; H runs first)
   4  CPU per reply (gunicorn master + workers, from /proc) during 3; target <= 2.5 ms
   3w the same drain with web and workers apart: `gunicorn -w 2` with WORKER_ENABLED=false (it only buffers) and
      `--workers` processes of `python worker.py` answering (info: the topology's cost beside row 3)
+  T  several businesses (bench/tenants_bench.py): 50 tenants with a 200-chunk knowledge folder each against one
+     tenant on the same 50 instances, alternated: T1 memory per worker within KNOWLEDGE_CACHE_MB, T2 webhook
+     throughput and T3 drain (targets: within 10 % of one tenant)
   1c, 3c  rows 1a and 3 again on a Redis Cluster of 3 masters with a replica each (CACHE_REDIS_CLUSTER, 16 shards),
      started in the same run (info: the cluster's cost beside the single server)
   5  Redis memory per buffered chat (INFO used_memory), seen/dedupe marker included; target <= 800 B beyond the text
@@ -763,7 +766,7 @@ def git_head(root: Path = ROOT) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="shrink every size (about 1.5 minutes)")
-    p.add_argument("--only", default="H,1,2,3,3w,1c,3c,5,A,M", help="comma list of tests to run (4 comes with 3)")
+    p.add_argument("--only", default="H,1,2,3,3w,1c,3c,T,5,A,M", help="comma list of tests to run (4 comes with 3)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--threads", type=int, default=4, help="threads per gthread worker (row 1b)")
     p.add_argument("--load-procs", type=int, default=2, help="load processes for max throughput")
@@ -785,6 +788,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--drain-chats", type=int, help="default 2,000")
     p.add_argument("--drain-timeout", type=float, default=90.0)
+    p.add_argument("--tenant-chats", type=int, help="rows T: chats drained per case (default 1,000)")
+    p.add_argument("--tenant-rounds", type=int, help="rows T: rounds of each case, alternated (default 2)")
     p.add_argument(
         "--diag-poll",
         type=float,
@@ -831,6 +836,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "lag_spread": (60.0, 15.0),
         "drain_chats": (2_000, 500),
         "mem_chats": (10_000, 2_000),
+        "tenant_chats": (1_000, 300),
+        "tenant_rounds": (2, 1),
     }
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
@@ -888,6 +895,10 @@ def main(argv: list[str] | None = None) -> int:
             bench_drain(args, redis, fakes, report, poll=None, key="3w", apart=True)
         if {"1c", "3c"} & args.tests:
             bench_on_cluster(args, fakes, report)
+        if "T" in args.tests:
+            import tenants_bench
+
+            tenants_bench.bench_tenants(args, redis, fakes, report)
         if "5" in args.tests:
             bench_memory(args, redis, report)
         if "A" in args.tests:

@@ -64,6 +64,8 @@ class RedisClusterGroup:
         used: set[int] = set()
         for n in range(masters * (1 + replicas_per_master)):
             folder = workdir / f"node-{n}"
+            # A node that finds the cluster file of an earlier run would rejoin that cluster: start from nothing.
+            (folder / "nodes.conf").unlink(missing_ok=True)
             # The bus port is chosen too (cluster-port): the default, port + 10000, may be above 65535 or taken,
             # since free_port() hands out ports from the ephemeral range.
             bus_port = self._distinct_port(used)
