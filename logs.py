@@ -52,6 +52,7 @@ class OneLine(logging.Filter):
 
 _correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 _chat: contextvars.ContextVar[str] = contextvars.ContextVar("chat", default="")
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="")
 
 
 def burst_id(chat_key: str, first_message_id: str) -> str:
@@ -61,33 +62,37 @@ def burst_id(chat_key: str, first_message_id: str) -> str:
 
 
 @contextlib.contextmanager
-def log_context(correlation_id: str, chat: str) -> Iterator[None]:
-    """Every line logged inside (in this thread) carries the burst's correlation id and the masked chat."""
-    tokens = (_correlation_id.set(correlation_id), _chat.set(chat))
+def log_context(correlation_id: str, chat: str, tenant: str = "") -> Iterator[None]:
+    """Every line logged inside (in this thread) carries the burst's correlation id, the masked chat and its tenant
+    (TENANTS_FILE; "default" without one)."""
+    tokens = (_correlation_id.set(correlation_id), _chat.set(chat), _tenant.set(tenant))
     try:
         yield
     finally:
         _correlation_id.reset(tokens[0])
         _chat.reset(tokens[1])
+        _tenant.reset(tokens[2])
 
 
 class BurstContext(logging.Filter):
-    """Puts `correlation_id` and `chat` on every record (given with `extra=`, or from `log_context`)."""
+    """Puts `correlation_id`, `chat` and `tenant` on every record (given with `extra=`, or from `log_context`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "correlation_id", ""):
             record.correlation_id = _correlation_id.get()
         if not getattr(record, "chat", ""):
             record.chat = _chat.get()
+        if not getattr(record, "tenant", ""):
+            record.tenant = _tenant.get()
         return True
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s %(correlation_id)s %(chat)s"
+JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s %(correlation_id)s %(chat)s %(tenant)s"
 
 
 def json_formatter() -> logging.Formatter:
-    """One JSON object per line: time, level, process, logger, message, correlation_id, chat (masked)."""
+    """One JSON object per line: time, level, process, logger, message, correlation_id, chat (masked), tenant."""
     return JsonFormatter(
         JSON_FIELDS,
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},

@@ -72,6 +72,7 @@ class ReplySetup:
     ai: AIService
     gateways: Mapping[str, Gateway]
     media: MediaLoader
+    tenant: str = "default"  # its id in TENANTS_FILE (log lines carry it)
 
 
 def media_loader(settings: Settings, gateways: Mapping[str, Gateway], counters: Counters) -> MediaLoader:
@@ -262,7 +263,8 @@ class Worker:
         self.metrics.in_flight(+1)
         first_id = str(claim.messages[0].get("id") or "") if claim.messages else ""
         try:
-            with log_context(burst_id(claim.chat.key, first_id), claim.chat.label):
+            tenant = self._of(claim.chat).tenant
+            with log_context(burst_id(claim.chat.key, first_id), claim.chat.label, tenant):
                 self.process(claim)
         except Exception:  # one chat's failure must not stop the others; its lease brings it back
             self.counters.add("worker_errors")

@@ -181,7 +181,11 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
         metrics.webhook(item.chat.gateway, "buffered")
         if not log.isEnabledFor(logging.INFO):
             continue  # INFO is off: no masked number or correlation id for a line nobody reads
-        burst = {"correlation_id": burst_id(item.chat.key, result.first_id), "chat": item.chat.label}
+        burst = {
+            "correlation_id": burst_id(item.chat.key, result.first_id),
+            "chat": item.chat.label,
+            "tenant": tenant.id,
+        }
         log.info(
             "received chat=%s msg=%s kind=%s pending=%d due_in=%.1fs store=%s",
             item.chat.label,

@@ -6,6 +6,7 @@ instance is ignored; editing the file adds a tenant without a restart, and a bro
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ def run_three_businesses(e2e: Harness, graph: FakeGraph, path: Path) -> None:
         TENANTS_FILE=str(path),
         TENANTS_RELOAD_SECONDS="0.5",
         ADMIN_TOKEN="admin-da-agencia",
+        LOG_FORMAT="json",
         **gateway_env(graph),
     )
     assert server.post(upsert("Quanto custa o pão?", jid=CUSTOMER, instance="padaria")).json()["buffered"] == 1
@@ -124,6 +126,13 @@ def run_three_businesses(e2e: Harness, graph: FakeGraph, path: Path) -> None:
     assert FACTS["padaria-kb"] in padaria and FACTS["clinica-kb"] not in padaria
     assert FACTS["clinica-kb"] in clinica and FACTS["padaria-kb"] not in clinica
     assert "Pet Shop" not in padaria + clinica
+
+    # Every log line about a burst names its business.
+    def tenants_of_sent_replies() -> set[str]:
+        lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+        return {line["tenant"] for line in lines if line["message"].startswith("reply sent ")}
+
+    wait_until(lambda: {"padaria", "petshop", "clinica"} <= tenants_of_sent_replies(), timeout=10, what="log lines")
 
     # The same customer on two businesses: two chats, each with its own history.
     padaria_chat, petshop_chat = f"evolution:padaria:{CUSTOMER}", f"evolution:petshop:{CUSTOMER}"
