@@ -285,6 +285,17 @@ def wait_sends(fakes: FakeHost, expected: int, until: float) -> int:
 # ----- 1: webhook throughput and ack latency ------------------------------------------------------------
 
 
+def closed_loop_load(args: argparse.Namespace, port: int, **extra: Any) -> list[dict[str, Any]]:
+    """The keyword arguments of `loadgen.closed_loop` for each load process: --conns connections over --load-procs
+    processes, starting in 1.5 s, --warmup then --tp-seconds measured, over --tp-chats chats."""
+    per_proc = max(1, args.conns // args.load_procs)
+    start_at = time.time() + 1.5
+    run_tag = int(time.time()) & 0xFFFF
+    common = {"port": port, "threads": per_proc, "start_at": start_at, "warmup": args.warmup}
+    common |= {"duration": args.tp_seconds, "chats": args.tp_chats, "run_tag": run_tag, **extra}
+    return [{**common, "proc_index": i} for i in range(args.load_procs)]
+
+
 def bench_webhook(
     args: argparse.Namespace, redis: RedisProc | ClusterProc, fakes: FakeHost, report: Report, cls: str
 ) -> None:
@@ -308,25 +319,11 @@ def bench_webhook(
     server.start().wait_ready()
     try:
         # -- max throughput, closed loop
-        procs_n = args.load_procs
-        per_proc = max(1, args.conns // procs_n)
-        start_at = time.time() + 1.5
+        kwargs = closed_loop_load(args, server.port)
+        procs_n, per_proc = len(kwargs), kwargs[0]["threads"]
+        start_at, run_tag = kwargs[0]["start_at"], kwargs[0]["run_tag"]
         measure_from = start_at + args.warmup
         stop_at = measure_from + args.tp_seconds
-        run_tag = int(time.time()) & 0xFFFF
-        kwargs = [
-            {
-                "port": server.port,
-                "proc_index": i,
-                "threads": per_proc,
-                "start_at": start_at,
-                "warmup": args.warmup,
-                "duration": args.tp_seconds,
-                "chats": args.tp_chats,
-                "run_tag": run_tag,
-            }
-            for i in range(procs_n)
-        ]
         log(f"[{key}] max throughput: {procs_n} load processes x {per_proc} connections, {args.tp_seconds:.0f} s")
         procs, queue = run_load(loadgen.closed_loop, kwargs)
         sleep_until(measure_from)

@@ -195,24 +195,7 @@ def health_knowledge(server: Gunicorn) -> dict[str, Any]:
 
 
 def throughput(args: argparse.Namespace, run: Any, server: Gunicorn) -> float:
-    procs_n = args.load_procs
-    per_proc = max(1, args.conns // procs_n)
-    start_at = time.time() + 1.5
-    run_tag = int(time.time()) & 0xFFFF
-    kwargs = [
-        {
-            "port": server.port,
-            "proc_index": i,
-            "threads": per_proc,
-            "start_at": start_at,
-            "warmup": args.warmup,
-            "duration": args.tp_seconds,
-            "chats": args.tp_chats,
-            "run_tag": run_tag,
-            "instances": TENANTS,
-        }
-        for i in range(procs_n)
-    ]
+    kwargs = run.closed_loop_load(args, server.port, instances=TENANTS)
     procs, queue = run.run_load(loadgen.closed_loop, kwargs)
     results = run.collect(procs, queue, timeout=args.tp_seconds + args.warmup + 60)
     return sum(r["ok"] for r in results) / args.tp_seconds

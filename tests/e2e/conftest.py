@@ -469,3 +469,39 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for server in harness.servers:
             report.sections.append((f"server log {server.name} ({server.log_path})", server.logs()[-30000:]))
         report.sections.append(("fakes", harness.debug_report()))
+
+
+# ----- shared by the failover tests (Sentinel, Cluster) ---------------------------------------------------------
+
+
+def post_until_acknowledged(server: ServerProcess, body: dict[str, Any], *, timeout: float = 20.0) -> None:
+    """What a gateway does: post, and post the same message again after anything but a 2xx."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            response = server.post(body)
+            if response.status_code == 200:
+                assert response.json()["status"] in ("buffered", "ignored"), response.text
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{body} was never acknowledged")
+
+
+def assert_a_worker_killed_mid_reply_is_replaced(e2e: Harness, env: dict[str, str]) -> None:
+    """A web process and a worker process; the worker is SIGKILLed while it waits on the model, and another worker
+    process answers the burst once the dead one's lease runs out: one reply, no more."""
+    web = e2e.gunicorn_server(workers=1, WORKER_ENABLED="false", **env)
+    first = e2e.spawn_worker_process(**env)
+    e2e.gemini.delay = 3.0  # the first worker is still waiting on the model when it dies
+    assert web.post(upsert("Vocês abrem no feriado?")).json()["status"] == "buffered"
+    wait_count(lambda: len(e2e.gemini.received()), 1, timeout=20, what="the model asked by the first worker")
+
+    first.kill()
+    e2e.gemini.delay = 0.0
+    e2e.spawn_worker_process(**env)  # takes the chat over once the dead worker's lease (LEASE_SECONDS) runs out
+
+    (send,) = e2e.wait_sends(1, timeout=30)
+    assert "Vocês abrem no feriado?" in send.json["text"]
+    e2e.assert_no_more(sends=1, seconds=3)

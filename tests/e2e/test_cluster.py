@@ -4,14 +4,12 @@ process SIGKILLed while waiting on the model is replaced by the other one after 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.e2e.conftest import Harness, ServerProcess, upsert, wait_count
+from tests.e2e.conftest import Harness, assert_a_worker_killed_mid_reply_is_replaced, post_until_acknowledged, upsert
 from tests.redis_cluster import RedisClusterGroup
 
 
@@ -24,21 +22,6 @@ def cluster(tmp_path: Path) -> Iterator[RedisClusterGroup]:
 
 def cluster_env(group: RedisClusterGroup) -> dict[str, str]:
     return {"CACHE_REDIS_CLUSTER": "true", "CACHE_REDIS_URI": group.url, "DUE_SHARDS": "16"}
-
-
-def post_until_acknowledged(server: ServerProcess, body: dict[str, object], *, timeout: float = 20.0) -> None:
-    """What a gateway does: post, and post the same message again after anything but a 2xx."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            response = server.post(body)
-            if response.status_code == 200:
-                assert response.json()["status"] == "buffered", response.text
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{body} was never acknowledged")
 
 
 def test_bursts_on_many_chats_are_answered_once_through_a_failover(e2e: Harness, cluster: RedisClusterGroup) -> None:
@@ -75,17 +58,4 @@ def test_bursts_on_many_chats_are_answered_once_through_a_failover(e2e: Harness,
 
 
 def test_a_worker_killed_mid_reply_is_replaced_after_the_lease(e2e: Harness, cluster: RedisClusterGroup) -> None:
-    env = cluster_env(cluster)
-    web = e2e.gunicorn_server(workers=1, WORKER_ENABLED="false", **env)
-    first = e2e.spawn_worker_process(**env)
-    e2e.gemini.delay = 3.0  # the first worker is still waiting on the model when it dies
-    assert web.post(upsert("Vocês abrem no feriado?")).json()["status"] == "buffered"
-    wait_count(lambda: len(e2e.gemini.received()), 1, timeout=20, what="the model asked by the first worker")
-
-    first.kill()
-    e2e.gemini.delay = 0.0
-    e2e.spawn_worker_process(**env)  # takes the chat over once the dead worker's lease (LEASE_SECONDS) runs out
-
-    (send,) = e2e.wait_sends(1, timeout=30)
-    assert "Vocês abrem no feriado?" in send.json["text"]
-    e2e.assert_no_more(sends=1, seconds=3)
+    assert_a_worker_killed_mid_reply_is_replaced(e2e, cluster_env(cluster))

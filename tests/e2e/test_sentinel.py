@@ -4,14 +4,12 @@ process that runs no worker answers 503 while no master is reachable instead of 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.e2e.conftest import Harness, ServerProcess, upsert, wait_count
+from tests.e2e.conftest import Harness, assert_a_worker_killed_mid_reply_is_replaced, post_until_acknowledged, upsert
 from tests.redis_sentinel import SentinelGroup
 
 
@@ -27,22 +25,6 @@ def sentinel_env(group: SentinelGroup) -> dict[str, str]:
     return {"CACHE_REDIS_SENTINELS": group.addresses, "CACHE_REDIS_URI": "redis://unused.invalid:6379/0"}
 
 
-def post_until_acknowledged(server: ServerProcess, jid: str, text: str, *, timeout: float = 20.0) -> None:
-    """What a gateway does: post, and post again after anything but a 2xx."""
-    deadline = time.time() + timeout
-    body = upsert(text, jid=jid)  # the same message id on every try: a retry, not a new message
-    while time.time() < deadline:
-        try:
-            response = server.post(body)
-            if response.status_code == 200:
-                assert response.json()["status"] in ("buffered", "ignored"), response.text
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} was never acknowledged")
-
-
 def test_a_master_killed_mid_run_loses_no_acknowledged_message(e2e: Harness, sentinel_group: SentinelGroup) -> None:
     server = e2e.gunicorn_server(workers=2, DEBOUNCE_SECONDS=2, **sentinel_env(sentinel_group))
     before = {f"55118{n:08d}@s.whatsapp.net": f"Antes da falha {n}" for n in range(8)}
@@ -50,15 +32,15 @@ def test_a_master_killed_mid_run_loses_no_acknowledged_message(e2e: Harness, sen
     after = {f"55116{n:08d}@s.whatsapp.net": f"Depois da falha {n}" for n in range(8)}
 
     for jid, text in before.items():
-        post_until_acknowledged(server, jid, text)
+        post_until_acknowledged(server, upsert(text, jid=jid))
     # Acknowledged and replicated: what Redis replication keeps through a failover (see the README's window).
     sentinel_group.wait(sentinel_group.replica_in_sync, "the replica to have the buffered messages", timeout=10)
     sentinel_group.master.kill()
     for jid, text in during.items():
-        post_until_acknowledged(server, jid, text)
+        post_until_acknowledged(server, upsert(text, jid=jid))
     sentinel_group.wait(lambda: sentinel_group.master_port() == sentinel_group.replica.port, "the failover")
     for jid, text in after.items():
-        post_until_acknowledged(server, jid, text)
+        post_until_acknowledged(server, upsert(text, jid=jid))
 
     expected = {**before, **during, **after}
     sends = e2e.wait_sends(len(expected), timeout=40)
@@ -90,17 +72,4 @@ def test_a_web_process_without_a_worker_answers_503_while_no_master_is_reachable
 
 
 def test_a_worker_killed_mid_reply_is_replaced_after_the_lease(e2e: Harness, sentinel_group: SentinelGroup) -> None:
-    env = sentinel_env(sentinel_group)
-    web = e2e.gunicorn_server(workers=1, WORKER_ENABLED="false", **env)
-    first = e2e.spawn_worker_process(**env)
-    e2e.gemini.delay = 3.0  # the first worker is still waiting on the model when it dies
-    assert web.post(upsert("Vocês abrem no feriado?")).json()["status"] == "buffered"
-    wait_count(lambda: len(e2e.gemini.received()), 1, timeout=20, what="the model asked by the first worker")
-
-    first.kill()
-    e2e.gemini.delay = 0.0
-    e2e.spawn_worker_process(**env)  # takes the chat over once the dead worker's lease (LEASE_SECONDS) runs out
-
-    (send,) = e2e.wait_sends(1, timeout=30)
-    assert "Vocês abrem no feriado?" in send.json["text"]
-    e2e.assert_no_more(sends=1, seconds=3)
+    assert_a_worker_killed_mid_reply_is_replaced(e2e, sentinel_env(sentinel_group))
