@@ -117,6 +117,7 @@ def build_components(
         signal=ReloadSignal(link, keys.knowledge_generation()) if link.enabled else None,
     )
     tenants = TenantDirectory(settings, path=settings.tenants_file, reload_seconds=settings.tenants_reload_seconds)
+    tenants.watch()
     knowledge_cache = KnowledgeCache(int(settings.knowledge_cache_mb * 1024 * 1024))
     pool = ProviderPool()  # tenants on the same model and key share one client
 

@@ -262,11 +262,12 @@ class TenantDirectory:
         tenants = self.all()
         return {"count": len(tenants), "error": self.error or None}
 
-    def _watch(self) -> None:
+    def watch(self) -> None:
         """Look at the file every `reload_seconds` in this process, so that even a process that serves nothing
         meanwhile takes every good edit (it would otherwise go from the tenants before it straight to a broken one).
-        Started by the first lookup in each process: threads do not survive gunicorn's fork."""
-        if self._watching_in == os.getpid():
+        Started when the service is wired, and again by the first lookup in a process forked after that (threads do
+        not survive a fork: gunicorn's preload)."""
+        if self.path is None or self._watching_in == os.getpid():
             return
         self._watching_in = os.getpid()
 
@@ -283,7 +284,7 @@ class TenantDirectory:
     def _maybe_reload(self) -> None:
         if self.path is None:
             return
-        self._watch()
+        self.watch()
         now = self.clock()
         if now < self._next_check:
             return
