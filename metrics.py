@@ -44,16 +44,21 @@ SEND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 
 # registry=None: in multiprocess mode the samples go to files, and /metrics reads them through its own registry.
 WEBHOOKS = Counter(
-    "wa_webhooks", "Messages received by webhook, by outcome", ["gateway", "outcome", "reason"], registry=None
+    "wa_webhooks", "Messages received by webhook, by outcome", ["gateway", "tenant", "outcome", "reason"], registry=None
 )
 BURSTS = Counter(
-    "wa_bursts", "Due bursts decided, by action (ai, text, none) and reason", ["gateway", "action"], registry=None
+    "wa_bursts",
+    "Due bursts decided, by action (ai, text, none) and reason",
+    ["gateway", "tenant", "action"],
+    registry=None,
 )
-BURST_SIZE = Histogram("wa_burst_size", "Messages per due burst", ["gateway"], buckets=SIZE_BUCKETS, registry=None)
+BURST_SIZE = Histogram(
+    "wa_burst_size", "Messages per due burst", ["gateway", "tenant"], buckets=SIZE_BUCKETS, registry=None
+)
 DEBOUNCE_LAG = Histogram(
     "wa_debounce_lag_seconds",
     "From a burst's deadline to its reply's first part sent",
-    ["gateway"],
+    ["gateway", "tenant"],
     buckets=LAG_BUCKETS,
     registry=None,
 )
@@ -70,17 +75,24 @@ MODEL_ERRORS = Counter(
 MODEL_TOKENS = Counter(
     "wa_model_tokens", "Tokens of model calls (usage metadata)", ["provider", "model", "direction"], registry=None
 )
-SENDS = Counter("wa_sends", "Reply parts given to a gateway, by result", ["gateway", "result"], registry=None)
+SENDS = Counter("wa_sends", "Reply parts given to a gateway, by result", ["gateway", "tenant", "result"], registry=None)
 SEND_LATENCY = Histogram(
     "wa_send_latency_seconds", "One send to a gateway", ["gateway"], buckets=SEND_BUCKETS, registry=None
 )
-SEND_RETRIES = Counter("wa_send_retries", "Replies put back for a later delivery attempt", ["gateway"], registry=None)
-DEAD_LETTERS = Counter("wa_dead_letters", "Replies given up on (kept in the dead letters)", ["gateway"], registry=None)
-HANDOFFS = Counter(
-    "wa_handoffs", "Chats handed to a person (asked by the customer, or taken over)", ["gateway", "how"], registry=None
+SEND_RETRIES = Counter(
+    "wa_send_retries", "Replies put back for a later delivery attempt", ["gateway", "tenant"], registry=None
 )
-OPT_OUTS = Counter("wa_opt_outs", "Customers who opted out", ["gateway"], registry=None)
-OUT_OF_HOURS = Counter("wa_out_of_hours", "Out-of-hours notices sent", ["gateway"], registry=None)
+DEAD_LETTERS = Counter(
+    "wa_dead_letters", "Replies given up on (kept in the dead letters)", ["gateway", "tenant"], registry=None
+)
+HANDOFFS = Counter(
+    "wa_handoffs",
+    "Chats handed to a person (asked by the customer, or taken over)",
+    ["gateway", "tenant", "how"],
+    registry=None,
+)
+OPT_OUTS = Counter("wa_opt_outs", "Customers who opted out", ["gateway", "tenant"], registry=None)
+OUT_OF_HOURS = Counter("wa_out_of_hours", "Out-of-hours notices sent", ["gateway", "tenant"], registry=None)
 EVENTS = Counter("wa_events", "Every event /health counts, by name", ["event"], registry=None)
 IN_FLIGHT = Gauge(
     "wa_replies_in_flight", "Replies being written or sent now", ["role"], multiprocess_mode="livesum", registry=None
@@ -105,31 +117,33 @@ class Metrics:
         if self.enabled and amount:
             _child(EVENTS, name).inc(amount)
 
-    def webhook(self, gateway: str, outcome: str, reason: str = "") -> None:
-        if self.enabled:
-            _child(WEBHOOKS, gateway, outcome, reason).inc()
+    # `tenant`: the chat's business in TENANTS_FILE ("default" without one; "" for what no tenant claims).
 
-    def burst(self, gateway: str, action: str, size: int) -> None:
+    def webhook(self, gateway: str, outcome: str, reason: str = "", *, tenant: str = "") -> None:
         if self.enabled:
-            BURSTS.labels(gateway=gateway, action=action).inc()
-            BURST_SIZE.labels(gateway=gateway).observe(size)
+            _child(WEBHOOKS, gateway, tenant, outcome, reason).inc()
 
-    def handoff(self, gateway: str, how: str) -> None:
+    def burst(self, gateway: str, action: str, size: int, *, tenant: str = "") -> None:
+        if self.enabled:
+            BURSTS.labels(gateway=gateway, tenant=tenant, action=action).inc()
+            BURST_SIZE.labels(gateway=gateway, tenant=tenant).observe(size)
+
+    def handoff(self, gateway: str, how: str, *, tenant: str = "") -> None:
         """`how`: requested (the customer asked for a person) or taken (a person wrote or paused the bot)."""
         if self.enabled:
-            HANDOFFS.labels(gateway=gateway, how=how).inc()
+            HANDOFFS.labels(gateway=gateway, tenant=tenant, how=how).inc()
 
-    def opt_out(self, gateway: str) -> None:
+    def opt_out(self, gateway: str, *, tenant: str = "") -> None:
         if self.enabled:
-            OPT_OUTS.labels(gateway=gateway).inc()
+            OPT_OUTS.labels(gateway=gateway, tenant=tenant).inc()
 
-    def out_of_hours(self, gateway: str) -> None:
+    def out_of_hours(self, gateway: str, *, tenant: str = "") -> None:
         if self.enabled:
-            OUT_OF_HOURS.labels(gateway=gateway).inc()
+            OUT_OF_HOURS.labels(gateway=gateway, tenant=tenant).inc()
 
-    def debounce_lag(self, gateway: str, seconds: float) -> None:
+    def debounce_lag(self, gateway: str, seconds: float, *, tenant: str = "") -> None:
         if self.enabled:
-            DEBOUNCE_LAG.labels(gateway=gateway).observe(max(0.0, seconds))
+            DEBOUNCE_LAG.labels(gateway=gateway, tenant=tenant).observe(max(0.0, seconds))
 
     def model_call(self, provider: str, model: str, seconds: float, *, ok: bool) -> None:
         if not self.enabled:
@@ -144,18 +158,18 @@ class Metrics:
         MODEL_TOKENS.labels(provider=provider, model=model, direction="input").inc(input_tokens)
         MODEL_TOKENS.labels(provider=provider, model=model, direction="output").inc(output_tokens)
 
-    def send(self, gateway: str, *, ok: bool, seconds: float) -> None:
+    def send(self, gateway: str, *, ok: bool, seconds: float, tenant: str = "") -> None:
         if self.enabled:
-            SENDS.labels(gateway=gateway, result="sent" if ok else "failed").inc()
+            SENDS.labels(gateway=gateway, tenant=tenant, result="sent" if ok else "failed").inc()
             SEND_LATENCY.labels(gateway=gateway).observe(seconds)
 
-    def send_retry(self, gateway: str) -> None:
+    def send_retry(self, gateway: str, *, tenant: str = "") -> None:
         if self.enabled:
-            SEND_RETRIES.labels(gateway=gateway).inc()
+            SEND_RETRIES.labels(gateway=gateway, tenant=tenant).inc()
 
-    def dead_letter(self, gateway: str) -> None:
+    def dead_letter(self, gateway: str, *, tenant: str = "") -> None:
         if self.enabled:
-            DEAD_LETTERS.labels(gateway=gateway).inc()
+            DEAD_LETTERS.labels(gateway=gateway, tenant=tenant).inc()
 
     def in_flight(self, delta: int, role: str = "worker") -> None:
         if self.enabled:

@@ -350,14 +350,14 @@ class Worker:
         counter = DECISION_COUNTERS.get(decision.reason)
         if counter:
             self.counters.add(counter)
-        gateway = claim.chat.gateway
-        self.metrics.burst(gateway, decision.action, len(claim.messages))
+        gateway, tenant = claim.chat.gateway, self._of(claim.chat).tenant
+        self.metrics.burst(gateway, decision.action, len(claim.messages), tenant=tenant)
         if decision.reason == "handoff_request":
-            self.metrics.handoff(gateway, "requested")
+            self.metrics.handoff(gateway, "requested", tenant=tenant)
         elif decision.reason == "opt_out":
-            self.metrics.opt_out(gateway)
+            self.metrics.opt_out(gateway, tenant=tenant)
         elif decision.reason == "out_of_hours":
-            self.metrics.out_of_hours(gateway)
+            self.metrics.out_of_hours(gateway, tenant=tenant)
         log.info(
             "decision chat=%s action=%s reason=%s answered=%d handled_by_person=%d",
             claim.chat.label,
@@ -697,6 +697,7 @@ class Worker:
         """Send one part at its paced moment; when the gateway says the number (or this customer's conversation)
         gets messages too fast, slow that down and send it again at its next moment, up to RATE_LIMIT_RESENDS
         times (then it fails like any transient error: released and retried later). Returns the gateway's id."""
+        tenant = self._of(chat).tenant
         for resend in range(RATE_LIMIT_RESENDS + 1):
             if self.pacer is not None:
                 self.pacer.wait_for_turn(chat, slowed_down=resend > 0)
@@ -704,7 +705,7 @@ class Worker:
             try:
                 message_id = gateway.send_text(chat, part, **typing)
             except SendError as exc:
-                self.metrics.send(chat.gateway, ok=False, seconds=time.monotonic() - began)
+                self.metrics.send(chat.gateway, ok=False, seconds=time.monotonic() - began, tenant=tenant)
                 if not exc.rate_limit or self.pacer is None or resend == RATE_LIMIT_RESENDS:
                     raise
                 asked = exc.retry_after if exc.retry_after is not None else DEFAULT_SLOWDOWN_SECONDS[exc.rate_limit]
@@ -718,7 +719,7 @@ class Worker:
                     wait,
                 )
                 continue
-            self.metrics.send(chat.gateway, ok=True, seconds=time.monotonic() - began)
+            self.metrics.send(chat.gateway, ok=True, seconds=time.monotonic() - began, tenant=tenant)
             return message_id
         raise AssertionError("unreachable")  # the loop returns or raises
 
@@ -741,7 +742,8 @@ class Worker:
                 typing = {"typing_ms": typing_ms, "reply_to": plan.reply_to} if typing_ms else {}
                 message_id = self._send_part(claim.chat, gateway, part, typing)
                 if sent == 0 and claim.attempts == 1:
-                    self.metrics.debounce_lag(claim.chat.gateway, self.clock() - self._deadline(claim))
+                    lag, tenant = self.clock() - self._deadline(claim), self._of(claim.chat).tenant
+                    self.metrics.debounce_lag(claim.chat.gateway, lag, tenant=tenant)
                 archived = [
                     reply_part_event(
                         claim.chat,
@@ -773,7 +775,7 @@ class Worker:
                 # A refusal the gateway answered means the part did not go out: the retry need not look for it.
                 refused = NOT_SENDING if exc.status_code is not None else ""
                 self.buffer.release(claim, retry_at=self.clock() + delay, sending=refused)
-                self.metrics.send_retry(claim.chat.gateway)
+                self.metrics.send_retry(claim.chat.gateway, tenant=self._of(claim.chat).tenant)
                 log.warning(
                     "send failed chat=%s attempt=%d part=%d/%d: %s; retrying in %.0fs",
                     claim.chat.label,
@@ -804,7 +806,7 @@ class Worker:
             log.warning("lease lost chat=%s before dead-lettering; the new owner decides", claim.chat.label)
             return
         self.counters.add("dead_lettered")
-        self.metrics.dead_letter(claim.chat.gateway)
+        self.metrics.dead_letter(claim.chat.gateway, tenant=self._of(claim.chat).tenant)
         label, attempts = claim.chat.label, claim.attempts
         log.error("reply abandoned chat=%s after %d attempts: %s (kept in dead letters)", label, attempts, reason)
 

@@ -83,7 +83,7 @@ def test_a_dead_process_live_gauge_is_dropped_and_its_counters_kept(tmp_path: Pa
     assert list(tmp_path.glob(f"gauge_livesum_{pid}.db"))
     body = Metrics(enabled=True, directory=str(tmp_path)).exposition()[0].decode()
     assert not list(tmp_path.glob(f"gauge_livesum_{pid}.db"))  # the process is gone: its live gauge too
-    assert 'wa_webhooks_total{gateway="evolution",outcome="buffered",reason=""} 1.0' in body
+    assert 'wa_webhooks_total{gateway="evolution",outcome="buffered",reason="",tenant=""} 1.0' in body
     assert 'wa_replies_in_flight{role="worker"} 1.0' not in body
 
 

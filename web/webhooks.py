@@ -155,16 +155,16 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
             continue
         assert tenant is not None
         if item.from_me:
-            outcome = from_business_side(item, now)
+            outcome = from_business_side(item, now, tenant=tenant.id)
             if outcome in ("own_echo", "ignored"):
                 reasons.append("own_echo" if outcome == "own_echo" else "from_me")
-                metrics.webhook(item.chat.gateway, "ignored", reasons[-1])
+                metrics.webhook(item.chat.gateway, "ignored", reasons[-1], tenant=tenant.id)
             elif outcome == "duplicate":
                 duplicates += 1
-                metrics.webhook(item.chat.gateway, "duplicate")
+                metrics.webhook(item.chat.gateway, "duplicate", tenant=tenant.id)
             else:
                 human += 1
-                metrics.webhook(item.chat.gateway, "human")
+                metrics.webhook(item.chat.gateway, "human", tenant=tenant.id)
             continue
         if item.chat.gateway == "evolution" and item.chat.instance == "default":
             warn_default_instance_once()
@@ -173,12 +173,12 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
         if not result.accepted:
             duplicates += 1
             counters.add("duplicates")
-            metrics.webhook(item.chat.gateway, "duplicate")
+            metrics.webhook(item.chat.gateway, "duplicate", tenant=tenant.id)
             log.info("duplicate chat=%s msg=%s", item.chat.label, item.message_id)
             continue
         buffered += 1
         counters.add("received")
-        metrics.webhook(item.chat.gateway, "buffered")
+        metrics.webhook(item.chat.gateway, "buffered", tenant=tenant.id)
         if not log.isEnabledFor(logging.INFO):
             continue  # INFO is off: no masked number or correlation id for a line nobody reads
         burst = {
@@ -205,7 +205,7 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
     return summary, 200
 
 
-def from_business_side(item: IncomingMessage, now: float) -> str:
+def from_business_side(item: IncomingMessage, now: float, *, tenant: str = "") -> str:
     """A message typed on the business side (a person on the phone, another tool): it may pause, resume or
     close the chat; the assistant's own echoes are recognised and ignored."""
     parts = components()
@@ -221,7 +221,7 @@ def from_business_side(item: IncomingMessage, now: float) -> str:
     parts.counters.add(counter)
     command = parts.conversations.commands.action_for(item)
     if outcome == "pause":
-        parts.metrics.handoff(item.chat.gateway, "taken")
+        parts.metrics.handoff(item.chat.gateway, "taken", tenant=tenant)
     if outcome in ("pause", "resume", "close") and command is not None and not command[2]:
         # A command typed on the phone (#humano, #bot, #encerrar): kept as a lifecycle event, never as text. (A
         # person's other messages are archived with the burst they join.)

@@ -133,6 +133,11 @@ def run_three_businesses(e2e: Harness, graph: FakeGraph, path: Path) -> None:
         return {line["tenant"] for line in lines if line["message"].startswith("reply sent ")}
 
     wait_until(lambda: {"padaria", "petshop", "clinica"} <= tenants_of_sent_replies(), timeout=10, what="log lines")
+    # ... and so do the metrics of each business's messages and replies.
+    metrics = requests.get(f"{server.url}/metrics", timeout=5).text
+    assert 'wa_webhooks_total{gateway="evolution",outcome="buffered",reason="",tenant="padaria"} 1.0' in metrics
+    assert 'wa_webhooks_total{gateway="evolution",outcome="ignored",reason="no_tenant",tenant=""} 1.0' in metrics
+    assert 'wa_sends_total{gateway="meta",result="sent",tenant="clinica"} 1.0' in metrics
 
     # The same customer on two businesses: two chats, each with its own history.
     padaria_chat, petshop_chat = f"evolution:padaria:{CUSTOMER}", f"evolution:petshop:{CUSTOMER}"
