@@ -8,6 +8,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from flask import Flask
@@ -356,3 +357,38 @@ def test_knowledge_bases_stay_within_the_budget_least_recently_used_first(tmp_pa
     assert "loja a" in bases["a"].context_for([], "quanto custa o item 7?")  # read again; now b goes
     assert (bases["a"].loaded, bases["b"].loaded, cache.loads, cache.evictions) == (True, False, 4, 2)
     assert 0.5 < one / (len((tmp_path / "a" / "produtos.md").read_text()) * 3) < 20  # a sane estimate
+
+
+def test_a_tenants_token_opens_a_panel_of_its_own_chats(
+    make_app: Callable[..., Flask], tenants_dir: Path, fake_evolution: FakeEvolution
+) -> None:
+    from tests.test_console import log_in
+
+    path = tenants_dir / "tenants.toml"
+    path.write_text(TWO_TENANTS + 'ADMIN_TOKEN = "token-do-petshop"\n', encoding="utf-8")
+    app = make_app(tenants_file=str(path), admin_token="token-da-agencia", tenants_reload_seconds=0.05)
+    parts: Components = app.extensions["assistant"]
+    post(app, "padaria", "Quero pão de queijo", "W1")
+    post(app, "petshop", "Quero banho e tosa", "W2")
+    answer_all(parts)
+    padaria, petshop = chat("padaria").key, chat("petshop").key
+
+    tenant = app.test_client()
+    log_in(tenant, "token-do-petshop")
+    rows = tenant.get("/admin/chats/rows").text
+    assert "petshop" in rows and "padaria" not in rows
+    assert tenant.get(f"/admin/chats/{quote(petshop)}").status_code == 200
+    assert tenant.get(f"/admin/chats/{quote(padaria)}").status_code == 404  # as if it did not exist
+    assert tenant.get("/admin/knowledge").status_code == 403  # the deployment's pages
+    assert tenant.get("/admin/status").status_code == 403
+
+    agency = app.test_client()
+    log_in(agency, "token-da-agencia")
+    rows = agency.get("/admin/chats/rows").text
+    assert "petshop" in rows and "padaria" in rows
+    assert agency.get(f"/admin/chats/{quote(padaria)}").status_code == 200
+    assert agency.get("/admin/knowledge").status_code == 200
+
+    path.write_text(TWO_TENANTS, encoding="utf-8")  # the tenant's token is gone: its session ends
+    time.sleep(0.1)
+    assert tenant.get("/admin/chats/rows").status_code == 302

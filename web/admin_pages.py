@@ -28,8 +28,9 @@ from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_lett
 from privacy import ArchiveUnavailable, Erased, erase, export
 from usage import UsageLedger
 from web import components
-from web.archive_api import MAX_QUERY_CHARS, event_view, export_download
-from web.chats_api import MAX_PERSON_MESSAGE_CHARS, chat_from_path, view
+from web.admin_auth import in_scope
+from web.archive_api import MAX_QUERY_CHARS, event_view, export_download, row_in_scope
+from web.chats_api import MAX_PERSON_MESSAGE_CHARS, chat_from_path, not_visible, view, visible_letters
 from web.console_auth import login_page, require_login, safe_next, try_login
 from web.health import health_body
 
@@ -70,7 +71,7 @@ def chat_rows() -> str:
 
 def chat_filters() -> dict[str, Any]:
     state, gateway, search = (request.args.get(name, "") for name in ("state", "gateway", "q"))
-    rows = summaries(components(), state=state, gateway=gateway, search=search)
+    rows = [row for row in summaries(components(), state=state, gateway=gateway, search=search) if in_scope(row.chat)]
     return {"rows": rows, "state": state, "gateway": gateway, "q": search, "now": time.time()}
 
 
@@ -223,7 +224,8 @@ def archive_search() -> str:
     state, results = ("off" if store is None else "up"), []
     if store is not None and query:
         try:
-            results = [search_result(row) for row in store.search(query, limit=SEARCH_LIMIT)]
+            found = store.search(query, limit=SEARCH_LIMIT)
+            results = [search_result(row) for row in found if row_in_scope(row)]  # a tenant finds its own
         except DATABASE_UNAVAILABLE:
             state = "down"
     names: dict[str, str] = {}
@@ -293,14 +295,16 @@ def erased_message(erased: Erased, *, archive_on: bool) -> str:
 
 @admin_pages.get("/deliveries")
 def deliveries() -> str:
-    letters = [dead_letter_view(record) for record in components().buffer.dead_letters()]
+    letters = [dead_letter_view(record) for record in visible_letters()]
     return render_template("admin/deliveries.html", letters=letters)
 
 
 @admin_pages.post("/deliveries/<letter_id>")
 def delivery_action(letter_id: str) -> Response:
     parts = components()
-    if request.form.get("action") == "discard":
+    if not_visible(letter_id):
+        flash("Essa entrega já não existe.")
+    elif request.form.get("action") == "discard":
         flash("Descartada." if discard_dead_letter(parts, letter_id) else "Essa entrega já não existe.")
     else:
         outcome = retry_dead_letter(parts, letter_id)

@@ -1,24 +1,29 @@
 """The console's login: ADMIN_TOKEN typed into a form opens a signed session cookie (HttpOnly, SameSite=Lax, Secure
 when the request came over HTTPS); failed logins wait a second each and are counted. The pages' forms carry CSRF
-tokens (Flask-WTF's CSRFProtect, set up by create_app); the JSON API keeps its bearer token instead."""
+tokens (Flask-WTF's CSRFProtect, set up by create_app); the JSON API keeps its bearer token instead.
+
+A tenant's own ADMIN_TOKEN (TENANTS_FILE) opens a session that sees only that tenant (web/admin_auth.py's scope):
+its chats, search results and deliveries; the deployment's pages (knowledge, status, the simulator) are not its."""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import time
 from urllib.parse import urlsplit
 
-from flask import Request, Response, redirect, render_template, request, session, url_for
-from werkzeug.exceptions import NotFound
+from flask import Request, Response, g, redirect, render_template, request, session, url_for
+from werkzeug.exceptions import Forbidden, NotFound
 
 from web import components
+from web.admin_auth import EVERY_TENANT, scope_of, tenant_tokens
 from web.console import check_form_token
 
 log = logging.getLogger(__name__)
 
 FAILED_LOGIN_DELAY_SECONDS = 1.0
+# The pages about the whole deployment, which a tenant's session does not see.
+DEPLOYMENT_PAGES = frozenset({"admin_pages.knowledge", "admin_pages.status"})
 
 
 def _token_mark(token: str) -> str:
@@ -26,30 +31,46 @@ def _token_mark(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
+def session_scope() -> str | None:
+    """Whom the session was opened for (EVERY_TENANT, or a tenant's id), None without one, or when the token it was
+    opened with changed since."""
+    scope = str(session.get("scope", EVERY_TENANT))
+    token = components().settings.admin_token if scope == EVERY_TENANT else tenant_tokens().get(scope, "")
+    return scope if token and session.get("admin") == _token_mark(token) else None
+
+
 def logged_in() -> bool:
-    token = components().settings.admin_token
-    return bool(token) and session.get("admin") == _token_mark(token)
+    """Logged in with the deployment's ADMIN_TOKEN (the simulator asks this)."""
+    return session_scope() == EVERY_TENANT
 
 
 def require_login() -> Response | None:
-    """A blueprint's before_request: 404 while ADMIN_TOKEN is unset, the login page without a session, and then
+    """A blueprint's before_request: 404 while no admin token is set, the login page without a session, and then
     (the login form included) a 400 for a form posted without its CSRF token."""
-    if not components().settings.admin_token:
+    if not components().settings.admin_token and not tenant_tokens():
         raise NotFound("the admin side is off: set ADMIN_TOKEN")
-    if request.endpoint not in ("admin_pages.login", "admin_pages.logout") and not logged_in():
-        return redirect(url_for("admin_pages.login", next=request.full_path.rstrip("?")))
+    scope = session_scope()
+    if request.endpoint not in ("admin_pages.login", "admin_pages.logout"):
+        if scope is None:
+            return redirect(url_for("admin_pages.login", next=request.full_path.rstrip("?")))
+        if scope != EVERY_TENANT and request.endpoint in DEPLOYMENT_PAGES:
+            raise Forbidden("this page is the deployment's: log in with its ADMIN_TOKEN")
+        g.admin_scope = scope
     check_form_token()
     return None
 
 
 def try_login(request_: Request) -> bool:
-    """Open the session when the form's token is ADMIN_TOKEN; a wrong one costs a second and is counted."""
+    """Open the session when the form's token is ADMIN_TOKEN (or a tenant's own); a wrong one costs a second and is
+    counted."""
     parts = components()
     typed = str(request_.form.get("token") or "")
-    if hmac.compare_digest(typed.encode(), parts.settings.admin_token.encode()):
+    scope = scope_of(typed) if typed else None
+    if scope is not None:
         session.clear()
-        session["admin"] = _token_mark(parts.settings.admin_token)
-        log.info("admin login")
+        session["admin"] = _token_mark(typed)
+        session["scope"] = scope
+        log.info("admin login%s", f" tenant={scope}" if scope else "")
         return True
     parts.counters.add("admin_login_failures")
     log.warning("admin login refused")
