@@ -106,6 +106,9 @@ def build_components(
     transcript = Transcript(link, keys)
     if settings.simulator_enabled:
         gateways["simulator"] = SimulatorGateway(transcript)
+    tenants = TenantDirectory(settings, path=settings.tenants_file, reload_seconds=settings.tenants_reload_seconds)
+    tenants.watch()
+    knowledge_cache = KnowledgeCache(int(settings.knowledge_cache_mb * 1024 * 1024))
     knowledge = KnowledgeBase(
         settings.knowledge_dir, top_k=settings.rag_top_k, whole_max_chars=settings.rag_whole_max_chars
     )
@@ -115,10 +118,8 @@ def build_components(
         interval_seconds=settings.rag_watch_interval,
         watch_files=settings.rag_auto_reload,
         signal=ReloadSignal(link, keys.knowledge_generation()) if link.enabled else None,
+        also=knowledge_cache.unload_all,
     )
-    tenants = TenantDirectory(settings, path=settings.tenants_file, reload_seconds=settings.tenants_reload_seconds)
-    tenants.watch()
-    knowledge_cache = KnowledgeCache(int(settings.knowledge_cache_mb * 1024 * 1024))
     pool = ProviderPool()  # tenants on the same model and key share one client
 
     def setup_of(tenant: Tenant) -> ReplySetup:

@@ -17,7 +17,7 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -549,6 +549,13 @@ class KnowledgeCache:
             base.unload()
             self.evictions += 1
 
+    def unload_all(self) -> None:
+        """Unload every base: each is read again at its next use (POST /reload-context)."""
+        with self._lock:
+            loaded, self._loaded = list(self._loaded.values()), OrderedDict()
+        for base, _ in loaded:
+            base.unload()
+
     def forget(self, base: KnowledgeBase) -> None:
         """A base no longer used (its tenant's settings changed): its memory is no longer counted."""
         with self._lock:
@@ -599,11 +606,15 @@ class Watcher:
         interval_seconds: float,
         watch_files: bool = True,
         signal: ReloadSignal | None = None,
+        also: Callable[[], None] | None = None,
     ) -> None:
         self.knowledge = knowledge
         self.interval_seconds = interval_seconds
         self.watch_files = watch_files
         self.signal = signal
+        # Run with every reload a signal asks for: the tenants' bases are unloaded, to be read again at their next
+        # use (KnowledgeCache.unload_all), so POST /reload-context reaches them too.
+        self.also = also
         self._seen_signal: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -620,12 +631,16 @@ class Watcher:
         if signalled or (self.watch_files and self.knowledge.has_changed()):
             log.info("knowledge reload: %s", "reload requested" if signalled else "files changed")
             self.knowledge.reload()
+            if signalled and self.also is not None:
+                self.also()
             return True
         return False
 
     def reload_everywhere(self) -> bool:
         """Reload here now and ask every other process to reload; False when only this one could be told."""
         self.knowledge.reload()
+        if self.also is not None:
+            self.also()
         value = self.signal.bump() if self.signal is not None else None
         if value is not None:
             self._seen_signal = value  # this process is already up to date

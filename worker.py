@@ -906,7 +906,8 @@ def main() -> None:
     writer = parts.archive.writer
     if writer is not None:
         writer.start()
-    if parts.knowledge.configured and (settings.rag_auto_reload or parts.watcher.signal is not None):
+    has_knowledge = parts.knowledge.configured or parts.tenants.multi  # the tenants' too (POST /reload-context)
+    if has_knowledge and (settings.rag_auto_reload or parts.watcher.signal is not None):
         parts.watcher.start()
     parts.worker.start()
     log.info("worker process running (no HTTP server); web processes should run with WORKER_ENABLED=false")

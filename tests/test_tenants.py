@@ -392,3 +392,23 @@ def test_a_tenants_token_opens_a_panel_of_its_own_chats(
     path.write_text(TWO_TENANTS, encoding="utf-8")  # the tenant's token is gone: its session ends
     time.sleep(0.1)
     assert tenant.get("/admin/chats/rows").status_code == 302
+
+
+def test_reload_context_reaches_the_tenants_knowledge(
+    make_app: Callable[..., Flask], tenants_dir: Path, fake_gemini: FakeGemini
+) -> None:
+    app = make_app(tenants_file=str(tenants_dir / "tenants.toml"), admin_token="token-da-agencia")
+    parts: Components = app.extensions["assistant"]
+    post(app, "padaria", "Quanto custa o pão?", "R1")
+    answer_all(parts)
+    assert "R$ 0,90" in system_text(fake_gemini.prompts()[-1])
+
+    (tenants_dir / "padaria-kb" / "precos.md").write_text("# Preços\n\nPão francês custa R$ 1,20.\n", encoding="utf-8")
+    post(app, "padaria", "E agora?", "R2")
+    answer_all(parts)
+    assert "R$ 0,90" in system_text(fake_gemini.prompts()[-1])  # loaded once, kept until asked
+    reloaded = app.test_client().post("/reload-context", headers=bearer("token-da-agencia"))
+    assert reloaded.status_code == 200, reloaded.text
+    post(app, "padaria", "E o preço novo?", "R3")
+    answer_all(parts)
+    assert "R$ 1,20" in system_text(fake_gemini.prompts()[-1])

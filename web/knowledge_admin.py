@@ -21,8 +21,9 @@ knowledge_admin.before_request(require_every_tenant)  # the environment's knowle
 
 @knowledge_admin.post("/reload-context")
 def reload_context() -> tuple[Response, int]:
-    knowledge, watcher = components().knowledge, components().watcher
-    if not knowledge.configured:
+    parts = components()
+    knowledge, watcher = parts.knowledge, parts.watcher
+    if not knowledge.configured and not parts.tenants.multi:
         return jsonify(error="no knowledge base", detail="KNOWLEDGE_DIR is not set"), 409
     everywhere = watcher.reload_everywhere()
     summary = knowledge.summary(0)
