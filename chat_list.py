@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from components import Components
@@ -61,13 +62,21 @@ def customer_name(history: list[Turn]) -> str:
     return next((turn.name for turn in reversed(history) if turn.name), "")
 
 
-def summaries(parts: Components, *, state: str = "", gateway: str = "", search: str = "") -> list[ChatSummary]:
-    """Every chat's line in the list, newest activity first, filtered by state, gateway and a number or text."""
+def summaries(
+    parts: Components,
+    *,
+    state: str = "",
+    gateway: str = "",
+    search: str = "",
+    visible: Callable[[ChatRef], bool] = lambda chat: True,
+) -> list[ChatSummary]:
+    """Every chat's line in the list, newest activity first, filtered by state, gateway and a number or text, of the
+    chats `visible` lets through (a tenant's admin sees its own) before anything of them is read."""
     now = time.time()
     idle = parts.settings.conversation_idle_seconds
     rows = []
     for chat in chat_keys(parts):
-        if gateway and chat.gateway != gateway:
+        if (gateway and chat.gateway != gateway) or not visible(chat):
             continue
         status = parts.conversations.status(chat)
         history = parts.history.recent(chat)

@@ -140,7 +140,11 @@ def build_components(
             media=media_loader(own, tenant_gateways, counters),
         )
 
-    setups = Runtimes(tenants, setup_of) if tenants.multi else None
+    def retire(setup: ReplySetup) -> None:
+        if setup.ai.knowledge is not None:
+            knowledge_cache.forget(setup.ai.knowledge)
+
+    setups = Runtimes(tenants, setup_of, retire) if tenants.multi else None
     worker = Worker(
         settings,
         buffer=buffer,

@@ -206,13 +206,14 @@ class RedisKeys:
     def chat_key_patterns(self, chat: str) -> list[str]:
         """SCAN patterns of one chat's per-message keys (dedupe markers, own ids, media blobs) and per-conversation
         costs."""
-        head, literal = _glob_escaped(self._of(chat)), _glob_escaped(chat)
-        return [
-            f"{head}seen:{literal}:*",
-            f"{head}own:{literal}:*",
-            f"{head}media:{literal}:*",
-            f"{head}chat:{literal}:usage:*",
+        # Built by the builders with a marker where the wildcard goes: the chat's shard is that of its real key.
+        keys = [
+            self.seen(chat, _ANY),
+            self.own_message(chat, _ANY),
+            self.media(chat, _ANY),
+            self.conversation_usage(chat, _ANY),
         ]
+        return [_glob_escaped(key).replace(_ANY, "*") for key in keys]
 
     def pace_number(self, number: str) -> str:
         """ZSET the moments (unix s, Redis's clock) reserved for a sending number's (`gateway:instance`) next sends
@@ -240,6 +241,9 @@ class RedisKeys:
         """ZSET worker id (host:pid:random) -> its last heartbeat (liveness.py); members older than ten missed
         heartbeats are removed by the next heartbeat. No TTL."""
         return f"{self.prefix}:workers"
+
+
+_ANY = "\x00"  # stands for SCAN's `*` in a key built by a builder (no chat or id contains it)
 
 
 def _glob_escaped(text: str) -> str:

@@ -133,7 +133,6 @@ class RedisLink:
         cluster: bool = False,
     ) -> None:
         self.enabled = bool(url)
-        self.cluster = cluster
         self.where = describe(url or "", sentinels, sentinel_master, cluster=cluster)  # for log lines: no password
         self.setting = "CACHE_REDIS_SENTINELS" if sentinels else "CACHE_REDIS_URI"
         self.client: redis.Redis | None = None

@@ -329,9 +329,12 @@ R = TypeVar("R")
 class Runtimes(Generic[R]):
     """Per tenant, what `build(tenant)` makes of its settings, built on first use and again when they change."""
 
-    def __init__(self, directory: TenantDirectory, build: Callable[[Tenant], R]) -> None:
+    def __init__(
+        self, directory: TenantDirectory, build: Callable[[Tenant], R], retire: Callable[[R], None] | None = None
+    ) -> None:
         self.directory = directory
         self.build = build
+        self.retire = retire  # given what a tenant's changed settings replaced (its knowledge leaves the cache)
         self._built: dict[str, tuple[Tenant, R]] = {}
         self._lock = threading.Lock()
 
@@ -350,7 +353,6 @@ class Runtimes(Generic[R]):
                 return kept[1]
             made = self.build(tenant)
             self._built[tenant.id] = (tenant, made)
-            return made
-
-    def built(self) -> Mapping[str, R]:
-        return {tenant_id: made for tenant_id, (_, made) in self._built.items()}
+        if kept is not None and self.retire is not None:
+            self.retire(kept[1])
+        return made

@@ -43,9 +43,10 @@ class Journal:
         """Append the events (in order) to the stream, or keep them here while Redis is down."""
         if not self.enabled or not events:
             return
-        encoded = [event.encode() for event in events]
+        entries = self._entries(events)
+        encoded = [raw for _, raw in entries]
         try:
-            self.link.run(lambda client: self._append(client, encoded), lambda: self._keep(encoded))
+            self.link.run(lambda client: self._append(client, entries), lambda: self._keep(encoded))
         except redis.RedisError as exc:  # not an outage (a full Redis: OOM, say): kept here, never an error upstream
             log.warning("archive: events kept in memory, Redis refused them: %s", exc.__class__.__name__)
             self._keep(encoded)
@@ -53,24 +54,31 @@ class Journal:
     def adder(self, events: Sequence[Event]) -> Callable[[Any], None]:
         """A hook that appends `events` to a pipeline another call is sending (buffer.py's `also`), so they cost no
         round trip of their own."""
-        encoded = [event.encode() for event in events]
-        return lambda pipe: self._xadd(pipe, encoded)
+        entries = self._entries(events)
+        return lambda pipe: self._xadd(pipe, entries)
 
-    def _append(self, client: redis.Redis, encoded: list[str]) -> None:
-        pipe = client.pipeline(transaction=False)
-        self._xadd(pipe, encoded)
-        pipe.execute()
+    def _entries(self, events: Sequence[Event]) -> list[tuple[str, str]]:
+        """(stream, encoded event): the stream of the event's chat's shard (one stream unless sharded)."""
+        return [(self._stream_of(event.chat), event.encode()) for event in events]
 
-    def _xadd(self, pipe: Any, encoded: list[str]) -> None:
-        for raw in encoded:
-            pipe.xadd(self._stream_of(raw), {FIELD: raw})
+    def _stream_of(self, chat: str) -> str:
+        return self.keys.archive_stream(self.keys.shard(chat))
 
-    def _stream_of(self, raw: str) -> str:
-        """The stream of the event's chat's shard (there is one stream unless sharded: see redis_keys.py)."""
+    def _stream_of_kept(self, raw: str) -> str:
+        """The stream of an event kept in memory as JSON (read again only when the streams are sharded)."""
         if not self.keys.sharded:
             return self.keys.archive_stream()
         event = Event.decode(raw)
-        return self.keys.archive_stream(self.keys.shard(event.chat) if event is not None else 0)
+        return self._stream_of(event.chat) if event is not None else self.keys.archive_stream()
+
+    def _append(self, client: redis.Redis, entries: list[tuple[str, str]]) -> None:
+        pipe = client.pipeline(transaction=False)
+        self._xadd(pipe, entries)
+        pipe.execute()
+
+    def _xadd(self, pipe: Any, entries: list[tuple[str, str]]) -> None:
+        for stream, raw in entries:
+            pipe.xadd(stream, {FIELD: raw})
 
     def _keep(self, encoded: list[str]) -> None:
         with self._lock:
@@ -104,7 +112,7 @@ class Journal:
             batch = self.take_local(500)
 
             def push(client: redis.Redis, batch: list[str] = batch) -> bool:
-                self._append(client, batch)
+                self._append(client, [(self._stream_of_kept(raw), raw) for raw in batch])
                 return True
 
             def back(batch: list[str] = batch) -> bool:

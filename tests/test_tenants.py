@@ -412,3 +412,21 @@ def test_reload_context_reaches_the_tenants_knowledge(
     post(app, "padaria", "E o preço novo?", "R3")
     answer_all(parts)
     assert "R$ 1,20" in system_text(fake_gemini.prompts()[-1])
+
+
+def test_a_tenants_changed_settings_take_its_old_knowledge_out_of_the_cache(
+    make_app: Callable[..., Flask], tenants_dir: Path, fake_gemini: FakeGemini
+) -> None:
+    path = tenants_dir / "tenants.toml"
+    app = make_app(tenants_file=str(path), tenants_reload_seconds=0.05)
+    parts: Components = app.extensions["assistant"]
+    post(app, "padaria", "Quanto custa o pão?", "K1")
+    answer_all(parts)
+    assert parts.knowledge_cache.health()["loaded"] == 1
+
+    path.write_text(TWO_TENANTS.replace('GEMINI_MODEL = "gemini-padaria"', 'GEMINI_MODEL = "gemini-nova"'), "utf-8")
+    time.sleep(0.1)
+    post(app, "padaria", "E o bolo?", "K2")
+    answer_all(parts)
+    assert fake_gemini.received()[-1].path.split("/")[-1].startswith("gemini-nova")
+    assert parts.knowledge_cache.health()["loaded"] == 1  # the replaced setup's index is no longer counted

@@ -71,7 +71,7 @@ def chat_rows() -> str:
 
 def chat_filters() -> dict[str, Any]:
     state, gateway, search = (request.args.get(name, "") for name in ("state", "gateway", "q"))
-    rows = [row for row in summaries(components(), state=state, gateway=gateway, search=search) if in_scope(row.chat)]
+    rows = summaries(components(), state=state, gateway=gateway, search=search, visible=in_scope)
     return {"rows": rows, "state": state, "gateway": gateway, "q": search, "now": time.time()}
 
 
