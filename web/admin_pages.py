@@ -28,7 +28,7 @@ from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_lett
 from privacy import ArchiveUnavailable, Erased, erase, export
 from usage import UsageLedger
 from web import components
-from web.admin_auth import in_scope
+from web.admin_auth import EVERY_TENANT, in_scope, scope
 from web.archive_api import MAX_QUERY_CHARS, event_view, export_download, row_in_scope
 from web.chats_api import MAX_PERSON_MESSAGE_CHARS, chat_from_path, not_visible, view, visible_letters
 from web.console_auth import login_page, require_login, safe_next, try_login
@@ -170,6 +170,7 @@ def archive_helpers() -> dict[str, Any]:
         "authors": AUTHORS,
         "media_kinds": MEDIA_KINDS,
         "usage_words": usage_words,
+        "deployment_admin": scope() == EVERY_TENANT,
     }
 
 
