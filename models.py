@@ -9,28 +9,41 @@ from urllib.parse import quote, unquote
 
 from logs import mask_phone
 
+DEFAULT_TENANT = "default"  # the one business of a deployment without TENANTS_FILE
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChatRef:
-    """A chat's identity: the same number on two gateways or two instances is two chats."""
+    """A chat's identity: the same number on two gateways, two instances or two tenants is two chats."""
 
     gateway: str
     instance: str
     chat_id: str  # the gateway's chat address exactly as received (e.g. Evolution's remoteJid)
+    tenant: str = DEFAULT_TENANT  # the business that claimed it when its first message came in (tenants.py)
+
+    @property
+    def address(self) -> str:
+        """gateway:instance:chat_id (instance percent-encoded): the chat as admin URLs and answers name it."""
+        return f"{self.gateway}:{quote(self.instance, safe='')}:{self.chat_id}"
 
     @property
     def key(self) -> str:
-        """Stable string form used in Redis keys: gateway:instance:chat_id (instance percent-encoded)."""
-        return f"{self.gateway}:{quote(self.instance, safe='')}:{self.chat_id}"
+        """Stable string form used in Redis keys, queues and archive rows: the address, behind `<tenant>/` for a
+        chat of a named tenant (so the default tenant's keys are the ones this service always wrote)."""
+        if self.tenant == DEFAULT_TENANT:
+            return self.address
+        return f"{self.tenant}/{self.address}"
 
     @classmethod
     def from_key(cls, key: str) -> ChatRef:
-        gateway, instance, chat_id = key.split(":", 2)
-        return cls(gateway=gateway, instance=unquote(instance), chat_id=chat_id)
+        """The chat of a `key` (or of an `address`, as the default tenant's). Raises ValueError on anything else."""
+        head, instance, chat_id = key.split(":", 2)
+        tenant, _, gateway = head.rpartition("/")  # gateway names have no "/": only a tenant prefix puts one there
+        return cls(gateway=gateway, instance=unquote(instance), chat_id=chat_id, tenant=tenant or DEFAULT_TENANT)
 
     @property
     def label(self) -> str:
-        """Log-safe form: the chat id masked."""
+        """Log-safe form: the chat id masked (the tenant is a field of its own in log lines)."""
         return f"{self.gateway}:{self.instance}:{mask_phone(self.chat_id)}"
 
 

@@ -28,7 +28,8 @@ def handoff_notice(chat: ChatRef, *, customer_name: str, text: str, at: float) -
         "event": "handoff_request",
         # The same request always carries the same id, so a receiver can drop a retried or repeated notice.
         "id": hashlib.sha1(f"{chat.key}|{at:.3f}".encode()).hexdigest()[:20],
-        "chat": chat.key,
+        "chat": chat.address,
+        "tenant": chat.tenant,
         "gateway": chat.gateway,
         "instance": chat.instance,
         "chat_id": chat.chat_id,

@@ -70,8 +70,14 @@ def steer(parts: Components, chat: ChatRef, action: str, *, seconds: float = 0.0
 
 
 def dead_letter_view(record: dict[str, Any]) -> dict[str, Any]:
-    """A dead letter as the API shows it."""
-    return {name: record.get(name) for name in ("id", "chat", "reply", "error", "attempts", "at")}
+    """A dead letter as the API shows it: its chat as `gateway:instance:chat_id` and its tenant beside it."""
+    view = {name: record.get(name) for name in ("id", "chat", "reply", "error", "attempts", "at")}
+    try:
+        chat = ChatRef.from_key(str(record.get("chat")))
+        view.update(chat=chat.address, tenant=chat.tenant)
+    except ValueError:
+        pass
+    return view
 
 
 def retry_dead_letter(parts: Components, letter_id: str) -> Outcome | None:

@@ -232,7 +232,7 @@ class Pacer:
 def _number(chat: ChatRef) -> str:
     """The sending number's identity: the gateway and its instance (an Evolution or Mega instance, a Cloud API
     phone number id, a Twilio sender)."""
-    gateway, instance, _ = chat.key.split(":", 2)  # the instance as the chat's keys spell it (percent-encoded)
+    gateway, instance, _ = chat.address.split(":", 2)  # the instance as the chat's keys spell it (percent-encoded)
     return f"{gateway}:{instance}"
 
 

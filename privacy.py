@@ -84,7 +84,8 @@ def export(parts: Components, chat: ChatRef) -> dict[str, Any]:
     log.info("export chat=%s archive_rows=%s", chat.label, "off" if rows is None else len(rows))
     parts.counters.add("contact_exports")
     return {
-        "chat": chat.key,
+        "chat": chat.address,
+        "tenant": chat.tenant,
         "gateway": chat.gateway,
         "instance": chat.instance,
         "chat_id": chat.chat_id,

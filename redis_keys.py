@@ -1,6 +1,7 @@
 """The Redis key schema: every key name this service uses is built here and nowhere else.
 
-`chat` below is `ChatRef.key` (gateway:instance:chat_id), so every per-chat key carries the chat's identity.
+`chat` below is `ChatRef.key` (gateway:instance:chat_id, behind `<tenant>/` for a chat of a TENANTS_FILE tenant), so
+every per-chat key carries the chat's identity, its tenant included.
 
 On a Redis Cluster (CACHE_REDIS_CLUSTER) every Lua script must touch keys of one hash slot. So there the chats are
 split into `shards` (DUE_SHARDS) by a hash of their key, and every key of a chat, and its shard's due set, leases,

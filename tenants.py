@@ -28,11 +28,10 @@ from typing import Any, Generic, TypeVar
 
 from config import ENV_VARIABLES, SYSTEM_PROMPT_FILE, Settings
 from errors import ConfigError
-from models import ChatRef
+from models import DEFAULT_TENANT, ChatRef
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TENANT = "default"
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 # The identity lists of a tenant's table -> the gateway whose ChatRef.instance they name.
@@ -246,12 +245,26 @@ class TenantDirectory:
     def multi(self) -> bool:
         return self.path is not None
 
-    def for_chat(self, chat: ChatRef) -> Tenant | None:
-        """The tenant that claims the chat's gateway identity; None when TENANTS_FILE is set and none does."""
+    def claimant(self, chat: ChatRef) -> Tenant | None:
+        """The tenant that claims the chat's gateway identity now; None when TENANTS_FILE is set and none does."""
         if self.path is None or chat.gateway == "simulator":  # the owner's simulator speaks with the environment's
             return self._default
         self._maybe_reload()
         return self._by_identity.get((chat.gateway, chat.instance))
+
+    def for_chat(self, chat: ChatRef) -> Tenant | None:
+        """The chat's own tenant (`chat.tenant`) while it still claims the chat's identity. None for a chat buffered
+        for a tenant an edit removed, or whose number the edit gave to another: never answered with the settings
+        (or the credentials) of a business its customer did not write to."""
+        tenant = self.claimant(chat)
+        return tenant if tenant is not None and tenant.id == chat.tenant else None
+
+    def claim(self, chat: ChatRef) -> ChatRef | None:
+        """The chat as a parser or a URL names it, with the tenant that claims its identity; None when none does."""
+        tenant = self.claimant(chat)
+        if tenant is None:
+            return None
+        return chat if chat.tenant == tenant.id else dataclasses.replace(chat, tenant=tenant.id)
 
     def all(self) -> list[Tenant]:
         self._maybe_reload()

@@ -263,8 +263,7 @@ class Worker:
         self.metrics.in_flight(+1)
         first_id = str(claim.messages[0].get("id") or "") if claim.messages else ""
         try:
-            tenant = self._of(claim.chat).tenant
-            with log_context(burst_id(claim.chat.key, first_id), claim.chat.label, tenant):
+            with log_context(burst_id(claim.chat.key, first_id), claim.chat.label, claim.chat.tenant):
                 self.process(claim)
         except Exception:  # one chat's failure must not stop the others; its lease brings it back
             self.counters.add("worker_errors")
@@ -288,9 +287,11 @@ class Worker:
         if setup is None:
             self.counters.add("no_tenant")
             log.error(
-                "chat=%s: no tenant in TENANTS_FILE claims its identity any more; kept as a dead letter", chat.label
+                "chat=%s: its tenant (%s) no longer claims its identity in TENANTS_FILE; kept as a dead letter",
+                chat.label,
+                chat.tenant,
             )
-            self.buffer.dead_letter(claim, reason="no tenant claims this identity", now=self.clock())
+            self.buffer.dead_letter(claim, reason="its tenant no longer claims this identity", now=self.clock())
             return
         if claim.reply:
             plan = Plan.from_json(claim.plan)
@@ -350,7 +351,7 @@ class Worker:
         counter = DECISION_COUNTERS.get(decision.reason)
         if counter:
             self.counters.add(counter)
-        gateway, tenant = claim.chat.gateway, self._of(claim.chat).tenant
+        gateway, tenant = claim.chat.gateway, claim.chat.tenant
         self.metrics.burst(gateway, decision.action, len(claim.messages), tenant=tenant)
         if decision.reason == "handoff_request":
             self.metrics.handoff(gateway, "requested", tenant=tenant)
@@ -697,7 +698,7 @@ class Worker:
         """Send one part at its paced moment; when the gateway says the number (or this customer's conversation)
         gets messages too fast, slow that down and send it again at its next moment, up to RATE_LIMIT_RESENDS
         times (then it fails like any transient error: released and retried later). Returns the gateway's id."""
-        tenant = self._of(chat).tenant
+        tenant = chat.tenant
         for resend in range(RATE_LIMIT_RESENDS + 1):
             if self.pacer is not None:
                 self.pacer.wait_for_turn(chat, slowed_down=resend > 0)
@@ -742,7 +743,7 @@ class Worker:
                 typing = {"typing_ms": typing_ms, "reply_to": plan.reply_to} if typing_ms else {}
                 message_id = self._send_part(claim.chat, gateway, part, typing)
                 if sent == 0 and claim.attempts == 1:
-                    lag, tenant = self.clock() - self._deadline(claim), self._of(claim.chat).tenant
+                    lag, tenant = self.clock() - self._deadline(claim), claim.chat.tenant
                     self.metrics.debounce_lag(claim.chat.gateway, lag, tenant=tenant)
                 archived = [
                     reply_part_event(
@@ -775,7 +776,7 @@ class Worker:
                 # A refusal the gateway answered means the part did not go out: the retry need not look for it.
                 refused = NOT_SENDING if exc.status_code is not None else ""
                 self.buffer.release(claim, retry_at=self.clock() + delay, sending=refused)
-                self.metrics.send_retry(claim.chat.gateway, tenant=self._of(claim.chat).tenant)
+                self.metrics.send_retry(claim.chat.gateway, tenant=claim.chat.tenant)
                 log.warning(
                     "send failed chat=%s attempt=%d part=%d/%d: %s; retrying in %.0fs",
                     claim.chat.label,
@@ -806,7 +807,7 @@ class Worker:
             log.warning("lease lost chat=%s before dead-lettering; the new owner decides", claim.chat.label)
             return
         self.counters.add("dead_lettered")
-        self.metrics.dead_letter(claim.chat.gateway, tenant=self._of(claim.chat).tenant)
+        self.metrics.dead_letter(claim.chat.gateway, tenant=claim.chat.tenant)
         label, attempts = claim.chat.label, claim.attempts
         log.error("reply abandoned chat=%s after %d attempts: %s (kept in dead letters)", label, attempts, reason)
 

@@ -30,7 +30,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycop
 SEARCH_LIMIT = 50
 PAGE_LIMIT = 50
 
-_COLUMNS = "event_id, chat, gateway, instance, chat_id, kind, author, text, media_kind, transcript, " + (
+_COLUMNS = "event_id, chat, tenant, gateway, instance, chat_id, kind, author, text, media_kind, transcript, " + (
     "gateway_message_id, delivery, at, data"
 )
 # One statement per batch (arrays unnested, sent in binary: quoting them as text cost most of a batch's time), so a
@@ -38,11 +38,11 @@ _COLUMNS = "event_id, chat, gateway, instance, chat_id, kind, author, text, medi
 # erasure is not written: a writer may have read it from the stream before the erasure deleted the rest.
 _INSERT = f"""
 INSERT INTO archive_events ({_COLUMNS})
-SELECT e.event_id, e.chat, e.gateway, e.instance, e.chat_id, e.kind, NULLIF(e.author, ''), e.text, e.media_kind,
-       e.transcript, e.gateway_message_id, e.delivery, to_timestamp(e.at), e.data
+SELECT e.event_id, e.chat, e.tenant, e.gateway, e.instance, e.chat_id, e.kind, NULLIF(e.author, ''), e.text,
+       e.media_kind, e.transcript, e.gateway_message_id, e.delivery, to_timestamp(e.at), e.data
 FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-            %b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::jsonb[])
-     AS e(event_id, chat, gateway, instance, chat_id, kind, author, text, media_kind, transcript,
+            %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::jsonb[])
+     AS e(event_id, chat, tenant, gateway, instance, chat_id, kind, author, text, media_kind, transcript,
           gateway_message_id, delivery, at, data)
 WHERE NOT EXISTS (
   SELECT 1 FROM archive_erasures x
@@ -50,7 +50,7 @@ WHERE NOT EXISTS (
 )
 ON CONFLICT (event_id) DO NOTHING
 """
-_ROW = """id, chat, kind, author, text, media_kind, transcript, gateway_message_id, delivery,
+_ROW = """id, chat, tenant, kind, author, text, media_kind, transcript, gateway_message_id, delivery,
           extract(epoch from at)::float8 AS at, data"""
 
 
@@ -151,12 +151,13 @@ class ArchiveStore:
         if not events:
             return 0
         self.ensure_schema()
-        columns: list[list[Any]] = [[] for _ in range(14)]
+        columns: list[list[Any]] = [[] for _ in range(15)]
         for event in events:
             chat = event.chat_ref
             values = (
                 event.event_id,
                 event.chat,
+                chat.tenant,
                 chat.gateway,
                 chat.instance,
                 chat.chat_id,
@@ -178,15 +179,18 @@ class ArchiveStore:
 
     # ----- reading ---------------------------------------------------------------------------------
 
-    def search(self, query: str, *, limit: int = SEARCH_LIMIT) -> list[dict[str, Any]]:
-        """Messages matching `query` (Portuguese full-text, accents ignored), newest first."""
+    def search(self, query: str, *, tenant: str | None = None, limit: int = SEARCH_LIMIT) -> list[dict[str, Any]]:
+        """Messages matching `query` (Portuguese full-text, accents ignored), newest first; only `tenant`'s when
+        given (filtered in the query, so that its `limit` rows are all its own)."""
         self.ensure_schema()
+        only = "" if tenant is None else "AND tenant = %s"
+        args = (query, limit) if tenant is None else (query, tenant, limit)
         with self._connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
             cursor.execute(
                 f"""SELECT {_ROW} FROM archive_events
-                    WHERE search @@ websearch_to_tsquery('pt_unaccent', %s)
+                    WHERE search @@ websearch_to_tsquery('pt_unaccent', %s) {only}
                     ORDER BY at DESC, id DESC LIMIT %s""",
-                (query, limit),
+                args,
             )
             return cursor.fetchall()
 

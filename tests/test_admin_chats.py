@@ -168,6 +168,7 @@ def test_a_pending_burst_shows_before_any_conversation(client: FlaskClient, part
     assert response.status_code == 200
     assert response.json == {
         "chat": "evolution:loja:5511987654321@s.whatsapp.net",
+        "tenant": "default",
         "gateway": "evolution",
         "instance": "loja",
         "chat_id": "5511987654321@s.whatsapp.net",
@@ -411,7 +412,7 @@ def test_dead_letters_are_listed_retried_and_discarded(
     parts.buffer.append(message(CHAT, "M1", "Oi"), now=time.time() - 600)
     parts.worker.run_once(wait=True)
     (letter,) = client.get("/admin/api/dead-letters", headers=AUTH).json
-    assert set(letter) == {"id", "chat", "reply", "error", "attempts", "at"}
+    assert set(letter) == {"id", "chat", "tenant", "reply", "error", "attempts", "at"}
     assert (letter["chat"], letter["reply"], letter["attempts"]) == (CHAT.key, "Resposta: Oi", 1)
     assert "400" in letter["error"]
 

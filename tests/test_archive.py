@@ -23,7 +23,7 @@ import redis
 
 from archive.events import Event, message_events, reply_part_event
 from archive.journal import FIELD
-from archive.store import ArchiveStore, chat_hash
+from archive.store import ArchiveStore, chat_hash, migrations
 from archive.writer import ARCHIVE_GROUP, ArchiveWriter
 from config import Settings
 from models import ChatRef
@@ -304,9 +304,9 @@ def test_several_processes_starting_at_once_migrate_once(postgres_url: str) -> N
     for thread in threads:
         thread.join()
     try:
-        assert sorted(applied, key=len) == [[], [], [], ["001_init"]]
-        versions = rows(postgres_url, "SELECT version FROM archive_migrations")
-        assert versions == [{"version": 1}]
+        assert sorted(applied, key=len) == [[], [], [], ["001_init", "002_tenant"]]
+        versions = rows(postgres_url, "SELECT version FROM archive_migrations ORDER BY version")
+        assert versions == [{"version": 1}, {"version": 2}]
     finally:
         for store in stores:
             store.close()
@@ -662,3 +662,30 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 5.0) -> None:
         if time.monotonic() > until:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def test_rows_archived_before_the_tenant_column_get_their_tenant(postgres_url: str) -> None:
+    """002_tenant on a database that 001 made and rows already fill: the tenant comes from the chat key."""
+    (first, *_) = migrations()
+    columns = "event_id, chat, gateway, instance, chat_id, kind, author, text, at"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(first[2])
+        conn.execute(
+            "CREATE TABLE archive_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz)"
+        )
+        conn.execute("INSERT INTO archive_migrations (version, name) VALUES (1, '001_init')")
+        for event_id, chat in (("a", "evolution:loja:55@s"), ("b", "padaria/evolution:padaria:55@s")):
+            conn.execute(
+                f"INSERT INTO archive_events ({columns}) VALUES (%s, %s, 'evolution', 'x', '55@s', 'message', "
+                "'customer', 'oi', now())",
+                (event_id, chat),
+            )
+    store = ArchiveStore(postgres_url)
+    try:
+        assert store.migrate() == ["002_tenant"]
+        found = rows(postgres_url, "SELECT event_id, tenant FROM archive_events ORDER BY event_id")
+        assert found == [{"event_id": "a", "tenant": "default"}, {"event_id": "b", "tenant": "padaria"}]
+        assert [row["tenant"] for row in store.search("oi", tenant="padaria")] == ["padaria"]
+        assert len(store.search("oi")) == 2
+    finally:
+        store.close()

@@ -61,6 +61,7 @@ def test_handoff_notice_body() -> None:
     assert body == {
         "event": "handoff_request",
         "chat": "evolution:loja:5511987654321@s.whatsapp.net",
+        "tenant": "default",
         "gateway": "evolution",
         "instance": "loja",
         "chat_id": "5511987654321@s.whatsapp.net",
@@ -83,6 +84,7 @@ def test_one_notice_is_one_post_with_the_full_chat(endpoint: FakeServer, make_no
     assert body == {
         "event": "handoff_request",
         "chat": "evolution:loja%20centro%2F1:5511987654321@s.whatsapp.net",
+        "tenant": "default",
         "gateway": "evolution",
         "instance": "loja centro/1",
         "chat_id": "5511987654321@s.whatsapp.net",

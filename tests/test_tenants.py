@@ -56,8 +56,12 @@ def tenants_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+TENANT_OF = {"padaria": "padaria", "petshop": "petshop", "petshop-sul": "petshop"}  # TWO_TENANTS' instances
+
+
 def chat(instance: str, customer: str = CUSTOMER) -> ChatRef:
-    return ChatRef(gateway="evolution", instance=instance, chat_id=customer)
+    """The chat of `customer` on an Evolution instance of TWO_TENANTS, with the tenant that claims it."""
+    return ChatRef(gateway="evolution", instance=instance, chat_id=customer, tenant=TENANT_OF.get(instance, "default"))
 
 
 # ----- the file ---------------------------------------------------------------------------------------------
@@ -122,31 +126,31 @@ def test_an_edit_is_read_without_a_restart_and_a_broken_one_keeps_the_last_good(
     path = tenants_dir / "tenants.toml"
     directory = TenantDirectory(make_settings(), path=str(path), reload_seconds=5, clock=lambda: now[0])
     assert directory.health() == {"count": 2, "error": None}
-    assert directory.for_chat(chat("padoca")) is None
+    assert directory.claimant(chat("padoca")) is None
 
     path.write_text(TWO_TENANTS + "\n[tenants.padoca]\nevolution_instances = ['padoca']\n", encoding="utf-8")
-    assert directory.for_chat(chat("padoca")) is None  # looked at every 5 s
+    assert directory.claimant(chat("padoca")) is None  # looked at every 5 s
     now[0] += 5
-    added = directory.for_chat(chat("padoca"))
+    added = directory.claimant(chat("padoca"))
     assert added is not None and added.id == "padoca"
     assert directory.health() == {"count": 3, "error": None}
 
     path.write_text(TWO_TENANTS + "\n[tenants.padoca]\nevolution_instances = ['padaria']\n", encoding="utf-8")
     now[0] += 5
-    kept = directory.for_chat(chat("padoca"))
+    kept = directory.claimant(chat("padoca"))
     assert kept is not None and kept.id == "padoca"  # the last good file still answers
     health = directory.health()
     assert health["count"] == 3 and "claimed by tenants padaria and padoca" in health["error"]
 
     path.write_text(TWO_TENANTS, encoding="utf-8")
     now[0] += 5
-    assert directory.for_chat(chat("padoca")) is None
+    assert directory.claimant(chat("padoca")) is None
     assert directory.health() == {"count": 2, "error": None}
 
 
 def test_without_a_file_one_tenant_claims_every_identity() -> None:
     directory = TenantDirectory(make_settings(business_name="Loja"))
-    tenant = directory.for_chat(chat("qualquer"))
+    tenant = directory.claimant(chat("qualquer"))
     assert tenant is not None and (tenant.id, tenant.name) == ("default", "Loja")
     assert directory.health() == {"count": 1, "error": None}
 
@@ -238,7 +242,51 @@ def test_a_chat_whose_tenant_left_the_file_becomes_a_dead_letter(
     answer_all(parts)
     assert fake_gemini.received() == []
     (letter,) = parts.buffer.dead_letters()
-    assert (letter["chat"], letter["error"]) == (chat("petshop-sul").key, "no tenant claims this identity")
+    assert (letter["chat"], letter["error"]) == (chat("petshop-sul").key, "its tenant no longer claims this identity")
+
+
+def test_every_key_of_a_tenants_chat_carries_the_tenant(
+    tenant_app: Flask, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    parts: Components = tenant_app.extensions["assistant"]
+    post(tenant_app, "padaria", "Oi", "K1")
+    client, prefix = parts.link.client, parts.keys.prefix
+    assert client is not None
+    waiting = {key for key in client.scan_iter(f"{prefix}:*") if "5511987654321" in key}
+    assert waiting and all(f"padaria/evolution:padaria:{CUSTOMER}" in key for key in waiting), waiting
+    assert client.zrange(parts.keys.due(), 0, -1) == [f"padaria/evolution:padaria:{CUSTOMER}"]
+    answer_all(parts)
+    kept = {key for key in client.scan_iter(f"{prefix}:*") if "5511987654321" in key}
+    assert parts.keys.history(chat("padaria").key) in kept
+    assert all("padaria/" in key for key in kept), kept
+
+
+def test_a_number_given_to_another_tenant_starts_over_there(
+    tenant_app: Flask, tenants_dir: Path, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    """The pet shop's history stays the pet shop's: the padaria, now answering on that instance, does not see it,
+    and what the pet shop's customer wrote before the move is not answered with the padaria's settings."""
+    parts: Components = tenant_app.extensions["assistant"]
+    post(tenant_app, "petshop-sul", "Meu cachorro se chama Rex", "M1")
+    answer_all(parts)
+    post(tenant_app, "petshop-sul", "Ainda está aí?", "M2")  # buffered for the pet shop, then the number moves
+    moved = TWO_TENANTS.replace(', "petshop-sul"', "").replace(
+        'evolution_instances = ["padaria"]', 'evolution_instances = ["padaria", "petshop-sul"]'
+    )
+    assert moved != TWO_TENANTS
+    (tenants_dir / "tenants.toml").write_text(moved, encoding="utf-8")
+    time.sleep(0.1)  # past TENANTS_RELOAD_SECONDS (0.05)
+    answer_all(parts)
+    (letter,) = parts.buffer.dead_letters()
+    assert letter["chat"] == f"petshop/evolution:petshop-sul:{CUSTOMER}"
+
+    post(tenant_app, "petshop-sul", "Bom dia", "M3")
+    answer_all(parts)
+    prompt = fake_gemini.prompts()[-1]
+    assert "Ana, da Padaria" in system_text(prompt) and "Rex" not in str(prompt["contents"])
+    padaria_chat = dataclasses.replace(chat("petshop-sul"), tenant="padaria")
+    assert [turn.text for turn in parts.history.recent(padaria_chat)][0] == "Bom dia"
+    assert "Rex" in parts.history.recent(chat("petshop-sul"))[0].text  # the pet shop's, until its TTL
 
 
 def test_settings_fields_a_tenant_sets_exist() -> None:
@@ -282,7 +330,7 @@ def test_a_tenants_admin_token_sees_only_its_own_chats(
         if writer.backlog() == 0:
             break
     client = app.test_client()
-    padaria, petshop = chat("padaria").key, chat("petshop").key
+    padaria, petshop = chat("padaria").address, chat("petshop").address  # `<chat>` in URLs: no tenant in it
     mine, agency = bearer("token-da-padaria"), bearer("token-da-agencia")
 
     assert client.get(f"/admin/api/chats/{padaria}", headers=mine).status_code == 200
@@ -296,7 +344,9 @@ def test_a_tenants_admin_token_sees_only_its_own_chats(
     assert client.get(f"/admin/api/chats/{petshop}", headers=agency).status_code == 200  # the agency sees all
 
     found = client.get("/admin/api/search?q=quero", headers=mine).json["results"]
-    assert found and {row["chat"] for row in found} == {padaria}
+    assert found and {(row["chat"], row["tenant"]) for row in found} == {(padaria, "padaria")}
+    by_tenant = rows_of(postgres_url, "SELECT DISTINCT tenant, chat FROM archive_events ORDER BY tenant")
+    assert by_tenant == [("padaria", chat("padaria").key), ("petshop", chat("petshop").key)]
     everyone = client.get("/admin/api/search?q=quero", headers=agency).json["results"]
     assert {row["chat"] for row in everyone} == {padaria, petshop}
 
@@ -316,6 +366,13 @@ def test_a_tenants_admin_token_sees_only_its_own_chats(
     assert client.get("/admin/api/usage", headers=agency).status_code == 200
     assert client.get(f"/admin/api/chats/{padaria}", headers=bearer("token-errado")).status_code == 401
     parts.archive.store.close()  # type: ignore[union-attr]
+
+
+def rows_of(url: str, sql: str) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
 
 
 def test_two_tenants_with_one_admin_token_are_refused(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from archive.store import UNAVAILABLE as DATABASE_UNAVAILABLE
 from models import ChatRef
 from privacy import ArchiveUnavailable, erase, export
 from web import components
-from web.admin_auth import admin_refusal, in_scope
+from web.admin_auth import admin_refusal, scope
 from web.chats_api import bad_chat, chat_from_path
 
 MAX_QUERY_CHARS = 200
@@ -37,7 +37,8 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
     """An archived event as the API shows it."""
     return {
         "id": row["id"],
-        "chat": row["chat"],
+        "chat": address_of(str(row["chat"])),
+        "tenant": row["tenant"],
         "kind": row["kind"],
         "author": row["author"],
         "text": row["text"],
@@ -50,6 +51,14 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def address_of(key: str) -> str:
+    """`gateway:instance:chat_id` of a stored chat key (its tenant is a field of its own)."""
+    try:
+        return ChatRef.from_key(key).address
+    except ValueError:
+        return key
+
+
 @archive_api.get("/search")
 def search() -> tuple[Response, int]:
     """?q=words → {"results": [{"chat", "text", "at", ...}]}, newest first (Portuguese, accents ignored)."""
@@ -60,18 +69,10 @@ def search() -> tuple[Response, int]:
     if store is None:
         return archive_off()
     try:
-        rows = store.search(query, limit=SEARCH_LIMIT)
+        rows = store.search(query, tenant=scope() or None, limit=SEARCH_LIMIT)  # a tenant's token finds its own
     except DATABASE_UNAVAILABLE:
         return archive_down()
-    rows = [row for row in rows if row_in_scope(row)]  # a tenant's token finds its own chats only
     return jsonify(query=query, results=[event_view(row) for row in rows]), 200
-
-
-def row_in_scope(row: dict[str, Any]) -> bool:
-    try:
-        return in_scope(ChatRef.from_key(str(row["chat"])))
-    except ValueError:
-        return False
 
 
 @archive_api.get("/chats/<path:raw>/archive")
@@ -97,7 +98,7 @@ def chat_archive(raw: str) -> tuple[Response, int]:
     except DATABASE_UNAVAILABLE:
         return archive_down()
     next_before = rows[-1]["id"] if len(rows) == limit else None
-    return jsonify(chat=chat.key, events=[event_view(row) for row in rows], next_before=next_before), 200
+    return jsonify(chat=chat.address, events=[event_view(row) for row in rows], next_before=next_before), 200
 
 
 @archive_api.get("/contacts/<path:raw>/export")
@@ -116,7 +117,7 @@ def export_contact(raw: str) -> tuple[Response, int]:
 def export_download(body: dict[str, Any], chat: ChatRef) -> Response:
     """A contact's export as a JSON attachment named after the chat (the API's and the panel's download)."""
     response = jsonify(body)
-    safe = "".join(c if c.isalnum() else "-" for c in chat.key)
+    safe = "".join(c if c.isalnum() else "-" for c in chat.address)
     response.headers["Content-Disposition"] = f'attachment; filename="contato-{safe}.json"'
     return response
 
@@ -131,4 +132,4 @@ def erase_contact(raw: str) -> tuple[Response, int]:
         erased = erase(components(), chat)
     except ArchiveUnavailable:
         return archive_down()
-    return jsonify(status="erased", chat=chat.key, erased=erased.to_json()), 200
+    return jsonify(status="erased", chat=chat.address, erased=erased.to_json()), 200

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from conversation import CLOSE, PAUSE, RESUME, stamp
-from models import ChatRef
+from models import DEFAULT_TENANT, ChatRef
 from owner_actions import dead_letter_view, discard_dead_letter, retry_dead_letter, send_as_person, steer
 from usage import UsageLedger, totals
 from web import components
@@ -31,13 +31,16 @@ MAX_PAUSE_MINUTES = 366 * 24 * 60  # a year; "no limit" is the absent field
 
 
 def chat_from_path(raw: str) -> ChatRef | None:
-    """The chat named in the URL, or None when it is not `gateway:instance:chat_id` of a known gateway."""
+    """The chat named in the URL, or None when it is not `gateway:instance:chat_id` of a known gateway. (The
+    `<tenant>/gateway:instance:chat_id` form of its keys names a chat of a tenant that no longer claims the number.)"""
     try:
         chat = ChatRef.from_key(raw)
     except ValueError:
         return None
     if chat.gateway not in GATEWAY_NAMES or not chat.instance or not chat.chat_id:
         return None
+    if chat.tenant == DEFAULT_TENANT:  # the address form: the chat of the business that claims the number now
+        chat = components().tenants.claim(chat) or chat
     require_in_scope(chat)  # another tenant's chat is a 404, like one that does not exist
     return chat
 
@@ -73,7 +76,8 @@ def view(chat: ChatRef, now: float) -> dict[str, Any]:
     if state == "paused" and status.paused_until != math.inf:
         paused_until = round(status.paused_until, 3)
     return {
-        "chat": chat.key,
+        "chat": chat.address,
+        "tenant": chat.tenant,
         "gateway": chat.gateway,
         "instance": chat.instance,
         "chat_id": chat.chat_id,
@@ -108,7 +112,7 @@ def show(raw: str) -> tuple[Response, int]:
         return bad_chat()
     body = view(chat, time.time())
     if not known(body):
-        return jsonify(error="unknown chat", chat=chat.key), 404
+        return jsonify(error="unknown chat", chat=chat.address), 404
     return jsonify(body), 200
 
 

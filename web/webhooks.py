@@ -7,6 +7,7 @@ conversation.py (handoff), the assistant's own echoes are recognised there and i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -142,10 +143,13 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
     buffered, duplicates, human, reasons = 0, 0, 0, []
     now = time.time()
     for item in parsed:
-        tenant = None if isinstance(item, IgnoredEvent) else parts.tenants.for_chat(item.chat)
+        tenant = None if isinstance(item, IgnoredEvent) else parts.tenants.claimant(item.chat)
         if tenant is None and not isinstance(item, IgnoredEvent):
             # TENANTS_FILE is set and no business there claims this number: never answered with another's settings.
             item = IgnoredEvent(reason="no_tenant", chat=item.chat, message_id=item.message_id)
+        elif tenant is not None and tenant.id != item.chat.tenant:
+            # From here on the chat is the tenant's: its keys, its queue entry and its archive rows carry it.
+            item = dataclasses.replace(item, chat=dataclasses.replace(item.chat, tenant=tenant.id))
         if isinstance(item, IgnoredEvent):
             counters.add("ignored")
             reasons.append(item.reason)

@@ -139,6 +139,12 @@ def run_three_businesses(e2e: Harness, graph: FakeGraph, path: Path) -> None:
     assert 'wa_webhooks_total{gateway="evolution",outcome="ignored",reason="no_tenant",tenant=""} 1.0' in metrics
     assert 'wa_sends_total{gateway="meta",result="sent",tenant="clinica"} 1.0' in metrics
 
+    # Every key of a business's chat carries the business: its history, conversation... (the clinic's is on Meta).
+    histories = [key.split(":history:", 1)[1] for key in e2e.redis_keys() if ":history:" in key]
+    assert sorted(chat.split("/", 1)[0] for chat in histories) == ["clinica", "padaria", "petshop"], histories
+    of_chats = [key for key in e2e.redis_keys() if ":chat:" in key or ":history:" in key]
+    assert of_chats and all(any(f"{t}/" in key for t in ("clinica", "padaria", "petshop")) for key in of_chats)
+
     # The same customer on two businesses: two chats, each with its own history.
     padaria_chat, petshop_chat = f"evolution:padaria:{CUSTOMER}", f"evolution:petshop:{CUSTOMER}"
     mine = {"Authorization": "Bearer admin-da-padaria"}
