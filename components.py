@@ -57,6 +57,13 @@ class Components:
     liveness: Liveness  # workers' heartbeats
     tenants: TenantDirectory  # which business a chat belongs to (TENANTS_FILE), and its settings
     knowledge_cache: KnowledgeCache  # the tenants' knowledge bases in this process, within KNOWLEDGE_CACHE_MB
+    setups: Runtimes[ReplySetup] | None  # each tenant's reply setup (TENANTS_FILE); None with one tenant
+
+    def knowledge_of(self, tenant_id: str) -> KnowledgeBase | None:
+        """The knowledge base a tenant's replies use (its setup's, built now if no reply built it yet), so that the
+        admin sees what the replies get; None for an id no tenant has."""
+        setup = self.setups.for_id(tenant_id) if self.setups is not None else None
+        return setup.ai.knowledge if setup is not None else None
 
 
 def build_components(
@@ -118,7 +125,7 @@ def build_components(
         interval_seconds=settings.rag_watch_interval,
         watch_files=settings.rag_auto_reload,
         signal=ReloadSignal(link, keys.knowledge_generation()) if link.enabled else None,
-        also=knowledge_cache.unload_all,
+        cache=knowledge_cache,
     )
     pool = ProviderPool()  # tenants on the same model and key share one client
 
@@ -184,4 +191,5 @@ def build_components(
         liveness=liveness,
         tenants=tenants,
         knowledge_cache=knowledge_cache,
+        setups=setups,
     )

@@ -17,7 +17,7 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -459,9 +459,15 @@ class KnowledgeBase:
         )
         return snapshot
 
+    def current(self) -> Snapshot:
+        """The snapshot a reply would use now: a tenant's base is read through its cache when it is not loaded."""
+        if self.cache is None or not self.configured:
+            return self._snapshot
+        return self.cache.acquire(self)
+
     def summary(self, preview_chars: int) -> dict[str, object]:
         """What is loaded, for GET /context/preview: files, chunk counts, problems and the first characters."""
-        snapshot = self._snapshot
+        snapshot = self.current()
         return {
             "directory": str(self.directory or ""),
             "mode": self._mode(snapshot),
@@ -492,7 +498,7 @@ class KnowledgeBase:
     def search(self, query: str, k: int | None = None, *, context: str = "") -> list[Hit]:
         """Top chunks for `query` (with `context`, e.g. the last turns, as lower-weight words)."""
         k = self.top_k if k is None else k
-        return self._snapshot.index.search(tokenize(query), k, extra_terms=tokenize(context))
+        return self.current().index.search(tokenize(query), k, extra_terms=tokenize(context))
 
     def context_for(self, history: Sequence[Turn], user_text: str) -> str:
         """The knowledge block of the system instruction for this burst: the grounding rule and either the whole
@@ -500,7 +506,7 @@ class KnowledgeBase:
         if not self.configured:
             return ""
         # One snapshot for the whole call, whatever the watcher swaps in (or the cache unloads) meanwhile.
-        snapshot = self.cache.acquire(self) if self.cache is not None else self._snapshot
+        snapshot = self.current()
         if self._mode(snapshot) == "whole":
             whole = snapshot.whole_text()
             return f"{GROUNDING_RULE}\n\n{HEADER_WHOLE}\n\n{whole}" if whole else f"{GROUNDING_RULE}\n\n{HEADER_EMPTY}"
@@ -556,6 +562,19 @@ class KnowledgeCache:
         for base, _ in loaded:
             base.unload()
 
+    def unload_changed(self) -> int:
+        """Unload each loaded base whose files were added, changed or removed since it was read (RAG_AUTO_RELOAD),
+        to be read again at its next use; a base that is not loaded is not looked at. Returns how many."""
+        with self._lock:
+            loaded = [base for base, _ in self._loaded.values()]
+        changed = [base for base in loaded if base.has_changed()]  # outside the lock: it reads folders
+        with self._lock:  # as an eviction does: `acquire` never hands out a base half unloaded
+            for base in changed:
+                if self._loaded.pop(id(base), None) is not None:
+                    base.unload()
+                    log.info("knowledge unloaded: files changed in %s", base.directory)
+        return len(changed)
+
     def forget(self, base: KnowledgeBase) -> None:
         """A base no longer used (its tenant's settings changed): its memory is no longer counted."""
         with self._lock:
@@ -597,7 +616,9 @@ class ReloadSignal:
 
 class Watcher:
     """A daemon thread that reloads the knowledge base when its files change (RAG_AUTO_RELOAD) or the reload
-    signal moves, checking every `interval_seconds`. `check_once()` is one look, for tests."""
+    signal moves, checking every `interval_seconds`. With a `cache` (the tenants' bases, tenants.py) the same look
+    unloads a loaded tenant's base whose files changed, and a signal unloads them all: each is read again at its
+    next use, and a base nobody loaded stays unread. `check_once()` is one look, for tests."""
 
     def __init__(
         self,
@@ -606,21 +627,20 @@ class Watcher:
         interval_seconds: float,
         watch_files: bool = True,
         signal: ReloadSignal | None = None,
-        also: Callable[[], None] | None = None,
+        cache: KnowledgeCache | None = None,
     ) -> None:
         self.knowledge = knowledge
         self.interval_seconds = interval_seconds
         self.watch_files = watch_files
         self.signal = signal
-        # Run with every reload a signal asks for: the tenants' bases are unloaded, to be read again at their next
-        # use (KnowledgeCache.unload_all), so POST /reload-context reaches them too.
-        self.also = also
+        self.cache = cache
         self._seen_signal: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def check_once(self) -> bool:
-        """Reload if a file changed or another process asked for it; True when it reloaded."""
+        """Reload if a file changed or another process asked for it; True when it reloaded (or unloaded a
+        tenant's base whose files changed)."""
         signalled = False
         if self.signal is not None:
             value = self.signal.current()
@@ -628,19 +648,26 @@ class Watcher:
                 # The first value seen after Redis came back is a baseline, not a request.
                 signalled = self._seen_signal is not None and value != self._seen_signal
                 self._seen_signal = value
-        if signalled or (self.watch_files and self.knowledge.has_changed()):
-            log.info("knowledge reload: %s", "reload requested" if signalled else "files changed")
+        if signalled:
+            log.info("knowledge reload: reload requested")
             self.knowledge.reload()
-            if signalled and self.also is not None:
-                self.also()
+            if self.cache is not None:
+                self.cache.unload_all()
             return True
-        return False
+        changed = False
+        if self.watch_files and self.knowledge.has_changed():
+            log.info("knowledge reload: files changed")
+            self.knowledge.reload()
+            changed = True
+        if self.watch_files and self.cache is not None:
+            changed = self.cache.unload_changed() > 0 or changed
+        return changed
 
     def reload_everywhere(self) -> bool:
         """Reload here now and ask every other process to reload; False when only this one could be told."""
         self.knowledge.reload()
-        if self.also is not None:
-            self.also()
+        if self.cache is not None:
+            self.cache.unload_all()
         value = self.signal.bump() if self.signal is not None else None
         if value is not None:
             self._seen_signal = value  # this process is already up to date

@@ -353,8 +353,14 @@ class Runtimes(Generic[R]):
 
     def for_chat(self, chat: ChatRef) -> R | None:
         tenant = self.directory.for_chat(chat)
-        if tenant is None:
-            return None
+        return None if tenant is None else self.for_tenant(tenant)
+
+    def for_id(self, tenant_id: str) -> R | None:
+        """What the tenant with this id replies with (the admin's view of it); None for an id no tenant has."""
+        tenant = next((t for t in self.directory.all() if t.id == tenant_id), None)
+        return None if tenant is None else self.for_tenant(tenant)
+
+    def for_tenant(self, tenant: Tenant) -> R:
         kept = self._built.get(tenant.id)
         if kept is not None and kept[0] is tenant:
             return kept[1]

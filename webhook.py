@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool | None = 
         parts.worker.start()
         atexit.register(parts.worker.stop)  # gunicorn workers leave through sys.exit on SIGTERM
     atexit.register(parts.worker.notifier.close)
-    has_knowledge = parts.knowledge.configured or parts.tenants.multi  # the tenants' too (POST /reload-context)
+    has_knowledge = parts.knowledge.configured or parts.tenants.multi  # the tenants' too (their folders, the signal)
     if has_knowledge and (settings.rag_auto_reload or parts.watcher.signal is not None):
         # In every process, worker or not, so that what /context/preview shows is what replies use.
         parts.watcher.start()

@@ -434,11 +434,12 @@ def test_a_tenants_token_opens_a_panel_of_its_own_chats(
     log_in(tenant, "token-do-petshop")
     rows = tenant.get("/admin/chats/rows").text
     assert "petshop" in rows and "padaria" not in rows
-    assert "Conhecimento" not in tenant.get("/admin/").text  # no link to the deployment's pages
+    nav = tenant.get("/admin/").text
+    assert ">Status</a>" not in nav and ">Simulador</a>" not in nav  # no link to the deployment's pages
+    assert ">Conhecimento</a>" in nav  # its own knowledge (tests/test_tenant_knowledge.py)
     assert tenant.get(f"/admin/chats/{quote(petshop)}").status_code == 200
     assert tenant.get(f"/admin/chats/{quote(padaria)}").status_code == 404  # as if it did not exist
-    assert tenant.get("/admin/knowledge").status_code == 403  # the deployment's pages
-    assert tenant.get("/admin/status").status_code == 403
+    assert tenant.get("/admin/status").status_code == 403  # the deployment's pages
 
     agency = app.test_client()
     log_in(agency, "token-da-agencia")
@@ -446,7 +447,7 @@ def test_a_tenants_token_opens_a_panel_of_its_own_chats(
     assert "petshop" in rows and "padaria" in rows
     assert agency.get(f"/admin/chats/{quote(padaria)}").status_code == 200
     assert agency.get("/admin/knowledge").status_code == 200
-    assert "Conhecimento" in agency.get("/admin/").text
+    assert ">Status</a>" in agency.get("/admin/").text
 
     path.write_text(TWO_TENANTS, encoding="utf-8")  # the tenant's token is gone: its session ends
     time.sleep(0.1)

@@ -2,8 +2,8 @@
 exist), 401 without the right bearer token (compared in constant time, counted, never logged).
 
 With TENANTS_FILE a tenant may have its own ADMIN_TOKEN: it sees only that tenant's chats (another tenant's chat
-is a 404, as a chat that does not exist, so nothing tells it exists), its dead letters and its archive; the
-deployment's ADMIN_TOKEN sees everything. `scope()` says which the request carries."""
+is a 404, as a chat that does not exist, so nothing tells it exists), its dead letters, its archive and its
+knowledge; the deployment's ADMIN_TOKEN sees everything. `scope()` says which the request carries."""
 
 from __future__ import annotations
 

@@ -31,14 +31,16 @@ from web import components
 from web.admin_auth import EVERY_TENANT, in_scope, scope
 from web.archive_api import MAX_QUERY_CHARS, event_view, export_download
 from web.chats_api import MAX_PERSON_MESSAGE_CHARS, chat_from_path, not_visible, view, visible_letters
-from web.console_auth import login_page, require_login, safe_next, try_login
+from web.console_auth import deployment_page_refused, login_page, require_login, safe_next, try_login
 from web.health import health_body
+from web.knowledge_admin import knowledge_in_scope
 
 admin_pages = Blueprint("admin_pages", __name__, url_prefix="/admin")
 admin_pages.before_request(require_login)
 
 STATES = {"open": "aberta", "paused": "bot pausado", "closed": "encerrada", "opted_out": "descadastrado"}
 GATEWAY_CHECK_TIMEOUT_SECONDS = 3.0
+UNKNOWN_TENANT_TEXT = "Não há empresa com esse identificador no TENANTS_FILE."
 
 
 @admin_pages.route("/login", methods=["GET", "POST"])
@@ -317,15 +319,36 @@ def delivery_action(letter_id: str) -> Response:
 
 
 @admin_pages.route("/knowledge", methods=["GET", "POST"])
-def knowledge() -> str:
+def knowledge() -> Any:
+    """The knowledge the replies use: a tenant's session sees its tenant's; the deployment's admin sees the
+    environment's, or a tenant's chosen with ?tenant=<id>, and may reload everything (POST)."""
     parts = components()
+    deployment = scope() == EVERY_TENANT
     if request.method == "POST":
+        if not deployment:
+            return deployment_page_refused()
         parts.watcher.reload_everywhere()
         flash("Base de conhecimento recarregada.")
+    chosen = knowledge_in_scope(request.args.get("tenant", ""))
+    if chosen is None:
+        page = render_template("admin/refused.html", heading="Empresa não encontrada", text=UNKNOWN_TENANT_TEXT)
+        return page, 404
+    tenant, base = chosen
     question = request.args.get("q", "")[: parts.settings.max_message_chars]
-    hits = parts.knowledge.search(question) if question.strip() and parts.knowledge.configured else []
-    summary = parts.knowledge.summary(0)
-    return render_template("admin/knowledge.html", summary=summary, question=question, hits=hits, pid=os.getpid())
+    summary = base.summary(0)
+    hits = base.search(question) if question.strip() and base.configured else []
+    names = {t.id: t.name for t in parts.tenants.all()} if parts.tenants.multi else {}
+    return render_template(
+        "admin/knowledge.html",
+        summary=summary,
+        question=question,
+        hits=hits,
+        pid=os.getpid(),
+        tenant=tenant,
+        tenant_name=names.get(tenant, tenant),
+        tenants=[{"id": id_, "name": name} for id_, name in names.items()] if deployment else [],
+        auto_reload=parts.settings.rag_auto_reload,
+    )
 
 
 @admin_pages.get("/status")

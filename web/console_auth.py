@@ -3,7 +3,8 @@ when the request came over HTTPS); failed logins wait a second each and are coun
 tokens (Flask-WTF's CSRFProtect, set up by create_app); the JSON API keeps its bearer token instead.
 
 A tenant's own ADMIN_TOKEN (TENANTS_FILE) opens a session that sees only that tenant (web/admin_auth.py's scope):
-its chats, search results and deliveries; the deployment's pages (knowledge, status, the simulator) are not its."""
+its chats, search results, deliveries and knowledge; the deployment's pages (status, the simulator) answer it a 403
+page that says so."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import logging
 import time
 from urllib.parse import urlsplit
 
-from flask import Request, Response, g, redirect, render_template, request, session, url_for
-from werkzeug.exceptions import Forbidden, NotFound
+from flask import Request, Response, g, make_response, redirect, render_template, request, session, url_for
+from werkzeug.exceptions import NotFound
 
 from web import components
 from web.admin_auth import EVERY_TENANT, scope_of, tenant_tokens
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 
 FAILED_LOGIN_DELAY_SECONDS = 1.0
 # The pages about the whole deployment, which a tenant's session does not see.
-DEPLOYMENT_PAGES = frozenset({"admin_pages.knowledge", "admin_pages.status"})
+DEPLOYMENT_PAGES = frozenset({"admin_pages.status"})
+DEPLOYMENT_PAGE_TEXT = "Esta página é da implantação inteira; entre com o token do administrador geral."
 
 
 def _token_mark(token: str) -> str:
@@ -53,11 +55,25 @@ def require_login() -> Response | None:
     if request.endpoint not in ("admin_pages.login", "admin_pages.logout"):
         if scope is None:
             return redirect(url_for("admin_pages.login", next=request.full_path.rstrip("?")))
-        if scope != EVERY_TENANT and request.endpoint in DEPLOYMENT_PAGES:
-            raise Forbidden("this page is the deployment's: log in with its ADMIN_TOKEN")
         g.admin_scope = scope
+        if scope != EVERY_TENANT and request.endpoint in DEPLOYMENT_PAGES:
+            return deployment_page_refused()
     check_form_token()
     return None
+
+
+def is_tenant_session() -> bool:
+    """Logged in with a tenant's own ADMIN_TOKEN (not the deployment's)."""
+    return session_scope() not in (None, EVERY_TENANT)
+
+
+def deployment_page_refused() -> Response:
+    """The 403 a tenant's session gets on a page of the whole deployment: a page of the panel, in pt-BR, with the
+    tenant's own links (the JSON API keeps its JSON 403)."""
+    page = render_template(
+        "admin/refused.html", heading="Acesso restrito", text=DEPLOYMENT_PAGE_TEXT, deployment_admin=False
+    )
+    return make_response(page, 403)
 
 
 def try_login(request_: Request) -> bool:

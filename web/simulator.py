@@ -18,7 +18,7 @@ from models import IncomingMessage
 from simulator import chat_of
 from web import components
 from web.console import check_form_token
-from web.console_auth import logged_in
+from web.console_auth import deployment_page_refused, is_tenant_session, logged_in
 from web.webhooks import buffer_parsed, parse
 
 simulator_pages = Blueprint("simulator_pages", __name__)
@@ -39,6 +39,11 @@ def require_access() -> Response | None:
     if request.endpoint == "simulator_pages.home" or open_to_all() or logged_in():
         check_form_token()
         return None
+    if is_tenant_session():  # the simulator speaks with the environment's settings: the deployment's
+        if request.path.startswith("/simulator/api/"):
+            refused = jsonify(error="forbidden", detail="the simulator is the deployment's: log in with its token")
+            return refused, 403  # type: ignore[return-value]
+        return deployment_page_refused()
     if not parts.settings.admin_token:
         raise NotFound("the simulator needs the admin login once a gateway is configured: set ADMIN_TOKEN")
     if request.path.startswith("/simulator/api/"):

@@ -287,3 +287,26 @@ def test_panel_pages_render_for_the_owner(console: Console, path: str) -> None:
     assert not [e for e in console.browser_log() if e["level"] == "SEVERE"], console.browser_log()
     if path == "/admin/status":
         console.screenshot("admin-status")
+
+
+def test_a_tenants_session_sees_its_knowledge_and_a_page_that_explains_the_status_refusal(console: Console) -> None:
+    folder = console.harness.tmp_path / "tenants"
+    (folder / "padaria-kb").mkdir(parents=True)
+    (folder / "padaria-kb" / "precos.md").write_text("# Preços\n\nPão francês custa R$ 0,90.\n", encoding="utf-8")
+    (folder / "tenants.toml").write_text(
+        '[tenants.padaria]\nname = "Padaria Pão Quente"\nevolution_instances = ["padaria"]\n'
+        'KNOWLEDGE_DIR = "padaria-kb"\nADMIN_TOKEN = "browser-token-da-padaria"\n',
+        encoding="utf-8",
+    )
+    console.start(**PANEL, TENANTS_FILE=str(folder / "tenants.toml"))
+    log_in(console, "browser-token-da-padaria")
+    console.wait_for("#nav-knowledge").click()
+    console.wait_for_text("main h1", "Padaria Pão Quente")
+    assert "precos.md" in console.driver.find_element(By.CSS_SELECTOR, "main table").text
+    console.driver.find_element(By.CSS_SELECTOR, "input[name=q]").send_keys("quanto custa o pao", Keys.ENTER)
+    assert "R$ 0,90" in console.wait_for("article.hit").text
+
+    console.open("/admin/status")
+    assert "Esta página é da implantação inteira" in console.wait_for("main .card").text
+    assert console.driver.find_elements(By.ID, "nav-knowledge")  # the tenant's own links stay
+    assert not [e for e in console.browser_log() if e["level"] == "SEVERE" and "403" not in e["message"]]
