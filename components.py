@@ -101,13 +101,15 @@ def build_components(
     archive = build_archive(settings, link, keys, counters)
     usage = UsageLedger(link, keys, Prices.from_settings(settings.model_prices))
     secret = webhook_secret(settings, link, keys)
+    tenants = TenantDirectory(settings, path=settings.tenants_file, reload_seconds=settings.tenants_reload_seconds)
+    tenants.watch()
     if gateways is None:
-        gateways = build_gateways(settings, shared_secret=secret.verifier())
+        gateways = build_gateways(
+            settings, shared_secret=secret.verifier(), businesses=tenants if tenants.multi else None
+        )
     transcript = Transcript(link, keys)
     if settings.simulator_enabled:
         gateways["simulator"] = SimulatorGateway(transcript)
-    tenants = TenantDirectory(settings, path=settings.tenants_file, reload_seconds=settings.tenants_reload_seconds)
-    tenants.watch()
     knowledge_cache = KnowledgeCache(int(settings.knowledge_cache_mb * 1024 * 1024))
     knowledge = KnowledgeBase(
         settings.knowledge_dir, top_k=settings.rag_top_k, whole_max_chars=settings.rag_whole_max_chars
