@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -624,3 +625,44 @@ def test_one_business_keeps_the_environments_webhook_secrets(
     (sent,) = twilio_api.received()
     assert parse_qs(sent.body.decode())["From"] == ["whatsapp:+14155550100"]
     assert sent.headers["authorization"] == basic_auth(AGENCY_TWILIO, "token-da-agencia")
+
+
+# ----- what a person on a business's phone types --------------------------------------------------------------
+
+
+def post_from_business(app: Flask, instance: str, text: str, message_id: str) -> dict[str, object]:
+    key = {"remoteJid": CUSTOMER, "fromMe": True, "id": message_id}
+    body = {"event": "messages.upsert", "instance": instance, "data": {"key": key, "message": {"conversation": text}}}
+    response = app.test_client().post("/webhook", json=body)
+    assert response.status_code == 200, response.text
+    return response.json
+
+
+def test_each_business_has_its_own_phone_commands_and_idle_time(
+    make_app: Callable[..., Flask], tenants_dir: Path, redis_client: object
+) -> None:
+    path = tenants_dir / "tenants.toml"
+    own = 'BOT_PAUSE_KEYWORD = "#atendente"\nBOT_RESUME_KEYWORD = "#robo"\nCONVERSATION_IDLE_MINUTES = 30\n'
+    path.write_text(TWO_TENANTS.replace("[tenants.petshop]", own + "\n[tenants.petshop]"), encoding="utf-8")
+    app = make_app(tenants_file=str(path), handoff_pause_minutes=120.0, conversation_idle_minutes=1440.0)
+    parts: Components = app.extensions["assistant"]
+
+    def paused_until(instance: str) -> float:
+        return parts.conversations.status(chat(instance)).paused_until
+
+    assert post_from_business(app, "padaria", "#atendente", "B1")["human"] == 1
+    assert paused_until("padaria") == math.inf  # its pause command: until resumed
+    assert post_from_business(app, "petshop", "#atendente", "B2")["human"] == 1
+    assert paused_until("petshop") < math.inf  # only a person's message there: paused for HANDOFF_PAUSE_MINUTES
+    post_from_business(app, "petshop", "#robo", "B3")
+    assert parts.conversations.status(chat("petshop")).state_at(time.time(), 1800) == "paused"  # not its resume
+    assert post_from_business(app, "petshop", "#humano", "B4")["human"] == 1
+    assert paused_until("petshop") == math.inf  # the environment's command
+    post_from_business(app, "padaria", "#robo", "B5")
+    assert parts.conversations.status(chat("padaria")).state_at(time.time(), 1800) == "open"
+    assert parts.buffer.pending_info(chat("padaria")) is None  # commands are never kept as text
+
+    # A conversation's record lives its business's idle time (plus a day for the API to show it).
+    ttl = {name: redis_client.ttl(parts.keys.conversation(chat(name).key)) for name in ("padaria", "petshop")}  # type: ignore[attr-defined]
+    assert 30 * 60 + 86400 - 5 <= ttl["padaria"] <= 30 * 60 + 86400
+    assert ttl["petshop"] > 1440 * 60
