@@ -73,7 +73,6 @@ def summaries(
     """Every chat's line in the list, newest activity first, filtered by state, gateway and a number or text, of the
     chats `visible` lets through (a tenant's admin sees its own) before anything of them is read."""
     now = time.time()
-    idle = parts.settings.conversation_idle_seconds
     rows = []
     for chat in chat_keys(parts):
         if (gateway and chat.gateway != gateway) or not visible(chat):
@@ -83,7 +82,7 @@ def summaries(
         pending = parts.buffer.pending_info(chat) or {}
         summary = ChatSummary(
             chat=chat,
-            state=status.state_at(now, idle),
+            state=status.state_at(now, parts.conversations.params_for(chat).idle),
             paused_until=None if status.paused_until in (0.0, math.inf) else status.paused_until,
             opted_out=status.opted_out,
             last_at=max([status.last_at, *(t.at for t in history[-1:])] or [0.0]),

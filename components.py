@@ -85,22 +85,19 @@ def build_components(
         history_turns=settings.history_max_turns,
     )
     history = History(link, keys, max_turns=settings.history_max_turns, ttl_seconds=settings.history_ttl_seconds)
+    tenants = TenantDirectory(settings, path=settings.tenants_file, reload_seconds=settings.tenants_reload_seconds)
+    tenants.watch()
+    # Each business's debounce, idle time and business-side commands (TENANTS_FILE), built at its first use.
+    tunings = Runtimes(
+        tenants, lambda tenant: (Params.from_settings(tenant.settings), Commands.from_settings(tenant.settings))
+    )
     conversations = Conversations(
         link,
         keys,
         buffer,
-        params=Params(
-            debounce=settings.debounce_seconds,
-            max_wait=settings.debounce_max_wait_seconds,
-            dedup_ttl=settings.dedup_ttl_seconds,
-            idle=settings.conversation_idle_seconds,
-        ),
-        commands=Commands(
-            pause=settings.bot_pause_keyword,
-            resume=settings.bot_resume_keyword,
-            close=settings.bot_close_keyword,
-            handoff_seconds=settings.handoff_pause_seconds,
-        ),
+        params=Params.from_settings(settings),
+        commands=Commands.from_settings(settings),
+        tuned=tunings.for_chat if tenants.multi else None,
     )
     metrics = Metrics(enabled=settings.metrics_enabled)
     counters = Counters(metrics)
@@ -109,12 +106,12 @@ def build_components(
     usage = UsageLedger(link, keys, Prices.from_settings(settings.model_prices))
     secret = webhook_secret(settings, link, keys)
     if gateways is None:
-        gateways = build_gateways(settings, shared_secret=secret.verifier())
+        gateways = build_gateways(
+            settings, shared_secret=secret.verifier(), businesses=tenants if tenants.multi else None
+        )
     transcript = Transcript(link, keys)
     if settings.simulator_enabled:
         gateways["simulator"] = SimulatorGateway(transcript)
-    tenants = TenantDirectory(settings, path=settings.tenants_file, reload_seconds=settings.tenants_reload_seconds)
-    tenants.watch()
     knowledge_cache = KnowledgeCache(int(settings.knowledge_cache_mb * 1024 * 1024))
     knowledge = KnowledgeBase(
         settings.knowledge_dir, top_k=settings.rag_top_k, whole_max_chars=settings.rag_whole_max_chars

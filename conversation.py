@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from buffer import PUSH_PENDING_LUA, Buffer, encode_message
+from config import Settings
 from keywords import normalize
 from models import ChatRef, IncomingMessage
 from redis_keys import RedisKeys
@@ -410,6 +411,15 @@ class Params:
     dedup_ttl: int
     idle: float
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Params:
+        return cls(
+            debounce=settings.debounce_seconds,
+            max_wait=settings.debounce_max_wait_seconds,
+            dedup_ttl=settings.dedup_ttl_seconds,
+            idle=settings.conversation_idle_seconds,
+        )
+
     @property
     def ttl(self) -> int:
         return int(self.idle) + TTL_MARGIN_SECONDS
@@ -581,6 +591,15 @@ class Commands:
     close: str = "#encerrar"
     handoff_seconds: float = 7200.0
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Commands:
+        return cls(
+            pause=settings.bot_pause_keyword,
+            resume=settings.bot_resume_keyword,
+            close=settings.bot_close_keyword,
+            handoff_seconds=settings.handoff_pause_seconds,
+        )
+
     def action_for(self, message: IncomingMessage) -> tuple[str, float, bool] | None:
         """(action, pause seconds, keep the message in the history) for a business-side message, or None when it
         is to be ignored."""
@@ -598,10 +617,18 @@ class Commands:
 
 class Conversations:
     """Conversation state for the webhook, the worker and the admin API: Redis when reachable, this process's
-    memory otherwise (see RedisLink.run)."""
+    memory otherwise (see RedisLink.run). `params` and `commands` are the deployment's; with several businesses,
+    `tuned(chat)` gives those of the chat's business (None: the deployment's)."""
 
     def __init__(
-        self, link: RedisLink, keys: RedisKeys, buffer: Buffer, *, params: Params, commands: Commands | None = None
+        self,
+        link: RedisLink,
+        keys: RedisKeys,
+        buffer: Buffer,
+        *,
+        params: Params,
+        commands: Commands | None = None,
+        tuned: Callable[[ChatRef], tuple[Params, Commands] | None] | None = None,
     ) -> None:
         self.link = link
         self.redis = RedisConversations(link.client, keys) if link.client is not None else None
@@ -609,6 +636,17 @@ class Conversations:
         self.buffer = buffer
         self.params = params
         self.commands = commands or Commands()
+        self.tuned = tuned
+
+    def params_for(self, chat: ChatRef) -> Params:
+        """The debounce, dedupe and idle time of this chat's business."""
+        found = self.tuned(chat) if self.tuned is not None else None
+        return found[0] if found is not None else self.params
+
+    def commands_for(self, chat: ChatRef) -> Commands:
+        """What a person on this chat's business side may type, and how long their messages pause the bot."""
+        found = self.tuned(chat) if self.tuned is not None else None
+        return found[1] if found is not None else self.commands
 
     def _shared(self, on_redis: Callable[[RedisConversations], Any], fallback: Callable[[], Any]) -> Any:
         store = self.redis
@@ -650,7 +688,7 @@ class Conversations:
     def from_business_side(self, message: IncomingMessage, *, now: float) -> str:
         """A message typed on the business side of a chat (`from_me`): "own_echo" (the assistant's own message
         coming back), "duplicate", "ignored" (handoff off), or the action it took: "pause", "resume", "close"."""
-        command = self.commands.action_for(message)
+        command = self.commands_for(message.chat).action_for(message)
         if command is None:
             return "ignored"
         now = round(now, 3)  # as stored, so that a status read at `now` sees what was written at `now`
@@ -665,10 +703,11 @@ class Conversations:
         own message, 'dup' when seen before, else it applies `action` (pause for `seconds`, resume, close), keeps
         the message in the chat's burst when `keep` (so the history has it after the customer's messages it
         answers), and returns the conversation's state after it."""
+        p = self.params_for(message.chat)
 
         def on_redis(store: RedisConversations) -> str:
             return store.business_message(
-                message, action=action, seconds=seconds, keep=keep, now=now, p=self.params, echo_check=echo_check
+                message, action=action, seconds=seconds, keep=keep, now=now, p=p, echo_check=echo_check
             )
 
         def locally() -> str:
@@ -678,25 +717,25 @@ class Conversations:
                 appended = self.buffer.local.append(
                     message,
                     now=now,
-                    debounce=self.params.debounce,
-                    max_wait=self.params.max_wait,
-                    dedup_ttl=self.params.dedup_ttl,
+                    debounce=p.debounce,
+                    max_wait=p.max_wait,
+                    dedup_ttl=p.dedup_ttl,
                 )
                 if not appended.accepted:
                     return "dup"
-            elif not self.local.first_sight(message, now, self.params.dedup_ttl):
+            elif not self.local.first_sight(message, now, p.dedup_ttl):
                 return "dup"
-            return self.local.business_action(message.chat, action=action, seconds=seconds, now=now, p=self.params)
+            return self.local.business_action(message.chat, action=action, seconds=seconds, now=now, p=p)
 
         return self._shared(on_redis, locally)
 
     def business_action(self, chat: ChatRef, *, action: str, seconds: float = 0.0, now: float) -> str:
         """Pause (for `seconds`, math.inf = until resumed or the conversation closes), resume or close a chat from
         the admin API. `now` is used as stored (to the millisecond): read the status at `round(now, 3)`."""
-        now = round(now, 3)
+        now, p = round(now, 3), self.params_for(chat)
         return self._shared(
-            lambda store: store.business_action(chat, action=action, seconds=seconds, now=now, p=self.params),
-            lambda: self.local.business_action(chat, action=action, seconds=seconds, now=now, p=self.params),
+            lambda store: store.business_action(chat, action=action, seconds=seconds, now=now, p=p),
+            lambda: self.local.business_action(chat, action=action, seconds=seconds, now=now, p=p),
         )
 
     def settle(
@@ -712,14 +751,11 @@ class Conversations:
         acted in the chat after the decision (`decided_with`, the status's business_at): False means the person
         answers and nothing must be sent; True marks the texts, so their echoes are known as ours."""
         hashes = [text_hash(text) for text in sending or []]
+        p = self.params_for(chat)
         return bool(
             self._shared(
-                lambda store: store.settle(
-                    chat, changes, now=now, sending=hashes, decided_with=decided_with, p=self.params
-                ),
-                lambda: self.local.settle(
-                    chat, changes, now=now, sending=hashes, decided_with=decided_with, p=self.params
-                ),
+                lambda store: store.settle(chat, changes, now=now, sending=hashes, decided_with=decided_with, p=p),
+                lambda: self.local.settle(chat, changes, now=now, sending=hashes, decided_with=decided_with, p=p),
             )
         )
 
@@ -737,9 +773,10 @@ class Conversations:
         """Remember an id a send returned, so a late echo of it is known as ours (best effort)."""
         if not message_id:
             return
+        dedup_ttl = self.params_for(chat).dedup_ttl
         self._shared(
-            lambda store: store.mark_sent(chat, message_id, dedup_ttl=self.params.dedup_ttl),
+            lambda store: store.mark_sent(chat, message_id, dedup_ttl=dedup_ttl),
             lambda: self.local.mark_sent(
-                chat, message_id, now=time.time() if now is None else now, dedup_ttl=self.params.dedup_ttl
+                chat, message_id, now=time.time() if now is None else now, dedup_ttl=dedup_ttl
             ),
         )

@@ -44,7 +44,7 @@ def send_as_person(parts: Components, chat: ChatRef, text: str, *, now: float) -
     except SendError as exc:
         log.warning("owner's message not sent chat=%s: %s", chat.label, exc)
         return Outcome(False, str(exc))
-    seconds = parts.settings.handoff_pause_seconds or float("inf")
+    seconds = parts.conversations.commands_for(chat).handoff_seconds or float("inf")
     record = IncomingMessage(chat=chat, message_id=message_id or f"panel-{uuid.uuid4().hex}", text=text, from_me=True)
     parts.conversations.business_message(record, action=PAUSE, seconds=seconds, keep=True, now=now, echo_check=False)
     # Archived now, as sent from the panel (the burst it joined archives the same event id again, as a no-op).

@@ -75,7 +75,8 @@ class RedisKeys:
     def conversation(self, chat: str) -> str:
         """HASH state (open|paused|closed), paused_at, paused_until ('inf' = until resumed), business_at (the last
         human action), last_at (the last message), opened_at, notice_for (the closed period already told).
-        TTL = CONVERSATION_IDLE_MINUTES + 1 day, refreshed on every write: past it the conversation is closed."""
+        TTL = CONVERSATION_IDLE_MINUTES (the chat's business's) + 1 day, refreshed on every write: past it the
+        conversation is closed."""
         return f"{self._of(chat)}chat:{chat}:conv"
 
     def chats_with_history(self) -> tuple[str, Callable[[str], str]]:

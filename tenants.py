@@ -43,8 +43,9 @@ IDENTITY_LISTS = {
 }
 
 # What a tenant may set for itself: what its customers see and hear (persona, knowledge, hours and texts), how long
-# it waits for a burst, which model answers it and on whose key, and the credentials its replies are sent with.
-# Everything else (Redis, the database, limits of the deployment) is the deployment's.
+# it waits for a burst, which model answers it and on whose key, the credentials its replies are sent with, and those
+# its webhooks are signed with (its Twilio sub-account, its Meta app). Everything else (Redis, the database, limits of
+# the deployment) is the deployment's.
 TENANT_SETTINGS = frozenset(
     {
         "SYSTEM_PROMPT",
@@ -62,6 +63,10 @@ TENANT_SETTINGS = frozenset(
         "HANDOFF_REPLY",
         "HANDOFF_CLOSED_REPLY",
         "HANDOFF_PAUSE_MINUTES",
+        "BOT_PAUSE_KEYWORD",
+        "BOT_RESUME_KEYWORD",
+        "BOT_CLOSE_KEYWORD",
+        "CONVERSATION_IDLE_MINUTES",
         "OPT_OUT_KEYWORDS",
         "OPT_OUT_REPLY",
         "OPT_IN_KEYWORDS",
@@ -78,16 +83,24 @@ TENANT_SETTINGS = frozenset(
         "AUTHENTICATION_API_KEY",
         "META_ACCESS_TOKEN",
         "MEGA_API_TOKEN",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "META_APP_SECRET",
+        "META_VERIFY_TOKEN",
         "ADMIN_TOKEN",
     }
 )
 
 
-# The settings a tenant's gateways are built with when it sets any of them (its own Evolution key, Meta token...).
+# The settings a tenant's gateways are built with when it sets any of them (its own Evolution key, Meta token, Twilio
+# sub-account...). The webhooks' own secrets (META_APP_SECRET, TWILIO_AUTH_TOKEN) are looked up by the deployment's
+# adapters through `TenantDirectory.settings_for`.
 CREDENTIALS = (
     "authentication_api_key",
     "meta_access_token",
     "mega_api_token",
+    "twilio_account_sid",
+    "twilio_auth_token",
 )
 
 
@@ -265,6 +278,16 @@ class TenantDirectory:
         if tenant is None:
             return None
         return chat if chat.tenant == tenant.id else dataclasses.replace(chat, tenant=tenant.id)
+
+    def settings_for(self, gateway: str, instance: str) -> Settings | None:
+        """The settings of the tenant that claims this gateway identity (a Twilio number as `whatsapp:+...`, a Meta
+        phone number id); None when none does. What a gateway's webhook checks a request with (`Businesses`)."""
+        tenant = self.claimant(ChatRef(gateway=gateway, instance=instance, chat_id=""))
+        return tenant.settings if tenant is not None else None
+
+    def every_settings(self) -> list[Settings]:
+        """The environment's settings, then every tenant's."""
+        return [self.base, *(tenant.settings for tenant in self.all())]
 
     def all(self) -> list[Tenant]:
         self._maybe_reload()

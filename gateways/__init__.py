@@ -19,7 +19,7 @@ here and one line in `build_gateways`.
 from __future__ import annotations
 
 from config import Settings
-from gateways.base import Gateway
+from gateways.base import Businesses, Gateway
 from gateways.evolution import EvolutionGateway
 from gateways.mega import MegaGateway
 from gateways.meta import MetaGateway
@@ -27,9 +27,12 @@ from gateways.shared_secret import SharedSecretVerifier
 from gateways.twilio import TwilioGateway
 
 
-def build_gateways(settings: Settings, *, shared_secret: SharedSecretVerifier) -> dict[str, Gateway]:
+def build_gateways(
+    settings: Settings, *, shared_secret: SharedSecretVerifier, businesses: Businesses | None = None
+) -> dict[str, Gateway]:
     """Gateway name -> adapter, for every gateway whose required variables are set (Evolution always).
-    `shared_secret` guards the webhooks of the gateways that sign nothing (Evolution, Mega)."""
+    `shared_secret` guards the webhooks of the gateways that sign nothing (Evolution, Mega); `businesses` (TENANTS_FILE)
+    gives Meta's and Twilio's webhooks the secrets of the business each number belongs to."""
     common = {
         "timeout_seconds": settings.send_timeout_seconds,
         "max_retries": settings.send_max_retries,
@@ -46,6 +49,7 @@ def build_gateways(settings: Settings, *, shared_secret: SharedSecretVerifier) -
             graph_url=settings.meta_graph_url,
             api_version=settings.meta_api_version,
             mark_as_read=settings.meta_mark_as_read,
+            businesses=businesses,
             **common,
         )
     if settings.mega_enabled:
@@ -60,9 +64,12 @@ def build_gateways(settings: Settings, *, shared_secret: SharedSecretVerifier) -
         gateways["twilio"] = TwilioGateway(
             account_sid=settings.twilio_account_sid,
             auth_token=settings.twilio_auth_token,
-            whatsapp_from=settings.twilio_whatsapp_from,
+            # Several businesses: each reply goes out from the number its customer wrote to (a business's number,
+            # perhaps in its own sub-account), not from the environment's.
+            whatsapp_from="" if settings.tenants_file else settings.twilio_whatsapp_from,
             public_url=settings.twilio_public_url,
             api_url=settings.twilio_api_url,
+            businesses=businesses,
             **common,
         )
     return gateways

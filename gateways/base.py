@@ -13,7 +13,9 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from config import Settings
 from models import ChatRef, IgnoredEvent, IncomingMessage, MediaRef
 
 Parsed = IncomingMessage | IgnoredEvent
@@ -34,6 +36,20 @@ class InboundRequest:
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
+
+
+class Businesses(Protocol):
+    """The businesses one deployment serves (TENANTS_FILE, `tenants.TenantDirectory`), as the adapters whose webhooks
+    are signed with a business's own secret (a Twilio sub-account's auth token, a Meta app's secret) see them."""
+
+    def settings_for(self, gateway: str, instance: str) -> Settings | None:
+        """The settings of the business that claims this identity (its own secrets, or the environment's when it
+        sets none); None when no business does."""
+        ...
+
+    def every_settings(self) -> list[Settings]:
+        """The environment's settings, then every business's."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,12 @@ currency is a bare "48,00". An item without a readable product id is left out; o
 or price is listed without it, and then no total is given (nor when the items' currencies differ). Past
 ORDER_MAX_ITEMS_LISTED items the rest are counted ("e mais 3 itens"), so the note survives the text limit. An
 order with no readable item still says one came: "[pedido pelo catálogo recebido, sem itens legíveis]".
+
+With several businesses (TENANTS_FILE), their numbers may be under different Meta apps, each signing with its own
+secret. The signature covers the whole body, before anything in it can be read: a body is accepted when one of the
+app secrets in play (the environment's and the businesses') signs it, and each of its messages is then kept only if
+the business claiming its number has that secret (else it is ignored as `wrong_app`). The handshake accepts any of
+the verify tokens in play. With one secret in play, one HMAC is computed, as for a single business.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any
 import requests
 
 from errors import MediaError, PayloadError, SendError, SignatureError
-from gateways.base import Gateway, InboundRequest, Parsed, WebhookAnswer, typing_pause
+from gateways.base import Businesses, Gateway, InboundRequest, Parsed, WebhookAnswer, typing_pause
 from gateways.http import download_session, fetch_bytes, fetch_json, post_or_raise, retrying_session
 from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail, words_detail
 from parser import decode_json
@@ -344,9 +350,11 @@ class MetaGateway(Gateway):
         media_attempts: int = 3,
         media_timeout_seconds: float = 30.0,
         session: requests.Session | None = None,
+        businesses: Businesses | None = None,
     ) -> None:
         self.media_session = download_session(media_attempts)
         self.media_timeout_seconds = media_timeout_seconds
+        self.businesses = businesses  # TENANTS_FILE: the app secret of the business each number belongs to
         self.app_secret = app_secret
         self.verify_token = verify_token
         self.access_token = access_token
@@ -358,17 +366,54 @@ class MetaGateway(Gateway):
         self.session = session or retrying_session(max_retries)
 
     def verify(self, request: InboundRequest) -> None:
-        """Every webhook request is signed with the app secret (X-Hub-Signature-256)."""
-        if not signature_is_valid(request.body, request.header("X-Hub-Signature-256"), self.app_secret):
+        """Every webhook request is signed with an app secret in play (X-Hub-Signature-256): the environment's, or
+        with several businesses one of theirs."""
+        if self._signer(request) is None:
             raise SignatureError("missing or invalid X-Hub-Signature-256")
 
     def handshake(self, query: Mapping[str, str]) -> str | None:
-        """`hub.challenge` when the subscription handshake carries META_VERIFY_TOKEN, else None."""
-        return verify_handshake(query, self.verify_token)
+        """`hub.challenge` when the subscription handshake carries META_VERIFY_TOKEN (or a business's), else None."""
+        tokens = [self.verify_token]
+        if self.businesses is not None:
+            tokens += [own.meta_verify_token for own in self.businesses.every_settings()]
+        for token in dict.fromkeys(tokens):
+            challenge = verify_handshake(query, token)
+            if challenge is not None:
+                return challenge
+        return None
 
     def parse(self, request: InboundRequest, *, accept_groups: bool, max_text_chars: int) -> list[Parsed]:
+        """The body's messages; with several businesses under different apps, a message for a number whose
+        business's app did not sign the body is ignored as `wrong_app` (never buffered under that business)."""
         payload = decode_json(request.body)  # lone surrogates replaced, as for every gateway
-        return parse_meta(payload, max_text_chars=max_text_chars)
+        parsed = parse_meta(payload, max_text_chars=max_text_chars)
+        if self.businesses is None or len(self._secrets()) < 2:
+            return parsed  # one secret in play: it signed the body (verify), and every number's business has it
+        signer = self._signer(request)
+        return [self._signed_for_its_business(item, signer) for item in parsed]
+
+    def _secrets(self) -> list[str]:
+        """The distinct app secrets in play, the environment's first."""
+        if self.businesses is None:
+            return [self.app_secret]
+        every = [self.app_secret, *(own.meta_app_secret for own in self.businesses.every_settings())]
+        return [secret for secret in dict.fromkeys(every) if secret]
+
+    def _signer(self, request: InboundRequest) -> str | None:
+        """The app secret that signed the body (the environment's tried first: one HMAC for a single business)."""
+        header = request.header("X-Hub-Signature-256")
+        for secret in self._secrets():
+            if signature_is_valid(request.body, header, secret):
+                return secret
+        return None
+
+    def _signed_for_its_business(self, item: Parsed, signer: str | None) -> Parsed:
+        if item.chat is None or self.businesses is None:
+            return item
+        own = self.businesses.settings_for(NAME, item.chat.instance)
+        if own is None or (own.meta_app_secret or self.app_secret) == signer:
+            return item  # no business claims it (ignored as no_tenant later), or its app signed the body
+        return IgnoredEvent(reason="wrong_app", chat=item.chat, message_id=item.message_id)
 
     def answer(self, summary: dict[str, object]) -> WebhookAnswer | None:
         return None

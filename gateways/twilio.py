@@ -7,6 +7,11 @@ base64(HMAC-SHA1(auth token, public URL + each POST field name and value, sorted
 documented algorithm, computed against TWILIO_PUBLIC_URL because the service sits behind a proxy. As in Twilio's
 own validator, a signature over the URL with the scheme's default port written out (`https://host:443/...`) or
 left out is accepted whichever form TWILIO_PUBLIC_URL uses, since Twilio signs either; no other port is.
+
+With several businesses (TENANTS_FILE), a number may belong to a business's own Twilio sub-account, which signs its
+webhooks with its own auth token: a request is checked with the token of the business claiming its `To` (the
+environment's when it sets none, or when no business claims it), and, when that business sets its own
+TWILIO_ACCOUNT_SID, its `AccountSid` must be that one. Replies then go out from the number the customer wrote to.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from urllib.parse import urlsplit
 import requests
 
 from errors import MediaError, PayloadError, SendError, SignatureError
-from gateways.base import Gateway, InboundRequest, Parsed, WebhookAnswer, typing_pause
+from gateways.base import Businesses, Gateway, InboundRequest, Parsed, WebhookAnswer, typing_pause
 from gateways.http import download_session, fetch_bytes, post_or_raise, retry_after_seconds, retrying_session
 from models import READABLE_MEDIA_KINDS, ChatRef, IgnoredEvent, IncomingMessage, MediaRef, location_detail
 from parser import replace_lone_surrogates
@@ -159,9 +164,11 @@ class TwilioGateway(Gateway):
         media_attempts: int = 3,
         media_timeout_seconds: float = 30.0,
         session: requests.Session | None = None,
+        businesses: Businesses | None = None,
     ) -> None:
         self.media_session = download_session(media_attempts)
         self.media_timeout_seconds = media_timeout_seconds
+        self.businesses = businesses  # TENANTS_FILE: whose account each business number `To` belongs to
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.whatsapp_from = whatsapp_from
@@ -175,10 +182,20 @@ class TwilioGateway(Gateway):
         return f"{self.public_url}{request.path or WEBHOOK_PATH}{query}"
 
     def verify(self, request: InboundRequest) -> None:
-        """Every webhook request is signed with the auth token (X-Twilio-Signature, see the module docstring)."""
+        """Every webhook request is signed with the auth token of the account its number belongs to
+        (X-Twilio-Signature, see the module docstring)."""
+        auth_token, sub_account = self.auth_token, ""
+        if self.businesses is not None:
+            own = self.businesses.settings_for(NAME, request.form.get("To", ""))
+            if own is not None:
+                auth_token = own.twilio_auth_token or self.auth_token
+                if own.twilio_account_sid and own.twilio_account_sid != self.account_sid:
+                    sub_account = own.twilio_account_sid
         signature = request.header("X-Twilio-Signature")
-        if not signature_is_valid(self.signed_url(request), request.form, signature, self.auth_token):
+        if not signature_is_valid(self.signed_url(request), request.form, signature, auth_token):
             raise SignatureError("missing or invalid X-Twilio-Signature")
+        if sub_account and request.form.get("AccountSid", "") != sub_account:
+            raise SignatureError("AccountSid is not the sub-account of the business that claims the number")
 
     def handshake(self, query: Mapping[str, str]) -> str | None:
         """Twilio has no subscription handshake."""

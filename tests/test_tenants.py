@@ -4,11 +4,14 @@ identity ignored; one customer writing to two businesses as two chats."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import pytest
 from flask import Flask
@@ -19,6 +22,7 @@ from models import ChatRef
 from tenants import TenantDirectory, TenantsError, parse_tenants
 from tests.conftest import make_settings
 from tests.fakes import Canned, FakeEvolution, FakeGemini
+from tests.test_gateways import FakeGraph, FakeTwilio, sign_meta, twilio_form, twilio_signature
 from webhook import Components
 
 CUSTOMER = "5511987654321@s.whatsapp.net"
@@ -490,3 +494,233 @@ def test_a_tenants_changed_settings_take_its_old_knowledge_out_of_the_cache(
     answer_all(parts)
     assert fake_gemini.received()[-1].path.split("/")[-1].startswith("gemini-nova")
     assert parts.knowledge_cache.health()["loaded"] == 1  # the replaced setup's index is no longer counted
+
+
+# ----- webhooks signed with a business's own secrets (Twilio sub-accounts, Meta apps) -----------------------
+
+AGENCY_TWILIO = "AC0000000000000000000000000000agency"
+TWILIO_NUMBERS = {"padaria": "whatsapp:+5511900000001", "petshop": "whatsapp:+5511900000002"}
+AGENCY_NUMBER = "whatsapp:+5511900000003"  # a business on the agency's own account
+PUBLIC_URL = "https://bot.example.com"
+
+SUB_ACCOUNTS = """
+[tenants.padaria]
+twilio_numbers = ["+5511900000001"]
+TWILIO_ACCOUNT_SID = "AC0000000000000000000000000padaria"
+TWILIO_AUTH_TOKEN = "token-da-padaria"
+DEBOUNCE_SECONDS = 0
+
+[tenants.petshop]
+twilio_numbers = ["+5511900000002"]
+TWILIO_ACCOUNT_SID = "AC0000000000000000000000000petshop"
+TWILIO_AUTH_TOKEN = "token-do-petshop"
+DEBOUNCE_SECONDS = 0
+
+[tenants.mercado]
+twilio_numbers = ["+5511900000003"]
+DEBOUNCE_SECONDS = 0
+"""
+
+
+@pytest.fixture
+def twilio_api() -> Iterator[FakeTwilio]:
+    fake = FakeTwilio()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraph]:
+    fake = FakeGraph()
+    yield fake
+    fake.close()
+
+
+def twilio_env(api_url: str) -> dict[str, object]:
+    return dict(
+        twilio_account_sid=AGENCY_TWILIO,
+        twilio_auth_token="token-da-agencia",
+        twilio_whatsapp_from="whatsapp:+14155550100",
+        twilio_public_url=PUBLIC_URL,
+        twilio_api_url=api_url,
+    )
+
+
+def post_twilio(app: Flask, to: str, token: str, message_id: str, **fields: str) -> int:
+    form = twilio_form(To=to, MessageSid=message_id, SmsMessageSid=message_id, SmsSid=message_id, **fields)
+    signature = twilio_signature(f"{PUBLIC_URL}/webhook/twilio", form, token)
+    return app.test_client().post("/webhook/twilio", data=form, headers={"X-Twilio-Signature": signature}).status_code
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_twilio_sub_account_signs_its_numbers_webhooks_and_sends_their_replies(
+    make_app: Callable[..., Flask], tmp_path: Path, twilio_api: FakeTwilio
+) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text(SUB_ACCOUNTS, encoding="utf-8")
+    app = make_app(tenants_file=str(path), **twilio_env(twilio_api.url))
+    parts: Components = app.extensions["assistant"]
+    padaria = "AC0000000000000000000000000padaria"
+
+    signed_by_own = post_twilio(app, TWILIO_NUMBERS["padaria"], "token-da-padaria", "SM1", AccountSid=padaria)
+    assert signed_by_own == 200
+    assert post_twilio(app, TWILIO_NUMBERS["padaria"], "token-do-petshop", "SM2", AccountSid=padaria) == 401
+    assert post_twilio(app, TWILIO_NUMBERS["padaria"], "token-da-agencia", "SM3", AccountSid=padaria) == 401
+    # Signed with its token, but posted for another account: not the sub-account the business set.
+    assert post_twilio(app, TWILIO_NUMBERS["padaria"], "token-da-padaria", "SM4", AccountSid=AGENCY_TWILIO) == 401
+    # A business without its own account: the environment's token.
+    assert post_twilio(app, AGENCY_NUMBER, "token-da-agencia", "SM5", AccountSid=AGENCY_TWILIO) == 200
+    assert post_twilio(app, AGENCY_NUMBER, "token-da-padaria", "SM6", AccountSid=AGENCY_TWILIO) == 401
+    # A number nobody claims: checked with the environment's token, then ignored (no_tenant).
+    assert post_twilio(app, "whatsapp:+5511900000009", "token-da-padaria", "SM7") == 401
+    assert post_twilio(app, "whatsapp:+5511900000009", "token-da-agencia", "SM8") == 200
+    health = app.test_client().get("/health").json
+    assert health["counters"]["signature_failures"] == 5 and health["counters"]["ignored"] == 1
+
+    assert answer_all(parts) == 2
+    sends = {parse_qs(send.body.decode())["From"][0]: send for send in twilio_api.received()}
+    assert set(sends) == {TWILIO_NUMBERS["padaria"], AGENCY_NUMBER}  # from the number each customer wrote to
+    own = sends[TWILIO_NUMBERS["padaria"]]
+    assert own.path == f"/2010-04-01/Accounts/{padaria}/Messages.json"
+    assert own.headers["authorization"] == basic_auth(padaria, "token-da-padaria")
+    agency = sends[AGENCY_NUMBER]
+    assert agency.path == f"/2010-04-01/Accounts/{AGENCY_TWILIO}/Messages.json"
+    assert agency.headers["authorization"] == basic_auth(AGENCY_TWILIO, "token-da-agencia")
+
+
+APPS = """
+[tenants.padaria]
+meta_phone_number_ids = ["111111111111111"]
+META_APP_SECRET = "segredo-do-app-da-padaria"
+META_VERIFY_TOKEN = "verifica-padaria"
+META_ACCESS_TOKEN = "token-meta-da-padaria"
+DEBOUNCE_SECONDS = 0
+
+[tenants.petshop]
+meta_phone_number_ids = ["222222222222222"]
+DEBOUNCE_SECONDS = 0
+"""
+
+
+def meta_env(graph_url: str) -> dict[str, object]:
+    return dict(
+        meta_app_secret="segredo-do-app-da-agencia",
+        meta_verify_token="verifica-agencia",
+        meta_access_token="token-meta-da-agencia",
+        meta_phone_number_id="999999999999999",
+        meta_graph_url=graph_url,
+    )
+
+
+def meta_value(phone_number_id: str, message_id: str) -> dict[str, object]:
+    message = {"from": "5511987654321", "id": message_id, "timestamp": "1763900000", "type": "text"}
+    return {
+        "messaging_product": "whatsapp",
+        "metadata": {"phone_number_id": phone_number_id},
+        "messages": [{**message, "text": {"body": "Oi, tem horário hoje?"}}],
+    }
+
+
+def post_meta_signed(app: Flask, secret: str, *values: dict[str, object]) -> tuple[int, dict[str, object]]:
+    changes = [{"field": "messages", "value": value} for value in values]
+    raw = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": changes}]}).encode()
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign_meta(raw, secret)}
+    answer = app.test_client().post("/webhook/meta", data=raw, headers=headers)
+    return answer.status_code, answer.json
+
+
+def test_a_meta_body_counts_only_for_the_businesses_whose_app_signed_it(
+    make_app: Callable[..., Flask], tmp_path: Path, graph: FakeGraph
+) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text(APPS, encoding="utf-8")
+    app = make_app(tenants_file=str(path), **meta_env(graph.url))
+    parts: Components = app.extensions["assistant"]
+    padaria, petshop = "111111111111111", "222222222222222"
+    own, agency = "segredo-do-app-da-padaria", "segredo-do-app-da-agencia"
+
+    assert post_meta_signed(app, own, meta_value(padaria, "wamid.A1")) == (
+        200,
+        {"status": "buffered", "buffered": 1, "duplicates": 0, "ignored": 0},
+    )
+    assert post_meta_signed(app, own, meta_value(petshop, "wamid.A2")) == (
+        200,
+        {"status": "ignored", "reason": "wrong_app"},
+    )
+    assert post_meta_signed(app, agency, meta_value(padaria, "wamid.A3"))[1]["reason"] == "wrong_app"
+    assert post_meta_signed(app, agency, meta_value(petshop, "wamid.A4"))[1]["buffered"] == 1
+    both = post_meta_signed(app, own, meta_value(padaria, "wamid.A5"), meta_value(petshop, "wamid.A6"))
+    assert both == (200, {"status": "buffered", "buffered": 1, "duplicates": 0, "ignored": 1})
+    assert post_meta_signed(app, "segredo-de-outro-app", meta_value(padaria, "wamid.A7"))[0] == 401
+
+    handshake = {"hub.mode": "subscribe", "hub.challenge": "4242"}
+    client = app.test_client()
+    for token, status in (("verifica-padaria", 200), ("verifica-agencia", 200), ("verifica-outro", 403)):
+        assert client.get("/webhook/meta", query_string={**handshake, "hub.verify_token": token}).status_code == status
+
+    assert answer_all(parts) == 2  # one burst per chat: what the wrong app signed was never buffered
+    texts = [send for send in graph.received() if "text" in send.json]
+    sends = {send.path.split("/")[2]: send for send in texts}
+    assert len(texts) == 2 and set(sends) == {padaria, petshop}
+    assert sends[padaria].headers["authorization"] == "Bearer token-meta-da-padaria"
+    assert sends[petshop].headers["authorization"] == "Bearer token-meta-da-agencia"
+
+
+def test_one_business_keeps_the_environments_webhook_secrets(
+    make_app: Callable[..., Flask], twilio_api: FakeTwilio, graph: FakeGraph
+) -> None:
+    """Without TENANTS_FILE: the environment's token and secret, replies from TWILIO_WHATSAPP_FROM, as before."""
+    app = make_app(**twilio_env(twilio_api.url), **meta_env(graph.url), debounce_seconds=0)
+    parts: Components = app.extensions["assistant"]
+    assert post_twilio(app, AGENCY_NUMBER, "token-da-agencia", "SM1") == 200
+    assert post_twilio(app, AGENCY_NUMBER, "token-da-padaria", "SM2") == 401
+    assert post_meta_signed(app, "segredo-do-app-da-agencia", meta_value("111111111111111", "wamid.B1"))[0] == 200
+    assert post_meta_signed(app, "segredo-do-app-da-padaria", meta_value("111111111111111", "wamid.B2"))[0] == 401
+    assert answer_all(parts) == 2
+    (sent,) = twilio_api.received()
+    assert parse_qs(sent.body.decode())["From"] == ["whatsapp:+14155550100"]
+    assert sent.headers["authorization"] == basic_auth(AGENCY_TWILIO, "token-da-agencia")
+
+
+# ----- what a person on a business's phone types --------------------------------------------------------------
+
+
+def post_from_business(app: Flask, instance: str, text: str, message_id: str) -> dict[str, object]:
+    key = {"remoteJid": CUSTOMER, "fromMe": True, "id": message_id}
+    body = {"event": "messages.upsert", "instance": instance, "data": {"key": key, "message": {"conversation": text}}}
+    response = app.test_client().post("/webhook", json=body)
+    assert response.status_code == 200, response.text
+    return response.json
+
+
+def test_each_business_has_its_own_phone_commands_and_idle_time(
+    make_app: Callable[..., Flask], tenants_dir: Path, redis_client: object
+) -> None:
+    path = tenants_dir / "tenants.toml"
+    own = 'BOT_PAUSE_KEYWORD = "#atendente"\nBOT_RESUME_KEYWORD = "#robo"\nCONVERSATION_IDLE_MINUTES = 30\n'
+    path.write_text(TWO_TENANTS.replace("[tenants.petshop]", own + "\n[tenants.petshop]"), encoding="utf-8")
+    app = make_app(tenants_file=str(path), handoff_pause_minutes=120.0, conversation_idle_minutes=1440.0)
+    parts: Components = app.extensions["assistant"]
+
+    def paused_until(instance: str) -> float:
+        return parts.conversations.status(chat(instance)).paused_until
+
+    assert post_from_business(app, "padaria", "#atendente", "B1")["human"] == 1
+    assert paused_until("padaria") == math.inf  # its pause command: until resumed
+    assert post_from_business(app, "petshop", "#atendente", "B2")["human"] == 1
+    assert paused_until("petshop") < math.inf  # only a person's message there: paused for HANDOFF_PAUSE_MINUTES
+    post_from_business(app, "petshop", "#robo", "B3")
+    assert parts.conversations.status(chat("petshop")).state_at(time.time(), 1800) == "paused"  # not its resume
+    assert post_from_business(app, "petshop", "#humano", "B4")["human"] == 1
+    assert paused_until("petshop") == math.inf  # the environment's command
+    post_from_business(app, "padaria", "#robo", "B5")
+    assert parts.conversations.status(chat("padaria")).state_at(time.time(), 1800) == "open"
+    assert parts.buffer.pending_info(chat("padaria")) is None  # commands are never kept as text
+
+    # A conversation's record lives its business's idle time (plus a day for the API to show it).
+    ttl = {name: redis_client.ttl(parts.keys.conversation(chat(name).key)) for name in ("padaria", "petshop")}  # type: ignore[attr-defined]
+    assert 30 * 60 + 86400 - 5 <= ttl["padaria"] <= 30 * 60 + 86400
+    assert ttl["petshop"] > 1440 * 60

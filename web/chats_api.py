@@ -71,7 +71,7 @@ def view(chat: ChatRef, now: float) -> dict[str, Any]:
     """What the API answers about a chat: its conversation state, opt-out, pending burst and last messages."""
     parts = components()
     status = parts.conversations.status(chat)
-    state = status.state_at(now, parts.settings.conversation_idle_seconds)
+    state = status.state_at(now, parts.conversations.params_for(chat).idle)
     paused_until = None
     if state == "paused" and status.paused_until != math.inf:
         paused_until = round(status.paused_until, 3)

@@ -223,7 +223,7 @@ def from_business_side(item: IncomingMessage, now: float, *, tenant: str = "") -
         "close": "conversations_closed",
     }[outcome]
     parts.counters.add(counter)
-    command = parts.conversations.commands.action_for(item)
+    command = parts.conversations.commands_for(item.chat).action_for(item)
     if outcome == "pause":
         parts.metrics.handoff(item.chat.gateway, "taken", tenant=tenant)
     if outcome in ("pause", "resume", "close") and command is not None and not command[2]:
