@@ -724,3 +724,21 @@ def test_each_business_has_its_own_phone_commands_and_idle_time(
     ttl = {name: redis_client.ttl(parts.keys.conversation(chat(name).key)) for name in ("padaria", "petshop")}  # type: ignore[attr-defined]
     assert 30 * 60 + 86400 - 5 <= ttl["padaria"] <= 30 * 60 + 86400
     assert ttl["petshop"] > 1440 * 60
+
+
+def test_a_tenant_called_default_keeps_the_single_business_keys(
+    make_app: Callable[..., Flask], tmp_path: Path, fake_gemini: FakeGemini, fake_evolution: FakeEvolution
+) -> None:
+    """Moving a one-business deployment into TENANTS_FILE under the id `default` keeps its history."""
+    single = make_app(debounce_seconds=0)
+    single_parts: Components = single.extensions["assistant"]
+    post(single, "loja", "Meu nome é Joana", "S1")
+    answer_all(single_parts)
+    path = tmp_path / "tenants.toml"
+    path.write_text("[tenants.default]\nevolution_instances = ['loja']\nBUSINESS_NAME = 'Loja'\n", encoding="utf-8")
+    app = make_app(tenants_file=str(path), debounce_seconds=0)
+    parts: Components = app.extensions["assistant"]
+    post(app, "loja", "Lembra meu nome?", "S2")
+    answer_all(parts)
+    assert "Joana" in str(fake_gemini.prompts()[-1]["contents"])
+    assert parts.keys.history(f"evolution:loja:{CUSTOMER}") in set(parts.link.client.scan_iter("*"))  # type: ignore[union-attr]
