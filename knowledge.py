@@ -529,22 +529,35 @@ class KnowledgeCache:
         self.loads = 0  # bases read (first uses and reads again after an unload)
         self.evictions = 0
         self._loaded: OrderedDict[int, tuple[KnowledgeBase, int]] = OrderedDict()  # id(base) -> (base, bytes)
+        self._loading: dict[int, threading.Lock] = {}  # id(base) -> held by the one reply that reads it now
         self._lock = threading.Lock()
 
     def acquire(self, base: KnowledgeBase) -> Snapshot:
-        """The base's snapshot, read now if it is not loaded; marks it the most recently used."""
+        """The base's snapshot, read now if it is not loaded; marks it the most recently used. Replies that need a
+        base while another reads it wait for that read instead of reading the folder again each."""
         with self._lock:
-            kept = self._loaded.get(id(base))
-            if kept is not None and base.loaded:
-                self._loaded.move_to_end(id(base))
+            if self._is_loaded(base):
                 return base.snapshot
-        snapshot = base.reload()  # outside the lock: other tenants' replies go on while this one reads its folder
-        with self._lock:
-            self.loads += 1
-            self._loaded[id(base)] = (base, snapshot.approx_bytes())
-            self._loaded.move_to_end(id(base))
-            self._evict(keep=id(base))
+            loading = self._loading.setdefault(id(base), threading.Lock())
+        # Outside the cache's lock: other tenants' replies go on while this one reads its folder.
+        with loading:
+            with self._lock:
+                if self._is_loaded(base):  # read by the reply this one waited for
+                    return base.snapshot
+            snapshot = base.reload()
+            with self._lock:
+                self.loads += 1
+                self._loaded[id(base)] = (base, snapshot.approx_bytes())
+                self._loaded.move_to_end(id(base))
+                self._evict(keep=id(base))
         return snapshot
+
+    def _is_loaded(self, base: KnowledgeBase) -> bool:
+        """True (and the base marked the most recently used) when its snapshot is in memory; under the lock."""
+        if id(base) in self._loaded and base.loaded:
+            self._loaded.move_to_end(id(base))
+            return True
+        return False
 
     def _evict(self, *, keep: int) -> None:
         while self.loaded_bytes() > self.budget_bytes and len(self._loaded) > 1:
@@ -578,6 +591,7 @@ class KnowledgeCache:
     def forget(self, base: KnowledgeBase) -> None:
         """A base no longer used (its tenant's settings changed): its memory is no longer counted."""
         with self._lock:
+            self._loading.pop(id(base), None)
             if self._loaded.pop(id(base), None) is not None:
                 base.unload()
 

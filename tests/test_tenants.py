@@ -420,6 +420,33 @@ def test_knowledge_bases_stay_within_the_budget_least_recently_used_first(tmp_pa
     assert 0.5 < one / (len((tmp_path / "a" / "produtos.md").read_text()) * 3) < 20  # a sane estimate
 
 
+def test_replies_that_need_a_base_at_once_read_it_once(tmp_path: Path) -> None:
+    import threading
+
+    from knowledge import KnowledgeBase, KnowledgeCache
+
+    folder = tmp_path / "loja"
+    folder.mkdir()
+    text = "\n\n".join(f"## Produto {n}\n\nO item {n} custa R$ {n},00." for n in range(200))
+    (folder / "produtos.md").write_text(text, encoding="utf-8")
+    cache = KnowledgeCache(64 * 1024 * 1024)
+    base = KnowledgeBase(str(folder), whole_max_chars=0, cache=cache)
+    start = threading.Barrier(16)
+    blocks: list[str] = []
+
+    def reply() -> None:
+        start.wait()
+        blocks.append(base.context_for([], "quanto custa o item 7?"))
+
+    threads = [threading.Thread(target=reply) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(blocks) == 16 and all("R$ 7,00" in block for block in blocks)
+    assert (cache.loads, cache.health()["loaded"]) == (1, 1)  # the others waited for that read
+
+
 def test_a_tenants_token_opens_a_panel_of_its_own_chats(
     make_app: Callable[..., Flask], tenants_dir: Path, fake_evolution: FakeEvolution
 ) -> None:
