@@ -51,17 +51,23 @@ def instance(n: int) -> str:
     return loadgen.instance_for(n, TENANTS)
 
 
+def tenant_of(n: int, *, many: bool) -> str:
+    """The id of the tenant that claims instance(n) in the tenants file of the case: the chats this bench buffers
+    itself carry it, as the webhook's do (their keys name their tenant)."""
+    return f"t{n % TENANTS:02d}" if many else "unica"
+
+
 def tenants_file(root: Path, folders: list[Path], *, many: bool) -> Path:
     if many:
         tables = [
-            f'[tenants.t{n:02d}]\nevolution_instances = ["{instance(n)}"]\n'
+            f'[tenants.{tenant_of(n, many=True)}]\nevolution_instances = ["{instance(n)}"]\n'
             f'SYSTEM_PROMPT = "Você atende a loja {n} do bench."\nKNOWLEDGE_DIR = "{folders[n]}"\n'
             for n in range(TENANTS)
         ]
     else:
         claimed = ", ".join(f'"{instance(n)}"' for n in range(TENANTS))
         tables = [
-            f"[tenants.unica]\nevolution_instances = [{claimed}]\n"
+            f"[tenants.{tenant_of(0, many=False)}]\nevolution_instances = [{claimed}]\n"
             f'SYSTEM_PROMPT = "Você atende a loja do bench."\nKNOWLEDGE_DIR = "{folders[0]}"\n'
         ]
     path = root / ("fifty.toml" if many else "one.toml")
@@ -165,8 +171,9 @@ def one_case(
         rate = throughput(args, run, server)
         # The first drain builds each tenant's setup (persona, knowledge index, model client) in each process, as
         # the first replies after a start do; the second is a running deployment's. Both are reported.
-        cold_rate, cold_missing, cold_duplicates = drain(args, redis, fakes, run, first_chat=600_000)
-        drain_rate, missing, duplicates = drain(args, redis, fakes, run, first_chat=700_000)
+        many = case == "fifty"
+        cold_rate, cold_missing, cold_duplicates = drain(args, redis, fakes, run, first_chat=600_000, many=many)
+        drain_rate, missing, duplicates = drain(args, redis, fakes, run, first_chat=700_000, many=many)
         missing += cold_missing
         duplicates += cold_duplicates
         time.sleep(0.5)
@@ -202,7 +209,7 @@ def throughput(args: argparse.Namespace, run: Any, server: Gunicorn) -> float:
 
 
 def drain(
-    args: argparse.Namespace, redis: RedisProc, fakes: FakeHost, run: Any, *, first_chat: int
+    args: argparse.Namespace, redis: RedisProc, fakes: FakeHost, run: Any, *, first_chat: int, many: bool
 ) -> tuple[float, int, int]:
     from models import ChatRef, IncomingMessage
 
@@ -213,7 +220,12 @@ def drain(
     chats = [first_chat + i for i in range(n)]
     t_due = time.time() + 1.5 + n * 0.0007
     for chat in chats:
-        ref = ChatRef(gateway="evolution", instance=instance(chat % TENANTS), chat_id=loadgen.jid_for(chat))
+        ref = ChatRef(
+            gateway="evolution",
+            instance=instance(chat % TENANTS),
+            chat_id=loadgen.jid_for(chat),
+            tenant=tenant_of(chat, many=many),
+        )
         message = IncomingMessage(chat=ref, message_id=f"3EB0{chat:016X}", text=run.MESSAGE_TEXT, push_name="Bench")
         buffer.append(message, now=t_due - 5.0)
     run.sleep_until(t_due)

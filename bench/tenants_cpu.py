@@ -78,6 +78,7 @@ def measure(case: str, chats: int, profile: bool, threads: bool, processes: int)
                     gateway="evolution",
                     instance=tenants_bench.instance(chat % tenants_bench.TENANTS),
                     chat_id=loadgen.jid_for(chat),
+                    tenant=tenants_bench.tenant_of(chat, many=case == "fifty"),
                 )
                 message = IncomingMessage(chat=ref, message_id=f"3EB0{chat:016X}", text=MESSAGE_TEXT)
                 parts.buffer.append(message, now=now - 600)
