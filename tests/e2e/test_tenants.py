@@ -87,17 +87,18 @@ def prompt_with(e2e: Harness, needle: str) -> dict[str, Any]:
     return found
 
 
-def test_three_businesses_on_two_gateways_in_one_deployment(e2e: Harness, tmp_path: Path) -> None:
+def test_three_businesses_on_two_gateways_in_one_deployment(e2e: Harness, tmp_path: Path, postgres_url: str) -> None:
     graph = FakeGraph()
     try:
-        run_three_businesses(e2e, graph, write_tenants(tmp_path))
+        run_three_businesses(e2e, graph, write_tenants(tmp_path), postgres_url)
     finally:
         graph.close()
 
 
-def run_three_businesses(e2e: Harness, graph: FakeGraph, path: Path) -> None:
+def run_three_businesses(e2e: Harness, graph: FakeGraph, path: Path, postgres_url: str) -> None:
     server = e2e.gunicorn_server(
         workers=4,
+        DATABASE_URL=postgres_url,
         TENANTS_FILE=str(path),
         TENANTS_RELOAD_SECONDS="0.5",
         ADMIN_TOKEN="admin-da-agencia",
@@ -156,6 +157,16 @@ def run_three_businesses(e2e: Harness, graph: FakeGraph, path: Path) -> None:
     agency = {"Authorization": "Bearer admin-da-agencia"}
     theirs = requests.get(f"{server.url}/admin/api/chats/{petshop_chat}", headers=agency, timeout=5).json()
     assert [m["text"] for m in theirs["last_messages"]][0] == "Quanto custa o banho?"
+
+    # The archive's search: the agency finds every business's customer, a business only its own.
+    def found(headers: dict[str, str]) -> set[tuple[str, str]]:
+        answer = requests.get(f"{server.url}/admin/api/search?q=quanto custa", headers=headers, timeout=5)
+        assert answer.status_code == 200, answer.text
+        return {(row["tenant"], row["chat"]) for row in answer.json()["results"] if row["author"] == "customer"}
+
+    wait_until(lambda: len(found(agency)) == 3, timeout=20, what="the three customers' messages archived")
+    assert {tenant for tenant, _ in found(agency)} == {"padaria", "petshop", "clinica"}
+    assert found(mine) == {("padaria", padaria_chat)}
 
     # A tenant added to the file answers without a restart, in every process.
     path.write_text(path.read_text(encoding="utf-8") + SORVETERIA, encoding="utf-8")
