@@ -119,6 +119,7 @@ def test_a_tenants_session_sees_its_knowledge_page(tenant_app: Flask) -> None:
     page = client.get("/admin/knowledge?q=banho")
     assert page.status_code == 200, page.text
     assert "Pet Shop Amigo Fiel" in page.text and "precos.md" in page.text
+    assert "Modo: <strong>base inteira em cada resposta</strong>" in page.text  # the owner's words, not `whole`
     assert "R$ 55" in page.text and "Pão francês" not in page.text
     assert 'id="reload"' not in page.text and 'id="tenant"' not in page.text  # no reload, no tenant selector
 
