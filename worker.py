@@ -256,7 +256,11 @@ class Worker:
         with self._in_flight_lock:
             claims = list(self._in_flight.values())
         for claim in claims:
-            if not self.buffer.renew(claim, now=now):
+            if self.buffer.renew(claim, now=now):
+                continue
+            with self._in_flight_lock:
+                finished = claim.token not in self._in_flight  # acked since the copy above: nothing was lost
+            if not finished:
                 log.warning("lease lost chat=%s: another worker took it over", claim.chat.label)
 
     def _process_guarded(self, claim: Claim) -> None:
