@@ -136,7 +136,6 @@ def build_components(
         if any(getattr(own, attr) != getattr(settings, attr) for attr in CREDENTIALS):
             tenant_gateways = {**gateways, **build_gateways(own, shared_secret=secret.verifier())}
         return ReplySetup(
-            tenant=tenant.id,
             settings=own,
             rules=Rules.from_settings(own),
             ai=AIService(own, tenant_knowledge, counters=counters, metrics=metrics, providers=pool.providers(own)),

@@ -664,9 +664,7 @@ class Watcher:
                 self._seen_signal = value
         if signalled:
             log.info("knowledge reload: reload requested")
-            self.knowledge.reload()
-            if self.cache is not None:
-                self.cache.unload_all()
+            self._reload_all()
             return True
         changed = False
         if self.watch_files and self.knowledge.has_changed():
@@ -677,11 +675,15 @@ class Watcher:
             changed = self.cache.unload_changed() > 0 or changed
         return changed
 
-    def reload_everywhere(self) -> bool:
-        """Reload here now and ask every other process to reload; False when only this one could be told."""
+    def _reload_all(self) -> None:
+        """The environment's knowledge read again now; the tenants' unloaded, to be read again at their next use."""
         self.knowledge.reload()
         if self.cache is not None:
             self.cache.unload_all()
+
+    def reload_everywhere(self) -> bool:
+        """Reload here now and ask every other process to reload; False when only this one could be told."""
+        self._reload_all()
         value = self.signal.bump() if self.signal is not None else None
         if value is not None:
             self._seen_signal = value  # this process is already up to date

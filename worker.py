@@ -72,7 +72,6 @@ class ReplySetup:
     ai: AIService
     gateways: Mapping[str, Gateway]
     media: MediaLoader
-    tenant: str = "default"  # its id in TENANTS_FILE (log lines carry it)
 
 
 def media_loader(settings: Settings, gateways: Mapping[str, Gateway], counters: Counters) -> MediaLoader:

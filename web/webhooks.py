@@ -159,7 +159,7 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
             continue
         assert tenant is not None
         if item.from_me:
-            outcome = from_business_side(item, now, tenant=tenant.id)
+            outcome = from_business_side(item, now)
             if outcome in ("own_echo", "ignored"):
                 reasons.append("own_echo" if outcome == "own_echo" else "from_me")
                 metrics.webhook(item.chat.gateway, "ignored", reasons[-1], tenant=tenant.id)
@@ -209,7 +209,7 @@ def buffer_parsed(parsed: list[IncomingMessage | IgnoredEvent], gateway_name: st
     return summary, 200
 
 
-def from_business_side(item: IncomingMessage, now: float, *, tenant: str = "") -> str:
+def from_business_side(item: IncomingMessage, now: float) -> str:
     """A message typed on the business side (a person on the phone, another tool): it may pause, resume or
     close the chat; the assistant's own echoes are recognised and ignored."""
     parts = components()
@@ -225,7 +225,7 @@ def from_business_side(item: IncomingMessage, now: float, *, tenant: str = "") -
     parts.counters.add(counter)
     command = parts.conversations.commands_for(item.chat).action_for(item)
     if outcome == "pause":
-        parts.metrics.handoff(item.chat.gateway, "taken", tenant=tenant)
+        parts.metrics.handoff(item.chat.gateway, "taken", tenant=item.chat.tenant)
     if outcome in ("pause", "resume", "close") and command is not None and not command[2]:
         # A command typed on the phone (#humano, #bot, #encerrar): kept as a lifecycle event, never as text. (A
         # person's other messages are archived with the burst they join.)
