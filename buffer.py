@@ -33,17 +33,49 @@ T = TypeVar("T")
 Also = Callable[[Any], None]
 
 
+class Hooks:
+    """Several hooks run in order as one."""
+
+    def __init__(self, parts: list[Also]) -> None:
+        self.parts = parts
+
+    def __call__(self, pipe: Any) -> None:
+        for hook in self.parts:
+            hook(pipe)
+
+
 def hooks(*given: Also | None) -> Also | None:
     """One hook that runs the given ones in order (None among them skipped); None when there are none."""
     present = [hook for hook in given if hook is not None]
     if len(present) < 2:
         return present[0] if present else None
+    return Hooks(present)
 
-    def run_all(pipe: Any) -> None:
-        for hook in present:
-            hook(pipe)
 
-    return run_all
+class AnsweredScript:
+    """A hook that queues one registered script in another call's round trip and keeps its answer, for a caller that
+    needs it (the conversation's settle, in the fence's round trip, says whether the reply may go out). `answer` is
+    set once the round trip ran (None before)."""
+
+    def __init__(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        self.script, self.keys, self.args = script, keys, args
+        self.at = -1
+        self.answer: Any = None
+
+    def __call__(self, pipe: Any) -> None:
+        self.at = len(pipe)
+        _queue_script(pipe, self.script, self.keys, self.args)
+
+    def take(self, results: list[Any]) -> None:
+        self.answer = _script_answer(results[self.at], self.script, self.keys, self.args)
+
+
+def _answered(hook: Also | None) -> list[AnsweredScript]:
+    if isinstance(hook, AnsweredScript):
+        return [hook]
+    if isinstance(hook, Hooks):
+        return [found for part in hook.parts for found in _answered(part)]
+    return []
 
 
 DEAD_LETTERS_KEPT = 1000
@@ -475,7 +507,8 @@ class RedisStore:
         self, script: Any, keys: list[str], args: list[Any], also: Also | None, *, before: Also | None = None
     ) -> Any:
         """The script's answer; with `before` / `also`, the commands they add (the reply's history turns, the
-        archive's events) go in the same round trip, before / after the script (not atomic with it)."""
+        archive's events) go in the same round trip, before / after the script (not atomic with it), and an
+        AnsweredScript among them gets its answer."""
         if also is None and before is None:
             return script(keys=keys, args=args)
         pipe = self.client.pipeline(transaction=False)
@@ -486,13 +519,17 @@ class RedisStore:
         if also is not None:
             also(pipe)
         results = pipe.execute(raise_on_error=False)
-        answer = results[at]
-        for failed in results[:at] + results[at + 1 :]:
-            if isinstance(failed, Exception):
+        answered = _answered(before) + _answered(also)
+        own = {at} | {hook.at for hook in answered}
+        for index, failed in enumerate(results):
+            if index not in own and isinstance(failed, Exception):
                 raise failed
         # The other commands did run: on NOSCRIPT only the script is run again (running them twice would journal
-        # each event twice).
-        return _script_answer(answer, script, keys, args)
+        # each event twice), then each answered hook's script, in their order.
+        answer = _script_answer(results[at], script, keys, args)
+        for hook in answered:
+            hook.take(results)
+        return answer
 
     def answer_now(self, chat: ChatRef, now: float) -> bool:
         k = self.keys

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from buffer import PUSH_PENDING_LUA, Buffer, encode_message
+from buffer import PUSH_PENDING_LUA, AnsweredScript, Buffer, encode_message
 from config import Settings
 from keywords import normalize
 from models import ChatRef, IncomingMessage
@@ -160,17 +160,19 @@ return business_action(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 )
 
-# KEYS: 1 conversation, 2 opt-out, 3 outbox
+# KEYS: 1 conversation, 2 opt-out, 3 outbox, [4 the batch's meta (see buffer.py)]
 # ARGV: 1 now, 2 first message time ('' = none), 3 last message time ('' = none), 4 pause start ('' = none),
 #       5 pause seconds or 'inf', 6 closed period told ('' = none), 7 opt ('out'|'in'|''), 8 idle s,
 #       9 conversation ttl s, 10 business_at the decision was made with ('' = do not check), 11 echo window s,
-#       12... hashes of the reply parts about to be sent
-# Records what a due burst's decision changes; then, when parts are about to be sent, returns 0 without marking
-# them if a person acted in the chat after the decision was made (the person answers), else marks them and
-# returns 1.
+#       12 the claim's token ('' = no check), 13... hashes of the reply parts about to be sent
+# With a token, does nothing and returns -1 unless that claim still holds the batch (a settle in the fence's round
+# trip runs after the fence whether or not it held). Records what a due burst's decision changes; then, when parts
+# are about to be sent, returns 0 without marking them if a person acted in the chat after the decision was made
+# (the person answers), else marks them and returns 1.
 SETTLE_LUA = (
     CONVERSATION_LUA
     + """
+if ARGV[12] ~= '' and redis.call('HGET', KEYS[4], 'token') ~= ARGV[12] then return -1 end
 local conv = KEYS[1]
 if ARGV[2] ~= '' then
   open_if_closed(conv, ARGV[2], ARGV[8])
@@ -185,9 +187,9 @@ if ARGV[7] == 'in' then redis.call('DEL', KEYS[2]) end
 if ARGV[10] ~= '' and tonumber(redis.call('HGET', conv, 'business_at') or '0') > tonumber(ARGV[10]) then
   return 0
 end
-if #ARGV >= 12 then
+if #ARGV >= 13 then
   local now = tonumber(ARGV[1])
-  for i = 12, #ARGV do redis.call('ZADD', KEYS[3], now, ARGV[i]) end
+  for i = 13, #ARGV do redis.call('ZADD', KEYS[3], now, ARGV[i]) end
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[11]))
   redis.call('EXPIRE', KEYS[3], ARGV[11])
 end
@@ -296,6 +298,20 @@ def pause_argument(seconds: float) -> str:
 # ----- stores ----------------------------------------------------------------------------------------------
 
 
+class FencedSettle(AnsweredScript):
+    """A settle queued in the fence's round trip (RedisConversations.fenced_settle), read once it ran."""
+
+    @property
+    def held(self) -> bool:
+        """False when the claim no longer held the batch as the settle ran: nothing was recorded."""
+        return self.answer is not None and int(self.answer) != -1
+
+    @property
+    def go_ahead(self) -> bool:
+        """The settle's answer: True when the parts may go out (and are marked as the assistant's)."""
+        return self.answer is not None and int(self.answer) == 1
+
+
 class RedisConversations:
     """The shared store: each method is one script call or one pipeline."""
 
@@ -369,6 +385,38 @@ class RedisConversations:
     def settle(
         self, chat: ChatRef, changes: Changes, *, now: float, sending: list[str], decided_with: float | None, p: Params
     ) -> bool:
+        keys, args = self._settle_call(chat, changes, now=now, sending=sending, decided_with=decided_with, p=p)
+        return bool(self._settle(keys=keys, args=args))
+
+    def fenced_settle(
+        self,
+        chat: ChatRef,
+        changes: Changes,
+        *,
+        token: str,
+        now: float,
+        sending: list[str],
+        decided_with: float | None,
+        p: Params,
+    ) -> FencedSettle:
+        """`settle`, as a hook for the fence's round trip: it records nothing unless the claim `token` still holds
+        the chat's batch when it runs."""
+        keys, args = self._settle_call(
+            chat, changes, now=now, sending=sending, decided_with=decided_with, p=p, token=token
+        )
+        return FencedSettle(self._settle, keys, args)
+
+    def _settle_call(
+        self,
+        chat: ChatRef,
+        changes: Changes,
+        *,
+        now: float,
+        sending: list[str],
+        decided_with: float | None,
+        p: Params,
+        token: str = "",
+    ) -> tuple[list[str], list[Any]]:
         k = self.keys
         args: list[Any] = [
             stamp(now),
@@ -382,10 +430,13 @@ class RedisConversations:
             p.ttl,
             "" if decided_with is None else stamp(decided_with),
             ECHO_WINDOW_SECONDS,
+            token,
             *sending,
         ]
         keys = [k.conversation(chat.key), k.opt_out(chat.key), k.outbox(chat.key)]
-        return bool(self._settle(keys=keys, args=args))
+        if token:
+            keys.append(k.meta(chat.key))
+        return keys, args
 
     def mark_sent(self, chat: ChatRef, message_id: str, *, dedup_ttl: int) -> None:
         self.client.set(self.keys.own_message(chat.key, message_id), "1", ex=dedup_ttl)
@@ -757,6 +808,27 @@ class Conversations:
                 lambda store: store.settle(chat, changes, now=now, sending=hashes, decided_with=decided_with, p=p),
                 lambda: self.local.settle(chat, changes, now=now, sending=hashes, decided_with=decided_with, p=p),
             )
+        )
+
+    def settle_in_fence(
+        self,
+        chat: ChatRef,
+        changes: Changes,
+        *,
+        token: str,
+        now: float,
+        sending: list[str] | None = None,
+        decided_with: float | None = None,
+    ) -> FencedSettle | None:
+        """`settle` as a hook for the fence's round trip of a batch held on Redis (`Buffer.renew(also=…)`): one
+        round trip fewer per reply. It records nothing unless the claim (`token`) still holds the batch; its `held`
+        and `go_ahead` are read once the fence ran. None without Redis (then call `settle`)."""
+        if self.redis is None:
+            return None
+        hashes = [text_hash(text) for text in sending or []]
+        p = self.params_for(chat)
+        return self.redis.fenced_settle(
+            chat, changes, token=token, now=now, sending=hashes, decided_with=decided_with, p=p
         )
 
     def echo_seen(self, chat: ChatRef, text: str, *, since: float) -> bool:

@@ -61,6 +61,8 @@ RATE_LIMIT_RESENDS = 5
 DEFAULT_SLOWDOWN_SECONDS = {"number": 2.0, "customer": 6.0}
 MAX_SLOWDOWN_SECONDS = 30.0  # a longer Retry-After is capped: the lease is held (and renewed) while waiting
 DEFAULT_MAX_TEXT_CHARS = 4096  # WhatsApp's own limit, for a chat whose gateway is not configured (never sent)
+# The fence's verdicts (Worker._fence).
+LOST, STALE, WITHHELD, SEND = "lost", "stale", "withheld", "send"
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,11 +303,9 @@ class Worker:
             turns = self._stored_turns(claim)
             parts = self._parts(chat, claim.reply)
             start = self._first_unsent(claim, parts)
-            # Fence: still ours, right before sending; and which part is about to go out.
-            if not self.buffer.renew(claim, now=self.clock(), sent=start, sending=self._mark(parts, start)):
-                log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
-                return
-            self._deliver(claim, claim.reply, turns, plan, parts, start)
+            verdict = self._fence(claim, plan, parts, start, keep={"sent": start})
+            if verdict != LOST:
+                self._deliver(claim, claim.reply, turns, plan, parts, start, verdict)
             return
         read_with_claim = (claim.conversation, claim.opted_out) if claim.conversation is not None else None
         status = self.conversations.status(chat, read=read_with_claim)
@@ -330,22 +330,59 @@ class Worker:
             usage=usage,
         )
         parts = self._parts(chat, reply)
-        # Fence: store the reply, its history turns and its plan with the batch (and the first part as the one about
-        # to go out, for a new owner after a crash), and check we still own it.
-        owned = self.buffer.renew(
+        # The fence stores the reply, its history turns and its plan with the batch (and the first part as the one
+        # about to go out), for a new owner after a crash.
+        verdict = self._fence(
             claim,
-            now=self.clock(),
-            reply=reply,
-            turns=encode_turns(turns),
-            plan=json.dumps(plan.to_json()),
-            sending=self._mark(parts, 0),
+            plan,
+            parts,
+            0,
             also=hooks(self._also(claim, archived), fence_hook),
+            keep={"reply": reply, "turns": encode_turns(turns), "plan": json.dumps(plan.to_json())},
         )
-        if not owned:
-            log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
+        if verdict == LOST:
             return
         self._forget_media(claim)
-        self._deliver(claim, reply, turns, plan, parts, 0)
+        self._deliver(claim, reply, turns, plan, parts, 0, verdict)
+
+    def _fence(
+        self,
+        claim: Claim,
+        plan: Plan,
+        parts: list[str],
+        start: int,
+        *,
+        keep: dict[str, Any],
+        also: Also | None = None,
+    ) -> str:
+        """Fence, right before sending: check that the claim still owns its batch (storing `keep` with it: the
+        reply, its turns and plan, or how many parts are out) and note the part about to go out; and record the
+        decision's changes (settle). Where the batch is on Redis both go in one round trip, the settle guarded by
+        the lease. Returns LOST (a new owner answers; nothing recorded), STALE (older than REPLY_MAX_AGE_MINUTES:
+        the changes hold, nothing goes out), WITHHELD (a person acted in the chat after the decision) or SEND."""
+        chat = claim.chat
+        max_age = self.settings.reply_max_age_minutes * 60
+        stale = bool(plan.written_at) and self.clock() - plan.written_at > max_age
+        settle: dict[str, Any] = {
+            "now": self.clock(),
+            "sending": None if stale else parts[start:],
+            "decided_with": plan.decided_with if start == 0 and not stale else None,
+        }
+        fenced = (
+            self.conversations.settle_in_fence(chat, plan.changes, token=claim.token, **settle)
+            if self.buffer.shares_round_trips(claim)
+            else None
+        )
+        owned = self.buffer.renew(
+            claim, now=self.clock(), sending=self._mark(parts, start), also=hooks(also, fenced), **keep
+        )
+        if not owned or (fenced is not None and not fenced.held):
+            log.warning("lease lost chat=%s before sending; the new owner answers", chat.label)
+            return LOST
+        go_ahead = fenced.go_ahead if fenced is not None else self.conversations.settle(chat, plan.changes, **settle)
+        if stale:
+            return STALE
+        return SEND if go_ahead else WITHHELD
 
     def _note(self, claim: Claim, decision: Decision) -> None:
         """Log (masked) and count every decision; a request for a person is also notified."""
@@ -482,29 +519,23 @@ class Worker:
         transcripts = burst.transcripts_by_id(generated.transcripts)
         return reply, turns, transcripts, usage, hooks(count_this_reply, record_usage)
 
-    def _deliver(self, claim: Claim, reply: str, turns: list[Turn], plan: Plan, parts: list[str], start: int) -> None:
-        """Record the decision's changes, then send the parts from `start` on, remember the reply, ack. Not one
-        part goes out when a person acted in the chat after the decision (they answer); once the first part is
-        out, the rest follows (the parts are one delivery unit)."""
+    def _deliver(
+        self, claim: Claim, reply: str, turns: list[Turn], plan: Plan, parts: list[str], start: int, verdict: str
+    ) -> None:
+        """After the fence's `verdict`, send the parts from `start` on, remember the reply, ack. Not one part goes
+        out when a person acted in the chat after the decision (they answer); once the first part is out, the rest
+        follows (the parts are one delivery unit)."""
         chat = claim.chat
-        max_age = self.settings.reply_max_age_minutes * 60
-        if plan.written_at and self.clock() - plan.written_at > max_age:
+        if verdict == STALE:
             # Late is worse than never for a chat reply ("Desculpe, instabilidade" an hour later); what the
             # decision changed (an opt-out, say) still holds.
-            self.conversations.settle(chat, plan.changes, now=self.clock())
+            max_age = self.settings.reply_max_age_minutes
             self.counters.add("stale_replies")
             self._dead_letter(
-                claim, f"stale: not delivered within REPLY_MAX_AGE_MINUTES ({max_age / 60:g} min)", reply, parts[start:]
+                claim, f"stale: not delivered within REPLY_MAX_AGE_MINUTES ({max_age:g} min)", reply, parts[start:]
             )
             return
-        go_ahead = self.conversations.settle(
-            chat,
-            plan.changes,
-            now=self.clock(),
-            sending=parts[start:],
-            decided_with=plan.decided_with if start == 0 else None,
-        )
-        if not go_ahead:
+        if verdict == WITHHELD:
             self.counters.add("paused_skips")
             log.info("reply withheld chat=%s: a person acted in the chat while it was being written", chat.label)
             replied = [turn for turn in turns if not (turn.role == "model" and not turn.author)]

@@ -186,6 +186,51 @@ def test_a_reply_is_withheld_when_a_person_acted_after_the_decision(setup: Setup
     assert s.conversations.settle(CHAT, Changes(), now=T0 + 13, sending=["Outra"], decided_with=fresh)
 
 
+def test_a_settle_in_the_fences_round_trip_records_only_while_the_claim_holds_the_batch(
+    setup: Setup, request: pytest.FixtureRequest
+) -> None:
+    if setup.store != "redis":
+        pytest.skip("the fence's round trip is Redis's; in memory the worker settles on its own")
+    s = setup
+    client: redis.Redis = request.getfixturevalue("redis_client")
+    assert s.buffer.append(customer(1, "Oi"), now=T0).accepted
+    (claim,) = s.buffer.claim_due(now=T0 + 20, limit=1)
+    decided_with = s.conversations.status(CHAT).business_at
+    client.script_flush()  # Redis forgot its scripts (a restart): the fence and the settle are each run again
+    fenced = s.conversations.settle_in_fence(
+        CHAT,
+        Changes(first_at=T0, last_at=T0, opt="out"),
+        token=claim.token,
+        now=T0 + 20,
+        sending=["Resposta"],
+        decided_with=decided_with,
+    )
+    assert fenced is not None
+    assert s.buffer.renew(claim, now=T0 + 20, also=fenced)
+    assert (fenced.held, fenced.go_ahead) == (True, True)
+    assert s.conversations.status(CHAT).opted_out
+    assert s.conversations.from_business_side(business("E1", "Resposta"), now=T0 + 21) == "own_echo"
+
+    # A person answers after the decision: the claim holds, the reply is withheld and not marked as ours.
+    s.conversations.from_business_side(business(2, "Deixa comigo"), now=T0 + 22)
+    withheld = s.conversations.settle_in_fence(
+        CHAT, Changes(), token=claim.token, now=T0 + 23, sending=["Outra"], decided_with=decided_with
+    )
+    assert s.buffer.renew(claim, now=T0 + 23, also=withheld)
+    assert withheld is not None and (withheld.held, withheld.go_ahead) == (True, False)
+
+    # The lease runs out and another worker takes the batch: the first one's settle records nothing.
+    (taken,) = s.buffer.claim_due(now=T0 + 23 + 31, limit=1)
+    assert taken.token != claim.token
+    late = s.conversations.settle_in_fence(
+        CHAT, Changes(opt="in"), token=claim.token, now=T0 + 55, sending=["Tarde"], decided_with=None
+    )
+    assert not s.buffer.renew(claim, now=T0 + 55, also=late)
+    assert late is not None and (late.held, late.go_ahead) == (False, False)
+    assert s.conversations.status(CHAT).opted_out, "the opt-in of a claim that lost its lease must not be recorded"
+    assert s.conversations.from_business_side(business(3, "Tarde"), now=T0 + 56) == "pause"
+
+
 def test_opt_out_has_no_expiry_and_opt_in_clears_it(setup: Setup, request: pytest.FixtureRequest) -> None:
     s = setup
     s.conversations.settle(CHAT, Changes(first_at=T0, last_at=T0, opt="out"), now=T0)
