@@ -20,19 +20,17 @@ class ChatRef:
     instance: str
     chat_id: str  # the gateway's chat address exactly as received (e.g. Evolution's remoteJid)
     tenant: str = DEFAULT_TENANT  # the business that claimed it when its first message came in (tenants.py)
+    # Computed once: a reply reads its chat's key about twenty times (every Redis key, metric and log line).
+    address: str = field(init=False, repr=False, compare=False)
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def address(self) -> str:
-        """gateway:instance:chat_id (instance percent-encoded): the chat as admin URLs and answers name it."""
-        return f"{self.gateway}:{quote(self.instance, safe='')}:{self.chat_id}"
-
-    @property
-    def key(self) -> str:
-        """Stable string form used in Redis keys, queues and archive rows: the address, behind `<tenant>/` for a
-        chat of a named tenant (so the default tenant's keys are the ones this service always wrote)."""
-        if self.tenant == DEFAULT_TENANT:
-            return self.address
-        return f"{self.tenant}/{self.address}"
+    def __post_init__(self) -> None:
+        # address: gateway:instance:chat_id (instance percent-encoded), the chat as admin URLs and answers name it.
+        # key: the stable form in Redis keys, queues and archive rows: the address, behind `<tenant>/` for a chat of
+        # a named tenant (so the default tenant's keys are the ones this service always wrote).
+        address = f"{self.gateway}:{quote(self.instance, safe='')}:{self.chat_id}"
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "key", address if self.tenant == DEFAULT_TENANT else f"{self.tenant}/{address}")
 
     @classmethod
     def from_key(cls, key: str) -> ChatRef:

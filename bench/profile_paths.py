@@ -148,9 +148,51 @@ def profile_reply(redis_url: str, fakes: Any, chats: int) -> str:
     start = time.thread_time()
     answer_all()
     per_reply = (time.thread_time() - start) / chats
+    floor = reply_floor(redis_url, fakes, settings, chats)
     load(2 * chats)
     text = run_profiled(answer_all)
-    return header("reply", f"{per_reply * 1e3:.3f} ms CPU per reply ({chats:,} replies)") + text
+    figure = (
+        f"{per_reply * 1e3:.3f} ms CPU per reply ({chats:,} replies); the floor of a reply's exchanges, measured "
+        f"next: {floor * 1e3:.3f} ms ({per_reply / floor:.2f}x)"
+    )
+    return header("reply", figure) + text + FLOOR_NOTE
+
+
+FLOOR_NOTE = """
+The floor: what any reply on this stack costs before it decides, builds or records anything of its own, in the same
+thread and run: the same generateContent body (the last one the product sent) through google-genai's API client,
+one urllib3 POST of a sendText, and two redis-py Lua calls (the fence and the ack; the claim is shared by a batch).
+"""
+
+
+def reply_floor(redis_url: str, fakes: Any, settings: Any, replies: int) -> float:
+    """CPU seconds per reply of the floor described in FLOOR_NOTE."""
+    import json
+
+    import urllib3
+    from redis import Redis
+
+    from gemini_provider import GeminiProvider
+
+    provider = GeminiProvider(settings)
+    body = fakes.gemini.prompts()[-1]
+    pool = urllib3.PoolManager()
+    send_url = f"{fakes.evolution.url}/message/sendText/loja"
+    send_body = json.dumps({"number": "5511000000000", "text": "Fazemos sim! O bolo de cenoura sai por R$ 45."})
+    store = Redis.from_url(redis_url).register_script("redis.call('SET', KEYS[1], ARGV[1], 'EX', 60) return 1")
+
+    def one(n: int) -> None:
+        store(keys=[f"floor:{n}"], args=["fence"])
+        provider._generate(body)
+        pool.urlopen("POST", send_url, body=send_body, headers={"content-type": "application/json", "apikey": "x"})
+        store(keys=[f"floor:{n}"], args=["ack"])
+
+    for n in range(200):
+        one(n)
+    start = time.thread_time()
+    for n in range(replies):
+        one(n)
+    return (time.thread_time() - start) / replies
 
 
 def header(path: str, figure: str) -> str:
