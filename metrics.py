@@ -101,8 +101,9 @@ IN_FLIGHT = Gauge(
 
 @functools.lru_cache(maxsize=1024)
 def _child(metric: Any, *values: str) -> Any:
-    """`metric.labels(*values)`, looked up once: the webhook's counters are incremented for every message, and
-    `labels()` costs more than the increment. Label values are a small fixed set (gateways, outcomes, event names)."""
+    """`metric.labels(*values)` (in the metric's label order), looked up once: the webhook's counters are incremented
+    for every message and a reply's about ten times, and `labels()` costs more than the increment. Label values are
+    a small set (gateways, tenants, outcomes, models, event names)."""
     return metric.labels(*values)
 
 
@@ -125,55 +126,55 @@ class Metrics:
 
     def burst(self, gateway: str, action: str, size: int, *, tenant: str = "") -> None:
         if self.enabled:
-            BURSTS.labels(gateway=gateway, tenant=tenant, action=action).inc()
-            BURST_SIZE.labels(gateway=gateway, tenant=tenant).observe(size)
+            _child(BURSTS, gateway, tenant, action).inc()
+            _child(BURST_SIZE, gateway, tenant).observe(size)
 
     def handoff(self, gateway: str, how: str, *, tenant: str = "") -> None:
         """`how`: requested (the customer asked for a person) or taken (a person wrote or paused the bot)."""
         if self.enabled:
-            HANDOFFS.labels(gateway=gateway, tenant=tenant, how=how).inc()
+            _child(HANDOFFS, gateway, tenant, how).inc()
 
     def opt_out(self, gateway: str, *, tenant: str = "") -> None:
         if self.enabled:
-            OPT_OUTS.labels(gateway=gateway, tenant=tenant).inc()
+            _child(OPT_OUTS, gateway, tenant).inc()
 
     def out_of_hours(self, gateway: str, *, tenant: str = "") -> None:
         if self.enabled:
-            OUT_OF_HOURS.labels(gateway=gateway, tenant=tenant).inc()
+            _child(OUT_OF_HOURS, gateway, tenant).inc()
 
     def debounce_lag(self, gateway: str, seconds: float, *, tenant: str = "") -> None:
         if self.enabled:
-            DEBOUNCE_LAG.labels(gateway=gateway, tenant=tenant).observe(max(0.0, seconds))
+            _child(DEBOUNCE_LAG, gateway, tenant).observe(max(0.0, seconds))
 
     def model_call(self, provider: str, model: str, seconds: float, *, ok: bool) -> None:
         if not self.enabled:
             return
-        MODEL_LATENCY.labels(provider=provider, model=model).observe(seconds)
+        _child(MODEL_LATENCY, provider, model).observe(seconds)
         if not ok:
-            MODEL_ERRORS.labels(provider=provider, model=model).inc()
+            _child(MODEL_ERRORS, provider, model).inc()
 
     def model_tokens(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> None:
         if not self.enabled:
             return
-        MODEL_TOKENS.labels(provider=provider, model=model, direction="input").inc(input_tokens)
-        MODEL_TOKENS.labels(provider=provider, model=model, direction="output").inc(output_tokens)
+        _child(MODEL_TOKENS, provider, model, "input").inc(input_tokens)
+        _child(MODEL_TOKENS, provider, model, "output").inc(output_tokens)
 
     def send(self, gateway: str, *, ok: bool, seconds: float, tenant: str = "") -> None:
         if self.enabled:
-            SENDS.labels(gateway=gateway, tenant=tenant, result="sent" if ok else "failed").inc()
-            SEND_LATENCY.labels(gateway=gateway).observe(seconds)
+            _child(SENDS, gateway, tenant, "sent" if ok else "failed").inc()
+            _child(SEND_LATENCY, gateway).observe(seconds)
 
     def send_retry(self, gateway: str, *, tenant: str = "") -> None:
         if self.enabled:
-            SEND_RETRIES.labels(gateway=gateway, tenant=tenant).inc()
+            _child(SEND_RETRIES, gateway, tenant).inc()
 
     def dead_letter(self, gateway: str, *, tenant: str = "") -> None:
         if self.enabled:
-            DEAD_LETTERS.labels(gateway=gateway, tenant=tenant).inc()
+            _child(DEAD_LETTERS, gateway, tenant).inc()
 
     def in_flight(self, delta: int, role: str = "worker") -> None:
         if self.enabled:
-            IN_FLIGHT.labels(role=role).inc(delta)
+            _child(IN_FLIGHT, role).inc(delta)
 
     # ----- reading ---------------------------------------------------------------------------------
 
