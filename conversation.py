@@ -825,6 +825,8 @@ class Conversations:
         and `go_ahead` are read once the fence ran. None without Redis (then call `settle`)."""
         if self.redis is None:
             return None
+        if self.local.unsynced:  # what `settle` does first on Redis: opt-outs decided during an outage go there
+            self._shared(lambda store: None, lambda: None)
         hashes = [text_hash(text) for text in sending or []]
         p = self.params_for(chat)
         return self.redis.fenced_settle(

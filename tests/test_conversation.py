@@ -306,6 +306,24 @@ def test_opt_outs_decided_while_redis_is_down_reach_redis_when_it_is_back(
     link.client.close()  # type: ignore[union-attr]
 
 
+def test_opt_outs_decided_while_redis_is_down_reach_redis_with_the_next_fenced_settle(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    link = RedisLink(redis_server.url, retry_seconds=0.05)
+    buffer = Buffer(link, KEYS, debounce_seconds=1, max_wait_seconds=5, dedup_ttl_seconds=60, lease_seconds=5)
+    conversations = Conversations(link, KEYS, buffer, params=Params(debounce=1, max_wait=5, dedup_ttl=60, idle=IDLE))
+    link.mark_down(redis.ConnectionError("test"))
+    conversations.settle(CHAT, Changes(opt="out"), now=T0)
+    wait_until(lambda: link.available())
+    # The worker's next reply, another chat's, settles in its fence's round trip (no `settle` call of its own).
+    assert buffer.append(customer(1, "Oi", chat=OTHER), now=T0).accepted
+    (claim,) = buffer.claim_due(now=T0 + 10, limit=1)
+    fenced = conversations.settle_in_fence(OTHER, Changes(), token=claim.token, now=T0 + 10, sending=["Olá"])
+    assert buffer.renew(claim, now=T0 + 10, also=fenced)
+    assert redis_client.exists(KEYS.opt_out(CHAT.key))
+    link.client.close()  # type: ignore[union-attr]
+
+
 def test_an_opt_out_read_from_redis_still_holds_while_redis_is_down(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
