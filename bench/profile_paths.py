@@ -15,12 +15,13 @@ run (frames under 1 % hidden). Run `--tag before` / `--tag after` to keep both s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,10 +151,12 @@ def profile_reply(redis_url: str, fakes: Any, chats: int) -> str:
     per_reply = (time.thread_time() - start) / chats
     floor = reply_floor(redis_url, fakes, settings, chats)
     load(2 * chats)
-    text = run_profiled(answer_all)
+    with counted_round_trips() as round_trips:
+        text = run_profiled(answer_all)
     figure = (
         f"{per_reply * 1e3:.3f} ms CPU per reply ({chats:,} replies); the floor of a reply's exchanges, measured "
-        f"next: {floor * 1e3:.3f} ms ({per_reply / floor:.2f}x)"
+        f"next: {floor * 1e3:.3f} ms ({per_reply / floor:.2f}x); {round_trips[0] / chats:.2f} Redis round trips "
+        "per reply"
     )
     return header("reply", figure) + text + FLOOR_NOTE
 
@@ -163,6 +166,25 @@ The floor: what any reply on this stack costs before it decides, builds or recor
 thread and run: the same generateContent body (the last one the product sent) through google-genai's API client,
 one urllib3 POST of a sendText, and two redis-py Lua calls (the fence and the ack; the claim is shared by a batch).
 """
+
+
+@contextlib.contextmanager
+def counted_round_trips() -> Iterator[list[int]]:
+    """Counts redis-py's sends in the block: one per command or pipeline, so one per round trip to Redis."""
+    from redis.connection import AbstractConnection
+
+    count = [0]
+    original = AbstractConnection.send_packed_command
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return original(self, *args, **kwargs)
+
+    AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+    try:
+        yield count
+    finally:
+        AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
 
 
 def reply_floor(redis_url: str, fakes: Any, settings: Any, replies: int) -> float:

@@ -184,15 +184,23 @@ def base_env(redis_url: str, fakes: FakeHost, **overrides: Any) -> dict[str, Any
     return env
 
 
-def make_buffer(redis_url: str, debounce: float, *, shards: int = 1) -> Any:
-    """The service's Buffer on the bench's Redis (`shards` > 1: a Redis Cluster, keys sharded as the service's)."""
-    from buffer import Buffer
+def link_and_keys(redis_url: str, shards: int) -> tuple[Any, Any]:
+    """The service's RedisLink and RedisKeys for the bench's Redis (`shards` > 1: a Redis Cluster). Keyword
+    arguments only where needed: `--source` checkouts from before the cluster work take neither."""
     from redis_keys import RedisKeys
     from redis_link import RedisLink
 
+    if shards > 1:
+        return RedisLink(redis_url, cluster=True), RedisKeys(PREFIX, shards=shards)
+    return RedisLink(redis_url), RedisKeys(PREFIX)
+
+
+def make_buffer(redis_url: str, debounce: float, *, shards: int = 1) -> Any:
+    """The service's Buffer on the bench's Redis (`shards` > 1: a Redis Cluster, keys sharded as the service's)."""
+    from buffer import Buffer
+
     return Buffer(
-        RedisLink(redis_url, cluster=shards > 1),
-        RedisKeys(PREFIX, shards=shards),
+        *link_and_keys(redis_url, shards),
         debounce_seconds=debounce,
         max_wait_seconds=3600,
         dedup_ttl_seconds=86400,
@@ -204,13 +212,10 @@ def make_history(redis_url: str, *, shards: int = 1) -> Any:
     """The service's chat history on the bench's Redis, with the service's default turn cap and expiry."""
     from config import Settings
     from memory import History
-    from redis_keys import RedisKeys
-    from redis_link import RedisLink
 
     defaults = Settings()
     return History(
-        RedisLink(redis_url, cluster=shards > 1),
-        RedisKeys(PREFIX, shards=shards),
+        *link_and_keys(redis_url, shards),
         max_turns=defaults.history_max_turns,
         ttl_seconds=defaults.history_ttl_seconds,
     )
