@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run check test lint bench bench-profile bench-knowledge bench-console redis-server postgresql browser clean
+.PHONY: run check test lint bench bench-profile bench-spy bench-knowledge bench-console redis-server postgresql browser clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench: $(VENV)/.installed redis-server postgresql
 # Call trees of the webhook and reply paths (pyinstrument) under bench/profiles/; no PostgreSQL: the archive is off.
 bench-profile: $(VENV)/.installed redis-server
 	$(PY) bench/profile_paths.py
+
+# Where gunicorn's sync workers spend their time under row H1's load (py-spy), product and empty app.
+bench-spy: $(VENV)/.installed redis-server
+	$(PY) bench/spy_webhook.py
 
 bench-knowledge: $(VENV)/.installed
 	$(PY) bench/retrieval.py
