@@ -289,12 +289,18 @@ def test_a_batch_from_before_a_close_does_not_reopen_the_conversation(setup: Set
 # ----- Redis down ------------------------------------------------------------------------------------------
 
 
+def on_redis(redis_server: RedisServer, *, retry_seconds: float) -> tuple[RedisLink, Buffer, Conversations]:
+    """A buffer and conversations on their own link, which the test marks down and waits to come back."""
+    link = RedisLink(redis_server.url, retry_seconds=retry_seconds)
+    buffer = Buffer(link, KEYS, debounce_seconds=1, max_wait_seconds=5, dedup_ttl_seconds=60, lease_seconds=5)
+    conversations = Conversations(link, KEYS, buffer, params=Params(debounce=1, max_wait=5, dedup_ttl=60, idle=IDLE))
+    return link, buffer, conversations
+
+
 def test_opt_outs_decided_while_redis_is_down_reach_redis_when_it_is_back(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    link = RedisLink(redis_server.url, retry_seconds=0.05)
-    buffer = Buffer(link, KEYS, debounce_seconds=1, max_wait_seconds=5, dedup_ttl_seconds=60, lease_seconds=5)
-    conversations = Conversations(link, KEYS, buffer, params=Params(debounce=1, max_wait=5, dedup_ttl=60, idle=IDLE))
+    link, buffer, conversations = on_redis(redis_server, retry_seconds=0.05)
     assert not conversations.status(CHAT).opted_out  # read from Redis, remembered here
     link.mark_down(redis.ConnectionError("test"))
     conversations.settle(CHAT, Changes(opt="out"), now=T0)  # decided on this process's store
@@ -309,9 +315,7 @@ def test_opt_outs_decided_while_redis_is_down_reach_redis_when_it_is_back(
 def test_opt_outs_decided_while_redis_is_down_reach_redis_with_the_next_fenced_settle(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    link = RedisLink(redis_server.url, retry_seconds=0.05)
-    buffer = Buffer(link, KEYS, debounce_seconds=1, max_wait_seconds=5, dedup_ttl_seconds=60, lease_seconds=5)
-    conversations = Conversations(link, KEYS, buffer, params=Params(debounce=1, max_wait=5, dedup_ttl=60, idle=IDLE))
+    link, buffer, conversations = on_redis(redis_server, retry_seconds=0.05)
     link.mark_down(redis.ConnectionError("test"))
     conversations.settle(CHAT, Changes(opt="out"), now=T0)
     wait_until(lambda: link.available())
@@ -328,9 +332,7 @@ def test_an_opt_out_read_from_redis_still_holds_while_redis_is_down(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     redis_client.set(KEYS.opt_out(CHAT.key), str(T0))
-    link = RedisLink(redis_server.url, retry_seconds=60)
-    buffer = Buffer(link, KEYS, debounce_seconds=1, max_wait_seconds=5, dedup_ttl_seconds=60, lease_seconds=5)
-    conversations = Conversations(link, KEYS, buffer, params=Params(debounce=1, max_wait=5, dedup_ttl=60, idle=IDLE))
+    link, buffer, conversations = on_redis(redis_server, retry_seconds=60)
     assert conversations.status(CHAT).opted_out
     link.mark_down(redis.ConnectionError("test"))
     assert conversations.status(CHAT).opted_out, "stop must still mean stop during an outage"
