@@ -260,10 +260,13 @@ class TenantDirectory:
 
     def claimant(self, chat: ChatRef) -> Tenant | None:
         """The tenant that claims the chat's gateway identity now; None when TENANTS_FILE is set and none does."""
-        if self.path is None or chat.gateway == "simulator":  # the owner's simulator speaks with the environment's
+        return self._claiming(chat.gateway, chat.instance)
+
+    def _claiming(self, gateway: str, instance: str) -> Tenant | None:
+        if self.path is None or gateway == "simulator":  # the owner's simulator speaks with the environment's
             return self._default
         self._maybe_reload()
-        return self._by_identity.get((chat.gateway, chat.instance))
+        return self._by_identity.get((gateway, instance))
 
     def for_chat(self, chat: ChatRef) -> Tenant | None:
         """The chat's own tenant (`chat.tenant`) while it still claims the chat's identity. None for a chat buffered
@@ -282,7 +285,7 @@ class TenantDirectory:
     def settings_for(self, gateway: str, instance: str) -> Settings | None:
         """The settings of the tenant that claims this gateway identity (a Twilio number as `whatsapp:+...`, a Meta
         phone number id); None when none does. What a gateway's webhook checks a request with (`Businesses`)."""
-        tenant = self.claimant(ChatRef(gateway=gateway, instance=instance, chat_id=""))
+        tenant = self._claiming(gateway, instance)
         return tenant.settings if tenant is not None else None
 
     def every_settings(self) -> list[Settings]:

@@ -368,7 +368,7 @@ class MetaGateway(Gateway):
     def verify(self, request: InboundRequest) -> None:
         """Every webhook request is signed with an app secret in play (X-Hub-Signature-256): the environment's, or
         with several businesses one of theirs."""
-        if self._signer(request) is None:
+        if self._signer(request, self._secrets()) is None:
             raise SignatureError("missing or invalid X-Hub-Signature-256")
 
     def handshake(self, query: Mapping[str, str]) -> str | None:
@@ -387,9 +387,10 @@ class MetaGateway(Gateway):
         business's app did not sign the body is ignored as `wrong_app` (never buffered under that business)."""
         payload = decode_json(request.body)  # lone surrogates replaced, as for every gateway
         parsed = parse_meta(payload, max_text_chars=max_text_chars)
-        if self.businesses is None or len(self._secrets()) < 2:
+        secrets = self._secrets()
+        if len(secrets) < 2:
             return parsed  # one secret in play: it signed the body (verify), and every number's business has it
-        signer = self._signer(request)
+        signer = self._signer(request, secrets)
         return [self._signed_for_its_business(item, signer) for item in parsed]
 
     def _secrets(self) -> list[str]:
@@ -399,10 +400,10 @@ class MetaGateway(Gateway):
         every = [self.app_secret, *(own.meta_app_secret for own in self.businesses.every_settings())]
         return [secret for secret in dict.fromkeys(every) if secret]
 
-    def _signer(self, request: InboundRequest) -> str | None:
-        """The app secret that signed the body (the environment's tried first: one HMAC for a single business)."""
+    def _signer(self, request: InboundRequest, secrets: list[str]) -> str | None:
+        """Which of `secrets` signed the body (the environment's is tried first: one HMAC for a single business)."""
         header = request.header("X-Hub-Signature-256")
-        for secret in self._secrets():
+        for secret in secrets:
             if signature_is_valid(request.body, header, secret):
                 return secret
         return None
