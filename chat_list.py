@@ -48,13 +48,7 @@ def chat_keys(parts: Components) -> list[ChatRef]:
             found[chat_of(key)] = None
             if len(found) >= MAX_CHATS:
                 break
-    chats = []
-    for key in found:
-        try:
-            chats.append(ChatRef.from_key(key))
-        except ValueError:
-            continue
-    return chats
+    return [chat for chat in map(ChatRef.parse, found) if chat is not None]
 
 
 def customer_name(history: list[Turn]) -> str:

@@ -39,6 +39,14 @@ class ChatRef:
         tenant, _, gateway = head.rpartition("/")  # gateway names have no "/": only a tenant prefix puts one there
         return cls(gateway=gateway, instance=unquote(instance), chat_id=chat_id, tenant=tenant or DEFAULT_TENANT)
 
+    @classmethod
+    def parse(cls, key: object) -> ChatRef | None:
+        """`from_key` for a key read from storage or a URL, which may name no chat: None then."""
+        try:
+            return cls.from_key(str(key))
+        except ValueError:
+            return None
+
     @property
     def label(self) -> str:
         """Log-safe form: the chat id masked (the tenant is a field of its own in log lines)."""

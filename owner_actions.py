@@ -72,11 +72,9 @@ def steer(parts: Components, chat: ChatRef, action: str, *, seconds: float = 0.0
 def dead_letter_view(record: dict[str, Any]) -> dict[str, Any]:
     """A dead letter as the API shows it: its chat as `gateway:instance:chat_id` and its tenant beside it."""
     view = {name: record.get(name) for name in ("id", "chat", "reply", "error", "attempts", "at")}
-    try:
-        chat = ChatRef.from_key(str(record.get("chat")))
+    chat = ChatRef.parse(record.get("chat"))
+    if chat is not None:
         view.update(chat=chat.address, tenant=chat.tenant)
-    except ValueError:
-        pass
     return view
 
 
@@ -86,9 +84,8 @@ def retry_dead_letter(parts: Components, letter_id: str) -> Outcome | None:
     record = parts.buffer.take_dead_letter(letter_id)
     if record is None:
         return None
-    try:
-        chat = ChatRef.from_key(str(record.get("chat")))
-    except ValueError:
+    chat = ChatRef.parse(record.get("chat"))
+    if chat is None:
         return Outcome(False, "the dead letter names no chat")
     gateway = parts.worker.gateways_for(chat).get(chat.gateway)
     unsent = [str(part) for part in record.get("unsent") or []]

@@ -53,10 +53,8 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
 
 def address_of(key: str) -> str:
     """`gateway:instance:chat_id` of a stored chat key (its tenant is a field of its own)."""
-    try:
-        return ChatRef.from_key(key).address
-    except ValueError:
-        return key
+    chat = ChatRef.parse(key)
+    return chat.address if chat is not None else key
 
 
 @archive_api.get("/search")

@@ -33,11 +33,8 @@ MAX_PAUSE_MINUTES = 366 * 24 * 60  # a year; "no limit" is the absent field
 def chat_from_path(raw: str) -> ChatRef | None:
     """The chat named in the URL, or None when it is not `gateway:instance:chat_id` of a known gateway. (The
     `<tenant>/gateway:instance:chat_id` form of its keys names a chat of a tenant that no longer claims the number.)"""
-    try:
-        chat = ChatRef.from_key(raw)
-    except ValueError:
-        return None
-    if chat.gateway not in GATEWAY_NAMES or not chat.instance or not chat.chat_id:
+    chat = ChatRef.parse(raw)
+    if chat is None or chat.gateway not in GATEWAY_NAMES or not chat.instance or not chat.chat_id:
         return None
     if chat.tenant == DEFAULT_TENANT:  # the address form: the chat of the business that claims the number now
         chat = components().tenants.claim(chat) or chat
@@ -183,10 +180,8 @@ def visible_letters() -> list[dict[str, Any]]:
 
 
 def letter_in_scope(record: dict[str, Any]) -> bool:
-    try:
-        return in_scope(ChatRef.from_key(str(record.get("chat") or "")))
-    except ValueError:
-        return scope() == EVERY_TENANT
+    chat = ChatRef.parse(record.get("chat") or "")
+    return in_scope(chat) if chat is not None else scope() == EVERY_TENANT
 
 
 @dead_letters_api.get("")
