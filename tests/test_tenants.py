@@ -167,6 +167,13 @@ def tenant_app(make_app: Callable[..., Flask], tenants_dir: Path) -> Iterator[Fl
     yield make_app(tenants_file=str(tenants_dir / "tenants.toml"), tenants_reload_seconds=0.05)
 
 
+def app_with_tenants(make_app: Callable[..., Flask], folder: Path, text: str, **settings: object) -> Flask:
+    """The app with `text` as its TENANTS_FILE, in `folder` (where the file's relative paths start)."""
+    path = folder / "tenants.toml"
+    path.write_text(text, encoding="utf-8")
+    return make_app(tenants_file=str(path), **settings)
+
+
 def post(app: Flask, instance: str, text: str, message_id: str, customer: str = CUSTOMER) -> dict[str, object]:
     key = {"remoteJid": customer, "fromMe": False, "id": message_id}
     body = {"event": "messages.upsert", "instance": instance, "data": {"key": key, "message": {"conversation": text}}}
@@ -223,10 +230,9 @@ def test_an_identity_no_tenant_claims_is_ignored_and_counted(
 def test_one_tenant_closed_while_another_is_open(
     make_app: Callable[..., Flask], tenants_dir: Path, fake_evolution: FakeEvolution
 ) -> None:
-    path = tenants_dir / "tenants.toml"
     closed_always = 'BUSINESS_HOURS = "mon-sun 00:00-00:01"\nBOT_HOURS = "business"\nOUT_OF_HOURS_REPLY = "Fechados."\n'
-    path.write_text(TWO_TENANTS.replace("[tenants.petshop]", closed_always + "\n[tenants.petshop]"), encoding="utf-8")
-    app = make_app(tenants_file=str(path))
+    text = TWO_TENANTS.replace("[tenants.petshop]", closed_always + "\n[tenants.petshop]")
+    app = app_with_tenants(make_app, tenants_dir, text)
     parts: Components = app.extensions["assistant"]
     post(app, "padaria", "Vocês estão abertos?", "H1")
     post(app, "petshop", "Vocês estão abertos?", "H2")
@@ -586,9 +592,7 @@ def basic_auth(user: str, password: str) -> str:
 def test_a_twilio_sub_account_signs_its_numbers_webhooks_and_sends_their_replies(
     make_app: Callable[..., Flask], tmp_path: Path, twilio_api: FakeTwilio
 ) -> None:
-    path = tmp_path / "tenants.toml"
-    path.write_text(SUB_ACCOUNTS, encoding="utf-8")
-    app = make_app(tenants_file=str(path), **twilio_env(twilio_api.url))
+    app = app_with_tenants(make_app, tmp_path, SUB_ACCOUNTS, **twilio_env(twilio_api.url))
     parts: Components = app.extensions["assistant"]
     padaria = "AC0000000000000000000000000padaria"
 
@@ -662,9 +666,7 @@ def post_meta_signed(app: Flask, secret: str, *values: dict[str, object]) -> tup
 def test_a_meta_body_counts_only_for_the_businesses_whose_app_signed_it(
     make_app: Callable[..., Flask], tmp_path: Path, graph: FakeGraph
 ) -> None:
-    path = tmp_path / "tenants.toml"
-    path.write_text(APPS, encoding="utf-8")
-    app = make_app(tenants_file=str(path), **meta_env(graph.url))
+    app = app_with_tenants(make_app, tmp_path, APPS, **meta_env(graph.url))
     parts: Components = app.extensions["assistant"]
     padaria, petshop = "111111111111111", "222222222222222"
     own, agency = "segredo-do-app-da-padaria", "segredo-do-app-da-agencia"
@@ -726,10 +728,9 @@ def post_from_business(app: Flask, instance: str, text: str, message_id: str) ->
 def test_each_business_has_its_own_phone_commands_and_idle_time(
     make_app: Callable[..., Flask], tenants_dir: Path, redis_client: object
 ) -> None:
-    path = tenants_dir / "tenants.toml"
     own = 'BOT_PAUSE_KEYWORD = "#atendente"\nBOT_RESUME_KEYWORD = "#robo"\nCONVERSATION_IDLE_MINUTES = 30\n'
-    path.write_text(TWO_TENANTS.replace("[tenants.petshop]", own + "\n[tenants.petshop]"), encoding="utf-8")
-    app = make_app(tenants_file=str(path), handoff_pause_minutes=120.0, conversation_idle_minutes=1440.0)
+    text = TWO_TENANTS.replace("[tenants.petshop]", own + "\n[tenants.petshop]")
+    app = app_with_tenants(make_app, tenants_dir, text, handoff_pause_minutes=120.0, conversation_idle_minutes=1440.0)
     parts: Components = app.extensions["assistant"]
 
     def paused_until(instance: str) -> float:
@@ -761,9 +762,8 @@ def test_a_tenant_called_default_keeps_the_single_business_keys(
     single_parts: Components = single.extensions["assistant"]
     post(single, "loja", "Meu nome é Joana", "S1")
     answer_all(single_parts)
-    path = tmp_path / "tenants.toml"
-    path.write_text("[tenants.default]\nevolution_instances = ['loja']\nBUSINESS_NAME = 'Loja'\n", encoding="utf-8")
-    app = make_app(tenants_file=str(path), debounce_seconds=0)
+    text = "[tenants.default]\nevolution_instances = ['loja']\nBUSINESS_NAME = 'Loja'\n"
+    app = app_with_tenants(make_app, tmp_path, text, debounce_seconds=0)
     parts: Components = app.extensions["assistant"]
     post(app, "loja", "Lembra meu nome?", "S2")
     answer_all(parts)
